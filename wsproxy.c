@@ -1,0 +1,2815 @@
+/*
+ * wsproxy.c - an embeddable WebSocket proxy in front of a Unix socket.
+ * MIT licence; see LICENSE.
+ *
+ * ==== Overview ===========================================================
+ *
+ * Every accepted WebSocket (RFC 6455) becomes a new connection on the
+ * engine's Unix socket.  Client data frames are unmasked and their payload is
+ * written to the engine as a byte stream, as it arrives (messages are never
+ * reassembled); bytes read from the engine go back as one binary frame per
+ * read.  No extensions (permessage-deflate) are negotiated.
+ *
+ * Threading: one thread per proxy, created by ws_proxy_start(), owns every
+ * socket and runs one poll() loop.  API calls from other threads post a
+ * command into a mailbox, wake the loop through a pipe, and wait on a
+ * condition variable until the loop has acted.
+ *
+ * Memory: a connection costs sizeof(struct conn) (under 1 KiB) plus one
+ * pollfd per socket while idle.  Data buffers (WS_PROXY_BUF_SIZE each, at
+ * most two per connection: client input and client output) are taken from a
+ * free list only while bytes are in flight and returned when drained.  There
+ * is no allocation per message.
+ *
+ * Compile-time options: WS_PROXY_NO_TLS builds without BearSSL;
+ * WSPROXY_MAIN adds the standalone program's main(); the WS_PROXY_* tunables
+ * below may be overridden with -D.
+ */
+
+/* ==== Includes, tunables, portability =================================== */
+
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* accept4, pipe2 */
+#endif
+#if !defined(_GNU_SOURCE) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE
+#endif
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include "wsproxy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef WS_PROXY_NO_TLS
+#include <bearssl.h>
+#endif
+
+/* Size of one data buffer: bounds what one connection holds in flight in
+ * each direction, and the largest frame sent to clients. */
+#ifndef WS_PROXY_BUF_SIZE
+#define WS_PROXY_BUF_SIZE 65536
+#endif
+/* Largest HTTP request header block (SPEC: over 8 KiB gets 431). */
+#ifndef WS_PROXY_MAX_HEADER
+#define WS_PROXY_MAX_HEADER 8192
+#endif
+/* Most header lines in a request; more gets 431. */
+#ifndef WS_PROXY_MAX_HEADERS
+#define WS_PROXY_MAX_HEADERS 64
+#endif
+/* Drained buffers kept for reuse; the rest go back to malloc. */
+#ifndef WS_PROXY_FREE_BUFS
+#define WS_PROXY_FREE_BUFS 64
+#endif
+/* Reads/writes one connection may do per loop turn, so others are served. */
+#ifndef WS_PROXY_TURN_BUDGET
+#define WS_PROXY_TURN_BUDGET 8
+#endif
+/* Connections accepted per loop turn. */
+#ifndef WS_PROXY_ACCEPT_BUDGET
+#define WS_PROXY_ACCEPT_BUDGET 64
+#endif
+/* Connections over max_connections accepted only to be answered 503;
+ * beyond this the listening socket is not polled. */
+#ifndef WS_PROXY_REFUSE_SLACK
+#define WS_PROXY_REFUSE_SLACK 64
+#endif
+/* How long a refused HTTP client may keep sending before we close, ms. */
+#ifndef WS_PROXY_LINGER_MS
+#define WS_PROXY_LINGER_MS 2000
+#endif
+
+#define DEFAULT_MAX_CONNECTIONS 1024u
+#define DEFAULT_HANDSHAKE_MS 10000u
+#define DEFAULT_DRAIN_MS 5000u
+#define MAX_CONNECTIONS_LIMIT 1000000u
+/* Room in front of an outgoing payload for the largest server header. */
+#define FRAME_HEADROOM 10
+
+#ifdef MSG_NOSIGNAL
+#define SEND_FLAGS MSG_NOSIGNAL
+#else
+#define SEND_FLAGS 0 /* SO_NOSIGPIPE is set on each socket instead */
+#endif
+
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ==== Errors ============================================================= */
+
+const char *ws_proxy_strerror(int code)
+{
+    switch (code) {
+#define WS_PROXY_CASE_(name, num, msg)                                       \
+    case num:                                                                \
+        return msg;
+        WS_PROXY_ERRORS(WS_PROXY_CASE_)
+#undef WS_PROXY_CASE_
+    }
+    return "unknown error";
+}
+
+/* Formats a one-line reason into the caller's buffer; returns code. */
+static int err_set(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    va_list ap;
+    if (err && errlen) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+/* ==== Leaf code: SHA-1, base64, UTF-8 ==================================== */
+
+struct sha1 {
+    uint32_t h[5];
+    uint64_t len;
+    uint8_t blk[64];
+    unsigned n;
+};
+
+static uint32_t sha1_rol(uint32_t x, unsigned k)
+{
+    return (x << k) | (x >> (32 - k));
+}
+
+static void sha1_block(struct sha1 *s, const uint8_t *p)
+{
+    uint32_t w[80], a, b, c, d, e, f, k, t;
+    unsigned i;
+    for (i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (; i < 80; i++)
+        w[i] = sha1_rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+    a = s->h[0], b = s->h[1], c = s->h[2], d = s->h[3], e = s->h[4];
+    for (i = 0; i < 80; i++) {
+        if (i < 20)
+            f = (b & c) | (~b & d), k = 0x5A827999;
+        else if (i < 40)
+            f = b ^ c ^ d, k = 0x6ED9EBA1;
+        else if (i < 60)
+            f = (b & c) | (b & d) | (c & d), k = 0x8F1BBCDC;
+        else
+            f = b ^ c ^ d, k = 0xCA62C1D6;
+        t = sha1_rol(a, 5) + f + e + k + w[i];
+        e = d, d = c, c = sha1_rol(b, 30), b = a, a = t;
+    }
+    s->h[0] += a, s->h[1] += b, s->h[2] += c, s->h[3] += d, s->h[4] += e;
+}
+
+static void sha1_init(struct sha1 *s)
+{
+    static const uint32_t iv[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE,
+                                   0x10325476, 0xC3D2E1F0};
+    memcpy(s->h, iv, sizeof iv);
+    s->len = 0;
+    s->n = 0;
+}
+
+static void sha1_update(struct sha1 *s, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    s->len += len;
+    while (len) {
+        size_t k = 64 - s->n < len ? 64 - s->n : len;
+        memcpy(s->blk + s->n, p, k);
+        s->n += (unsigned)k, p += k, len -= k;
+        if (s->n == 64) {
+            sha1_block(s, s->blk);
+            s->n = 0;
+        }
+    }
+}
+
+static void sha1_final(struct sha1 *s, uint8_t out[20])
+{
+    uint64_t bits = s->len * 8;
+    uint8_t pad[72] = {0x80};
+    size_t padlen = (s->n < 56 ? 56 : 120) - s->n;
+    unsigned i;
+    for (i = 0; i < 8; i++)
+        pad[padlen + i] = (uint8_t)(bits >> (56 - 8 * i));
+    sha1_update(s, pad, padlen + 8);
+    for (i = 0; i < 20; i++)
+        out[i] = (uint8_t)(s->h[i / 4] >> (24 - 8 * (i % 4)));
+}
+
+static const char b64_chars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* Writes the padded base64 of in[0..n) and a NUL; out needs 4*ceil(n/3)+1. */
+static size_t b64_encode(const uint8_t *in, size_t n, char *out)
+{
+    size_t i, o = 0;
+    for (i = 0; i + 2 < n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = b64_chars[v >> 18];
+        out[o++] = b64_chars[(v >> 12) & 63];
+        out[o++] = b64_chars[(v >> 6) & 63];
+        out[o++] = b64_chars[v & 63];
+    }
+    if (i < n) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
+        out[o++] = b64_chars[v >> 18];
+        out[o++] = b64_chars[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? b64_chars[(v >> 6) & 63] : '=';
+        out[o++] = '=';
+    }
+    out[o] = 0;
+    return o;
+}
+
+static int b64_value(int ch)
+{
+    const char *p = ch ? strchr(b64_chars, ch) : NULL;
+    return p ? (int)(p - b64_chars) : -1;
+}
+
+/* Decodes canonical padded base64 (RFC 4648 section 4: padding required,
+ * unused bits zero).  Returns the decoded length, or -1. */
+static long b64_decode(const char *in, size_t n, uint8_t *out, size_t cap)
+{
+    size_t i, o = 0;
+    if (n % 4)
+        return -1;
+    for (i = 0; i < n; i += 4) {
+        int v[4], k, pad = 0;
+        uint32_t w = 0;
+        for (k = 0; k < 4; k++) {
+            if (in[i + k] == '=' && i + 4 == n && k >= 2) {
+                v[k] = 0, pad++;
+            } else {
+                if (pad || (v[k] = b64_value((unsigned char)in[i + k])) < 0)
+                    return -1;
+            }
+            w = w << 6 | (uint32_t)v[k];
+        }
+        if (o + 3 - (size_t)pad > cap)
+            return -1;
+        if ((pad == 1 && (w & 0xFF)) || (pad == 2 && (w & 0xFFFF)))
+            return -1;
+        out[o++] = (uint8_t)(w >> 16);
+        if (pad < 2)
+            out[o++] = (uint8_t)(w >> 8);
+        if (pad < 1)
+            out[o++] = (uint8_t)w;
+    }
+    return (long)o;
+}
+
+/* Incremental UTF-8 validation (RFC 3629: no overlongs, no surrogates,
+ * nothing above U+10FFFF).  State 0 is a character boundary; otherwise it
+ * packs the bytes still expected (bits 0-7) and the range the next byte must
+ * fall in (lo in bits 8-15, hi in bits 16-23). */
+#define UTF8_BAD 0xFFFFFFFFu
+
+static uint32_t utf8_state(unsigned need, unsigned lo, unsigned hi)
+{
+    return need | lo << 8 | hi << 16;
+}
+
+static uint32_t utf8_check(uint32_t s, const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned b = p[i];
+        if (s == 0) {
+            if (b < 0x80) {
+                uint64_t w;
+                /* Fast path: eight ASCII bytes at a time. */
+                while (i + 8 <= n) {
+                    memcpy(&w, p + i, 8);
+                    if (w & 0x8080808080808080ull)
+                        break;
+                    i += 8;
+                }
+                if (i < n && p[i] < 0x80)
+                    i++;
+                continue;
+            }
+            if (b >= 0xC2 && b <= 0xDF)
+                s = utf8_state(1, 0x80, 0xBF);
+            else if (b == 0xE0)
+                s = utf8_state(2, 0xA0, 0xBF);
+            else if (b == 0xED)
+                s = utf8_state(2, 0x80, 0x9F);
+            else if (b >= 0xE1 && b <= 0xEF)
+                s = utf8_state(2, 0x80, 0xBF);
+            else if (b == 0xF0)
+                s = utf8_state(3, 0x90, 0xBF);
+            else if (b >= 0xF1 && b <= 0xF3)
+                s = utf8_state(3, 0x80, 0xBF);
+            else if (b == 0xF4)
+                s = utf8_state(3, 0x80, 0x8F);
+            else
+                return UTF8_BAD;
+        } else {
+            if (b < ((s >> 8) & 0xFF) || b > ((s >> 16) & 0xFF))
+                return UTF8_BAD;
+            s = (s & 0xFF) == 1 ? 0 : utf8_state((s & 0xFF) - 1, 0x80, 0xBF);
+        }
+        i++;
+    }
+    return s;
+}
+
+/* ==== HTTP: the upgrade request and the handshake answers ================
+ *
+ * http_parse() is a pure function over (buf, len) in the manner of
+ * picohttpparser: it returns the length of a complete request head, or
+ * HTTP_PARTIAL, HTTP_BAD, HTTP_TOO_MANY; names and values are slices of buf.
+ * http_handshake() turns a parsed request into the answer of SPEC section 3.
+ */
+
+#define HTTP_PARTIAL (-1)
+#define HTTP_BAD (-2)
+#define HTTP_TOO_MANY (-3)
+
+struct http_hdr {
+    const char *name, *value;
+    size_t nlen, vlen;
+};
+
+struct http_req {
+    const char *method, *target;
+    size_t mlen, tlen;
+    int major, minor;
+    struct http_hdr *h; /* caller's array */
+    size_t nh, maxh;
+};
+
+static int http_tchar(int c)
+{
+    /* RFC 7230 section 3.2.6 token characters. */
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static int http_lower(int c)
+{
+    return c >= 'A' && c <= 'Z' ? c + 32 : c;
+}
+
+static int http_ieq(const char *a, size_t alen, const char *b)
+{
+    size_t i;
+    for (i = 0; i < alen; i++)
+        if (!b[i] || http_lower((unsigned char)a[i]) != http_lower((unsigned char)b[i]))
+            return 0;
+    return b[alen] == 0;
+}
+
+/* Parses one request line "METHOD SP target SP HTTP/d.d". */
+static int http_request_line(const char *s, size_t n, struct http_req *r)
+{
+    size_t i = 0;
+    r->method = s;
+    while (i < n && http_tchar((unsigned char)s[i]))
+        i++;
+    r->mlen = i;
+    if (!i || i >= n || s[i++] != ' ')
+        return HTTP_BAD;
+    r->target = s + i;
+    while (i < n && (unsigned char)s[i] > ' ' && s[i] != 0x7F)
+        i++;
+    r->tlen = (size_t)(s + i - r->target);
+    if (!r->tlen || n - i != 9 || memcmp(s + i, " HTTP/", 6) ||
+        s[i + 6] < '0' || s[i + 6] > '9' || s[i + 7] != '.' ||
+        s[i + 8] < '0' || s[i + 8] > '9')
+        return HTTP_BAD;
+    r->major = s[i + 6] - '0';
+    r->minor = s[i + 8] - '0';
+    return 0;
+}
+
+/* Parses "name: value" into *h, trimming optional whitespace. */
+static int http_header_line(const char *s, size_t n, struct http_hdr *h)
+{
+    size_t i = 0, end;
+    while (i < n && http_tchar((unsigned char)s[i]))
+        i++;
+    /* RFC 7230 3.2.4: no whitespace between name and colon. */
+    if (!i || i >= n || s[i] != ':')
+        return HTTP_BAD;
+    h->name = s, h->nlen = i++;
+    while (i < n && (s[i] == ' ' || s[i] == '\t'))
+        i++;
+    end = n;
+    while (end > i && (s[end - 1] == ' ' || s[end - 1] == '\t'))
+        end--;
+    h->value = s + i, h->vlen = end - i;
+    for (; i < end; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c < ' ' && c != '\t') || c == 0x7F)
+            return HTTP_BAD;
+    }
+    return 0;
+}
+
+static long http_parse(const char *buf, size_t len, struct http_req *r)
+{
+    size_t pos = 0;
+    int first = 1;
+    r->method = r->target = NULL;
+    r->mlen = r->tlen = 0;
+    r->major = r->minor = 0;
+    r->nh = 0;
+    for (;;) {
+        const char *nl = memchr(buf + pos, '\n', len - pos);
+        size_t n;
+        if (!nl)
+            return HTTP_PARTIAL;
+        n = (size_t)(nl - (buf + pos));
+        if (n && buf[pos + n - 1] == '\r')
+            n--; /* CRLF; a bare LF is tolerated (RFC 7230 3.5) */
+        if (memchr(buf + pos, '\r', n))
+            return HTTP_BAD;
+        if (first) {
+            if (http_request_line(buf + pos, n, r))
+                return HTTP_BAD;
+            first = 0;
+        } else if (n == 0) {
+            return (long)(nl + 1 - buf);
+        } else if (buf[pos] == ' ' || buf[pos] == '\t') {
+            return HTTP_BAD; /* obsolete line folding, RFC 7230 3.2.4 */
+        } else if (r->nh == r->maxh) {
+            return HTTP_TOO_MANY;
+        } else if (http_header_line(buf + pos, n, &r->h[r->nh++])) {
+            return HTTP_BAD;
+        }
+        pos = (size_t)(nl + 1 - buf);
+    }
+}
+
+/* Finds header `name`; *count receives how often it occurs. */
+static const struct http_hdr *http_find(const struct http_req *r,
+                                        const char *name, int *count)
+{
+    const struct http_hdr *found = NULL;
+    size_t i;
+    *count = 0;
+    for (i = 0; i < r->nh; i++)
+        if (http_ieq(r->h[i].name, r->h[i].nlen, name)) {
+            if (!found)
+                found = &r->h[i];
+            ++*count;
+        }
+    return found;
+}
+
+/* Steps through a list separated by commas and/or whitespace: returns the
+ * next element of s[*pos..n) and its length, or NULL at the end. */
+static const char *list_next(const char *s, size_t n, size_t *pos, size_t *len)
+{
+    size_t i = *pos, start;
+    while (i < n && (s[i] == ',' || s[i] == ' ' || s[i] == '\t'))
+        i++;
+    start = i;
+    while (i < n && s[i] != ',' && s[i] != ' ' && s[i] != '\t')
+        i++;
+    *pos = i;
+    *len = i - start;
+    return i > start ? s + start : NULL;
+}
+
+static int list_has(const char *s, size_t n, const char *tok, size_t toklen,
+                    int nocase)
+{
+    size_t pos = 0, len, i;
+    const char *e;
+    while ((e = list_next(s, n, &pos, &len)) != NULL) {
+        if (len != toklen)
+            continue;
+        for (i = 0; i < len; i++)
+            if (nocase ? http_lower((unsigned char)e[i]) != http_lower((unsigned char)tok[i])
+                       : e[i] != tok[i])
+                break;
+        if (i == len)
+            return 1;
+    }
+    return 0;
+}
+
+/* Does any occurrence of header `name` list token `tok`? */
+static int http_has_token(const struct http_req *r, const char *name,
+                          const char *tok, int nocase)
+{
+    size_t i;
+    for (i = 0; i < r->nh; i++)
+        if (http_ieq(r->h[i].name, r->h[i].nlen, name) &&
+            list_has(r->h[i].value, r->h[i].vlen, tok, strlen(tok), nocase))
+            return 1;
+    return 0;
+}
+
+struct http_answer {
+    int status;          /* 101 to upgrade, 200 for /health, else refusal */
+    const char *why;     /* one line for the log and the response body */
+    char accept[29];     /* Sec-WebSocket-Accept, with 101 */
+    const char *proto;   /* selected subprotocol (slice of the config) */
+    size_t proto_len;
+};
+
+static int http_answer(struct http_answer *a, int status, const char *why)
+{
+    a->status = status;
+    a->why = why;
+    return status;
+}
+
+/* The checks of RFC 6455 section 4.2.1 in the order SPEC section 3 lists
+ * them; the Origin and subprotocol lists come from the configuration. */
+static int http_handshake(const struct http_req *r, const char *origins,
+                          const char *protos, struct http_answer *a)
+{
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    const struct http_hdr *key, *ver, *host, *origin;
+    int nkey, nver, nhost, norigin, n;
+    uint8_t raw[18], digest[20];
+    struct sha1 s;
+
+    memset(a, 0, sizeof *a);
+    if (r->mlen != 3 || memcmp(r->method, "GET", 3))
+        return http_answer(a, 400, "method is not GET");
+    if (r->major < 1 || (r->major == 1 && r->minor < 1))
+        return http_answer(a, 400, "HTTP version before 1.1");
+    if (!http_find(r, "upgrade", &n)) {
+        if (r->tlen >= 7 && !memcmp(r->target, "/health", 7) &&
+            (r->tlen == 7 || r->target[7] == '?'))
+            return http_answer(a, 200, "health");
+        return http_answer(a, 400, "not a WebSocket upgrade request");
+    }
+    if (!http_has_token(r, "upgrade", "websocket", 1))
+        return http_answer(a, 400, "Upgrade does not list websocket");
+    if (!http_has_token(r, "connection", "upgrade", 1))
+        return http_answer(a, 400, "Connection does not list Upgrade");
+    host = http_find(r, "host", &nhost);
+    if (nhost != 1 || !host->vlen)
+        return http_answer(a, 400, "Host missing or repeated");
+    ver = http_find(r, "sec-websocket-version", &nver);
+    if (nver > 1 || !ver)
+        return http_answer(a, 400, "Sec-WebSocket-Version missing or repeated");
+    if (ver->vlen != 2 || memcmp(ver->value, "13", 2))
+        return http_answer(a, 426, "unsupported Sec-WebSocket-Version");
+    key = http_find(r, "sec-websocket-key", &nkey);
+    if (nkey != 1 || b64_decode(key->value, key->vlen, raw, sizeof raw) != 16)
+        return http_answer(a, 400, "Sec-WebSocket-Key is not base64 of 16 bytes");
+    origin = http_find(r, "origin", &norigin);
+    if (norigin > 1)
+        return http_answer(a, 400, "Origin repeated");
+    if (origin && origins && *origins &&
+        !list_has(origins, strlen(origins), origin->value, origin->vlen, 1))
+        return http_answer(a, 403, "origin not allowed");
+
+    if (protos) {
+        size_t pos = 0, len, plen = strlen(protos);
+        const char *e;
+        while ((e = list_next(protos, plen, &pos, &len)) != NULL) {
+            size_t i;
+            for (i = 0; i < r->nh; i++)
+                if (http_ieq(r->h[i].name, r->h[i].nlen, "sec-websocket-protocol") &&
+                    list_has(r->h[i].value, r->h[i].vlen, e, len, 0))
+                    break;
+            if (i < r->nh) {
+                a->proto = e, a->proto_len = len;
+                break;
+            }
+        }
+    }
+    sha1_init(&s);
+    sha1_update(&s, key->value, key->vlen);
+    sha1_update(&s, guid, sizeof guid - 1);
+    sha1_final(&s, digest);
+    b64_encode(digest, 20, a->accept);
+    return http_answer(a, 101, "upgrade");
+}
+
+static const char *http_reason(int status)
+{
+    switch (status) {
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 408: return "Request Timeout";
+    case 426: return "Upgrade Required";
+    case 431: return "Request Header Fields Too Large";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    }
+    return "Error";
+}
+
+/* Writes the complete response for a; returns its length (cap >= 512). */
+static size_t http_write_answer(const struct http_answer *a, char *out,
+                                size_t cap)
+{
+    int n;
+    if (a->status == 101)
+        n = snprintf(out, cap,
+                     "HTTP/1.1 101 Switching Protocols\r\n"
+                     "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Accept: %s\r\n%s%.*s%s\r\n",
+                     a->accept, a->proto ? "Sec-WebSocket-Protocol: " : "",
+                     (int)a->proto_len, a->proto ? a->proto : "",
+                     a->proto ? "\r\n" : "");
+    else
+        n = snprintf(out, cap,
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
+                     "Content-Length: %u\r\nConnection: close\r\n%s"
+                     "Cache-Control: no-store\r\n\r\n%s\n",
+                     a->status, http_reason(a->status),
+                     (unsigned)strlen(a->why) + 1,
+                     a->status == 426 ? "Sec-WebSocket-Version: 13\r\n" : "",
+                     a->why);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+/* ==== Frames: the decoder and the encoder (RFC 6455 section 5) ===========
+ *
+ * The decoder does no I/O.  It consumes whatever raw client bytes arrived,
+ * in any split: header bytes are collected in its state, data payload is
+ * unmasked and moved down over the headers it follows, so the caller ends
+ * up with the message bytes contiguous at the front of its own buffer,
+ * ready for one write to the engine.  Control frame payloads (at most 125
+ * bytes) are collected in the state and reported one frame at a time.
+ * Each check sits where its byte is decoded, so a violation is reported as
+ * soon as the offending byte arrives.
+ */
+
+enum { OP_CONT = 0, OP_TEXT = 1, OP_BINARY = 2, OP_CLOSE = 8, OP_PING = 9,
+       OP_PONG = 10 };
+
+enum { FRAME_MORE, FRAME_CONTROL, FRAME_ERROR };
+
+struct frame_dec {
+    uint64_t left;      /* payload bytes of the current frame still to come */
+    uint64_t msg_len;   /* payload bytes of the open message so far */
+    uint64_t max_msg;   /* limit on msg_len, 0 = none */
+    uint32_t utf8;      /* validator state of the open text message */
+    uint8_t hdr[14];    /* header bytes of the current frame */
+    uint8_t hlen;       /* hdr bytes collected */
+    uint8_t in_payload; /* header complete, payload (left bytes) follows */
+    uint8_t op, fin;    /* opcode and FIN of the current frame */
+    uint8_t msg_op;     /* OP_TEXT/OP_BINARY while a message is open */
+    uint8_t mask[4];
+    uint8_t moff;       /* mask offset of the next payload byte */
+    uint8_t ctl_len;
+    uint8_t ctl[125];   /* control payload, complete on FRAME_CONTROL */
+    uint16_t err;       /* close code once FRAME_ERROR was returned */
+    const char *why;    /* and the reason */
+};
+
+static int frame_fail(struct frame_dec *d, uint16_t code, const char *why)
+{
+    d->err = code;
+    d->why = why;
+    return FRAME_ERROR;
+}
+
+/* Unmasks n bytes from src to dst (dst <= src, overlap allowed), a machine
+ * word at a time: each word is loaded before the store that may overlap
+ * it, and stores never pass the next load. */
+static void frame_unmask(uint8_t *dst, const uint8_t *src, size_t n,
+                         const uint8_t mask[4], unsigned moff)
+{
+    uint8_t m8[8];
+    uint64_t m, w;
+    size_t i = 0;
+    unsigned k;
+    for (k = 0; k < 8; k++)
+        m8[k] = mask[(moff + k) & 3];
+    memcpy(&m, m8, 8);
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, src + i, 8);
+        w ^= m;
+        memcpy(dst + i, &w, 8);
+    }
+    for (; i < n; i++)
+        dst[i] = src[i] ^ m8[i & 7];
+}
+
+/* Bytes the header needs once its first two bytes are known. */
+static unsigned frame_hdr_size(const uint8_t *h)
+{
+    unsigned len7 = h[1] & 0x7F;
+    return 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + 4;
+}
+
+/* Checks one header byte as it arrives; returns FRAME_MORE or an error. */
+static int frame_check_byte(struct frame_dec *d, unsigned i)
+{
+    const uint8_t *h = d->hdr;
+    unsigned op = h[0] & 0x0F;
+    if (i == 0) {
+        /* 5.2: RSV1-3 MUST be 0 unless an extension was negotiated. */
+        if (h[0] & 0x70)
+            return frame_fail(d, 1002, "reserved bits set");
+        /* 5.2: opcodes 3-7 and 11-15 are reserved. */
+        if ((op > 2 && op < 8) || op > 10)
+            return frame_fail(d, 1002, "reserved opcode");
+        /* 5.5: control frames MUST NOT be fragmented. */
+        if (op >= 8 && !(h[0] & 0x80))
+            return frame_fail(d, 1002, "fragmented control frame");
+        /* 5.4: a continuation needs an open message; a new data frame
+         * may not start while one is open. */
+        if (op == OP_CONT && !d->msg_op)
+            return frame_fail(d, 1002, "continuation without a message");
+        if ((op == OP_TEXT || op == OP_BINARY) && d->msg_op)
+            return frame_fail(d, 1002, "new message inside a fragmented one");
+    } else if (i == 1) {
+        /* 5.1: a server MUST close on an unmasked client frame. */
+        if (!(h[1] & 0x80))
+            return frame_fail(d, 1002, "unmasked client frame");
+        /* 5.5: control frame payloads are at most 125 bytes. */
+        if (op >= 8 && (h[1] & 0x7F) > 125)
+            return frame_fail(d, 1002, "control frame over 125 bytes");
+    } else if (i == 2 && (h[1] & 0x7F) == 127 && (h[2] & 0x80)) {
+        /* 5.2: the most significant bit of a 64-bit length MUST be 0. */
+        return frame_fail(d, 1002, "64-bit length with the top bit set");
+    }
+    return FRAME_MORE;
+}
+
+/* The header is complete: start the frame. */
+static int frame_begin(struct frame_dec *d)
+{
+    const uint8_t *h = d->hdr;
+    unsigned len7 = h[1] & 0x7F, i, at = 2;
+    uint64_t len = len7;
+    if (len7 == 126) {
+        len = (uint64_t)h[2] << 8 | h[3];
+        at = 4;
+    } else if (len7 == 127) {
+        for (len = 0, i = 2; i < 10; i++)
+            len = len << 8 | h[i];
+        at = 10;
+    }
+    memcpy(d->mask, h + at, 4);
+    d->moff = 0;
+    d->op = h[0] & 0x0F;
+    d->fin = h[0] >> 7;
+    d->left = len;
+    d->hlen = 0;
+    d->in_payload = 1;
+    if (d->op >= 8) {
+        d->ctl_len = 0;
+        return FRAME_MORE;
+    }
+    if (d->op != OP_CONT) {
+        d->msg_op = d->op;
+        d->msg_len = 0;
+        d->utf8 = 0;
+    }
+    if (d->max_msg && len > d->max_msg - d->msg_len)
+        return frame_fail(d, 1009, "message too big");
+    d->msg_len += len;
+    return FRAME_MORE;
+}
+
+/* Validates a complete Close payload (5.5.1, 7.4). */
+static int frame_check_close(struct frame_dec *d)
+{
+    unsigned code;
+    if (d->ctl_len == 0)
+        return FRAME_CONTROL;
+    if (d->ctl_len == 1)
+        return frame_fail(d, 1002, "close payload of one byte");
+    code = (unsigned)d->ctl[0] << 8 | d->ctl[1];
+    /* 7.4.1 and the IANA registry: 1000-1003, 1007-1014 and 3000-4999 may
+     * be sent; 1004-1006 and 1015 are reserved, the rest unassigned. */
+    if (!((code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+          (code >= 3000 && code <= 4999)))
+        return frame_fail(d, 1002, "invalid close code");
+    if (utf8_check(0, d->ctl + 2, d->ctl_len - 2u) != 0)
+        return frame_fail(d, 1007, "close reason is not UTF-8");
+    return FRAME_CONTROL;
+}
+
+/*
+ * Consumes raw bytes buf[*pos..len).  Data payload is unmasked and written
+ * at buf[*out..], and *out advances (*out <= *pos always holds).  Returns
+ * FRAME_MORE when the input is used up, FRAME_CONTROL when a control frame
+ * is complete (d->op, d->ctl, d->ctl_len; call again for the rest of the
+ * input), or FRAME_ERROR (d->err, d->why; the decoder is then dead).
+ */
+static int frame_decode(struct frame_dec *d, uint8_t *buf, size_t len,
+                        size_t *pos, size_t *out)
+{
+    size_t p = *pos, o = *out;
+    int rc = FRAME_MORE;
+    for (;;) {
+        if (!d->in_payload) {
+            if (p == len)
+                break;
+            d->hdr[d->hlen] = buf[p++];
+            if ((rc = frame_check_byte(d, d->hlen++)) != FRAME_MORE)
+                break;
+            if (d->hlen < 2 || d->hlen < frame_hdr_size(d->hdr))
+                continue;
+            if ((rc = frame_begin(d)) != FRAME_MORE)
+                break;
+        }
+        if (d->left) {
+            size_t n = len - p < d->left ? len - p : (size_t)d->left;
+            if (n == 0)
+                break;
+            if (d->op >= 8) {
+                frame_unmask(d->ctl + d->ctl_len, buf + p, n, d->mask, d->moff);
+                d->ctl_len = (uint8_t)(d->ctl_len + n);
+            } else {
+                frame_unmask(buf + o, buf + p, n, d->mask, d->moff);
+                if (d->msg_op == OP_TEXT &&
+                    (d->utf8 = utf8_check(d->utf8, buf + o, n)) == UTF8_BAD) {
+                    rc = frame_fail(d, 1007, "invalid UTF-8 in text message");
+                    break;
+                }
+                o += n;
+            }
+            p += n;
+            d->left -= n;
+            d->moff = (uint8_t)((d->moff + n) & 3);
+            if (d->left)
+                break;
+        }
+        /* The frame's payload is complete (possibly empty). */
+        d->in_payload = 0;
+        if (d->op >= 8) {
+            rc = d->op == OP_CLOSE ? frame_check_close(d) : FRAME_CONTROL;
+            break;
+        }
+        if (d->fin) {
+            if (d->msg_op == OP_TEXT && d->utf8 != 0) {
+                rc = frame_fail(d, 1007, "text message ends inside a character");
+                break;
+            }
+            d->msg_op = 0;
+        }
+    }
+    *pos = p;
+    *out = o;
+    return rc;
+}
+
+/* Writes a server frame header (FIN set, unmasked) so that it ends at
+ * `end`, right in front of the payload; returns its length. */
+static size_t frame_header(uint8_t *end, unsigned op, uint64_t len)
+{
+    if (len < 126) {
+        end[-2] = (uint8_t)(0x80 | op);
+        end[-1] = (uint8_t)len;
+        return 2;
+    }
+    if (len < 65536) {
+        end[-4] = (uint8_t)(0x80 | op);
+        end[-3] = 126;
+        end[-2] = (uint8_t)(len >> 8);
+        end[-1] = (uint8_t)len;
+        return 4;
+    }
+    {
+        unsigned i;
+        end[-10] = (uint8_t)(0x80 | op);
+        end[-9] = 127;
+        for (i = 0; i < 8; i++)
+            end[-1 - (int)i] = (uint8_t)(len >> (8 * i));
+        return 10;
+    }
+}
+
+/* ==== The proxy's state, its configuration and its log ===================
+ *
+ * A configuration is copied once into a reference-counted struct cfg (one
+ * allocation holding the strings).  The proxy holds the current one; each
+ * connection holds the one it began with, so a restart never pulls settings
+ * or certificates from under a live connection.  Only the loop thread
+ * touches reference counts once the proxy runs.
+ */
+
+struct tls_creds; /* section "Transport"; NULL without TLS */
+
+struct cfg {
+    int refs;
+    struct ws_proxy_config c; /* strings point into text[] */
+    int port;                 /* http_port or https_port, 0 = none */
+    int tls;                  /* serving wss:// */
+    unsigned max_conns, handshake_ms, drain_ms;
+    int log_level;
+    struct tls_creds *creds;
+    char text[1];
+};
+
+enum conn_state {
+    CONN_HTTP,    /* reading the request (after the TLS handshake) */
+    CONN_CONNECT, /* engine connect in progress; the 101 waits in ob */
+    CONN_OPEN,    /* relaying both ways */
+    CONN_DRAIN,   /* client sent Close: engine write side shut, relaying
+                   * what the engine still sends, then answer the Close */
+    CONN_CLOSING, /* engine closed; our Close queued or sent */
+    CONN_REFUSED, /* an HTTP answer queued; then linger until EOF */
+    CONN_DEAD     /* torn down; freed at the end of the turn */
+};
+
+union conn_addr {
+    struct sockaddr sa;
+    struct sockaddr_in v4;
+    struct sockaddr_in6 v6;
+};
+
+struct tls_conn;
+
+/*
+ * One client and its engine connection.  Buffer indices:
+ *   ib: client input chunk.  [0, i_out) unmasked payload, of which
+ *       [i_wr, i_out) is still to be written to the engine; [i_pos, i_len)
+ *       raw bytes not decoded yet.  i_wr <= i_out <= i_pos <= i_len.
+ *   ob: client output.  [o_pos, o_len) still to be sent.  Engine bytes are
+ *       read to ob + FRAME_HEADROOM and the frame header is put in front.
+ * Both are NULL while nothing is in flight.
+ */
+struct conn {
+    struct cfg *cfg;
+    int cfd, efd;
+    int pi_c, pi_e;   /* indices in this turn's pollfd array, -1 = none */
+    uint8_t state;
+    unsigned c_rd : 1, c_wr : 1, e_rd : 1, e_wr : 1; /* readiness */
+    unsigned eng_eof : 1, eng_wdead : 1, eng_shut : 1;
+    unsigned close_rcvd : 1, close_sent : 1, drop : 1;
+    unsigned ping_due : 1, pong_due : 1, over_limit : 1;
+    uint16_t close_code; /* the code we send (0 = empty Close) */
+    uint16_t status;     /* HTTP status answered */
+    const char *why;     /* why it ended, for the log */
+    uint64_t id;
+    int64_t t_start, t_rx, t_data, t_ping, t_deadline; /* ms, monotonic */
+    uint64_t bytes_in, bytes_out;
+    uint8_t *ib, *ob;
+    uint32_t i_len, i_pos, i_out, i_wr, o_pos, o_len;
+    union conn_addr peer;
+    struct tls_conn *tls;
+    struct frame_dec dec;
+    uint8_t pong_len;
+    uint8_t pong[125];
+    char name[64]; /* "conn 12 192.0.2.1:51234", for the log */
+};
+
+enum { CMD_NONE, CMD_RESTART, CMD_STATUS, CMD_STOP, CMD_REOPEN };
+
+struct ws_proxy {
+    pthread_t thread;
+    pthread_mutex_t api_mu; /* one API call at a time */
+    pthread_mutex_t mu;     /* guards the mailbox below */
+    pthread_cond_t cv;
+    int cmd, cmd_rc, cmd_done;
+    void *cmd_arg;
+    char *cmd_err;
+    size_t cmd_errlen;
+    int wake_rd, wake_wr;
+
+    /* Owned by the loop thread from here on. */
+    struct cfg *cfg;
+    int lfd, lport, quit;
+    union conn_addr laddr;
+    int state;
+    char reason[256];
+    int log_fd;
+    int64_t accept_pause_until;
+    struct conn **conns;
+    size_t nconns, capconns;
+    struct pollfd *pfd;
+    size_t cappfd;
+    uint8_t *freebufs; /* free list, linked through the first bytes */
+    unsigned nfree;
+    uint64_t next_id;
+    struct ws_proxy_status st;
+    struct http_hdr hdrs[WS_PROXY_MAX_HEADERS]; /* parser scratch */
+    char health[128];
+};
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char *log_level_name(int level)
+{
+    static const char *const names[] = {"?", "ERROR", "WARN", "INFO", "DEBUG"};
+    return level >= 1 && level <= 4 ? names[level] : "?";
+}
+
+/* One line: "<UTC time> <LEVEL> [<who>] <what>", to the file and the
+ * callback.  Payload bytes and keys are never passed here. */
+static void plog(ws_proxy *p, int level, const struct conn *c,
+                 const char *fmt, ...)
+{
+    char line[1024];
+    struct timespec ts;
+    struct tm tm;
+    time_t secs;
+    va_list ap;
+    int n, m;
+    if (!p->cfg || level > p->cfg->log_level || (p->log_fd < 0 && !p->cfg->c.log_fn))
+        return;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    secs = ts.tv_sec;
+    gmtime_r(&secs, &tm);
+    n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s [%s] ",
+                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                 tm.tm_min, tm.tm_sec, (long)(ts.tv_nsec / 1000000),
+                 log_level_name(level), c ? c->name : "proxy");
+    va_start(ap, fmt);
+    m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    n = m < 0 ? n : n + m > (int)sizeof line - 2 ? (int)sizeof line - 2 : n + m;
+    if (p->cfg->c.log_fn)
+        p->cfg->c.log_fn(p->cfg->c.log_user, level, line);
+    if (p->log_fd >= 0) {
+        line[n++] = '\n';
+        /* O_APPEND keeps lines whole; a full disk loses lines, not us. */
+        if (write(p->log_fd, line, (size_t)n) < 0) {
+        }
+    }
+}
+
+static int log_open(const struct cfg *cf, int *fd, char *err, size_t errlen)
+{
+    char path[4096];
+    *fd = -1;
+    if (!cf->c.log_dir || !*cf->c.log_dir)
+        return 0;
+    if (snprintf(path, sizeof path, "%s/websocket_proxy.log", cf->c.log_dir) >=
+        (int)sizeof path)
+        return err_set(err, errlen, WS_PROXY_ELOG, "log_dir too long");
+    *fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (*fd < 0)
+        return err_set(err, errlen, WS_PROXY_ELOG, "open(%s): %s", path,
+                       strerror(errno));
+    return 0;
+}
+
+/* Parses a numeric address; port 0 for WS_PROXY_PORT_ANY. */
+static int addr_parse(const char *s, int port, union conn_addr *a)
+{
+    memset(a, 0, sizeof *a);
+    if (inet_pton(AF_INET, s, &a->v4.sin_addr) == 1) {
+        a->v4.sin_family = AF_INET;
+        a->v4.sin_port = htons((uint16_t)(port > 0 ? port : 0));
+        return 0;
+    }
+    if (inet_pton(AF_INET6, s, &a->v6.sin6_addr) == 1) {
+        a->v6.sin6_family = AF_INET6;
+        a->v6.sin6_port = htons((uint16_t)(port > 0 ? port : 0));
+        return 0;
+    }
+    return -1;
+}
+
+static socklen_t addr_len(const union conn_addr *a)
+{
+    return a->sa.sa_family == AF_INET6 ? sizeof a->v6 : sizeof a->v4;
+}
+
+/* Unwraps IPv4-mapped IPv6 addresses so that logs, per-IP limits and the
+ * PROXY header see the IPv4 address. */
+static void addr_unmap(union conn_addr *a)
+{
+    static const uint8_t prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
+    if (a->sa.sa_family == AF_INET6 && !memcmp(a->v6.sin6_addr.s6_addr, prefix, 12)) {
+        struct sockaddr_in v4;
+        memset(&v4, 0, sizeof v4);
+        v4.sin_family = AF_INET;
+        v4.sin_port = a->v6.sin6_port;
+        memcpy(&v4.sin_addr, a->v6.sin6_addr.s6_addr + 12, 4);
+        a->v4 = v4;
+    }
+}
+
+static int addr_port(const union conn_addr *a)
+{
+    return ntohs(a->sa.sa_family == AF_INET6 ? a->v6.sin6_port : a->v4.sin_port);
+}
+
+static const char *addr_ip(const union conn_addr *a, char *buf, size_t len)
+{
+    const void *src = a->sa.sa_family == AF_INET6 ? (const void *)&a->v6.sin6_addr
+                                                  : (const void *)&a->v4.sin_addr;
+    if (!inet_ntop(a->sa.sa_family, src, buf, (socklen_t)len))
+        snprintf(buf, len, "?");
+    return buf;
+}
+
+static int addr_same_ip(const union conn_addr *a, const union conn_addr *b)
+{
+    if (a->sa.sa_family != b->sa.sa_family)
+        return 0;
+    return a->sa.sa_family == AF_INET6
+               ? !memcmp(&a->v6.sin6_addr, &b->v6.sin6_addr, 16)
+               : a->v4.sin_addr.s_addr == b->v4.sin_addr.s_addr;
+}
+
+static void fd_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+#ifdef SO_NOSIGPIPE
+    {
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
+    }
+#endif
+}
+
+/* Binds and listens, in the manner of redis's anet: errors are reported
+ * as "syscall(arg): strerror". */
+static int listen_open(const char *host, int port, int *fd_out,
+                       union conn_addr *bound, char *err, size_t errlen)
+{
+    union conn_addr a;
+    socklen_t len;
+    int fd, one = 1;
+    if (addr_parse(host, port, &a))
+        return err_set(err, errlen, WS_PROXY_EINVAL,
+                       "bind_address: not a numeric IPv4 or IPv6 address: %s", host);
+    fd = socket(a.sa.sa_family, SOCK_STREAM, 0);
+    if (fd < 0)
+        return err_set(err, errlen, WS_PROXY_ESYS, "socket: %s", strerror(errno));
+    fd_nonblock(fd);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, &a.sa, addr_len(&a)) || listen(fd, SOMAXCONN)) {
+        int e = errno;
+        close(fd);
+        return err_set(err, errlen, WS_PROXY_EBIND,
+                       a.sa.sa_family == AF_INET6 ? "bind([%s]:%d): %s" : "bind(%s:%d): %s",
+                       host, port > 0 ? port : 0, strerror(e));
+    }
+    len = sizeof *bound;
+    getsockname(fd, &bound->sa, &len);
+    *fd_out = fd;
+    return 0;
+}
+
+/* The buffer free list (no allocation per message, and idle connections
+ * hold no buffers). */
+static uint8_t *buf_get(ws_proxy *p)
+{
+    uint8_t *b = p->freebufs;
+    if (b) {
+        memcpy(&p->freebufs, b, sizeof b);
+        p->nfree--;
+        return b;
+    }
+    return malloc(WS_PROXY_BUF_SIZE);
+}
+
+static void buf_put(ws_proxy *p, uint8_t **bp)
+{
+    uint8_t *b = *bp;
+    *bp = NULL;
+    if (!b)
+        return;
+    if (p->nfree >= WS_PROXY_FREE_BUFS) {
+        free(b);
+        return;
+    }
+    memcpy(b, &p->freebufs, sizeof b);
+    p->freebufs = b;
+    p->nfree++;
+}
+
+/* ==== Transport ==========================================================
+ *
+ * Every byte to or from a socket passes through io_recv()/io_send(); the
+ * client's bytes pass through tr_read()/tr_write(), the seam where TLS
+ * wraps the plain socket.  IO_AGAIN means "would block"; the caller clears
+ * its readiness flag and waits for poll.
+ */
+
+#define IO_AGAIN (-1)
+#define IO_ERROR (-2)
+
+static long io_recv(int fd, uint8_t *buf, size_t cap)
+{
+    ssize_t n;
+    do
+        n = recv(fd, buf, cap, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK ? IO_AGAIN : IO_ERROR;
+    return (long)n;
+}
+
+static long io_send(int fd, const uint8_t *buf, size_t len)
+{
+    ssize_t n;
+    do
+        n = send(fd, buf, len, SEND_FLAGS);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK ? IO_AGAIN : IO_ERROR;
+    return (long)n;
+}
+
+/* Reads client bytes; a short read means the socket is drained. */
+static long tr_read(struct conn *c, uint8_t *buf, size_t cap)
+{
+    long n = io_recv(c->cfd, buf, cap);
+    if (n == IO_AGAIN || (n >= 0 && (size_t)n < cap))
+        c->c_rd = 0;
+    return n;
+}
+
+static long tr_write(struct conn *c, const uint8_t *buf, size_t len)
+{
+    long n = io_send(c->cfd, buf, len);
+    if (n == IO_AGAIN || (n >= 0 && (size_t)n < len))
+        c->c_wr = 0;
+    return n;
+}
+
+/* ==== Connections: handshake, relay, close ===============================
+ *
+ * A connection moves HTTP -> CONNECT -> OPEN -> (DRAIN) -> CLOSING -> DEAD,
+ * or HTTP -> REFUSED -> DEAD.  conn_step() does the I/O its state allows,
+ * conn_timers() the timeouts, conn_end() is the one place that tears a
+ * connection down; the loop frees DEAD connections at the end of its turn.
+ */
+
+static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
+{
+    if (c->state == CONN_DEAD)
+        return;
+    if (c->status == 101)
+        plog(p, WS_PROXY_LOG_INFO, c,
+             "closed %u (%s) after %.3f s, %llu bytes to engine, %llu bytes to client",
+             c->close_code ? c->close_code : 1006, c->why ? c->why : "client gone",
+             (double)(now - c->t_start) / 1000.0, (unsigned long long)c->bytes_in,
+             (unsigned long long)c->bytes_out);
+    if (c->efd >= 0)
+        close(c->efd);
+    close(c->cfd);
+    c->efd = c->cfd = -1;
+    buf_put(p, &c->ib);
+    buf_put(p, &c->ob);
+    c->state = CONN_DEAD;
+    p->st.conns_open--;
+}
+
+/* Starts the closing handshake with `code` (0 = empty Close).  The engine
+ * connection is closed at once; with `drop` the TCP connection is closed
+ * as soon as the Close is out, as RFC 6455 7.1.7 asks of a failure. */
+static void conn_close(ws_proxy *p, struct conn *c, uint16_t code,
+                       const char *why, int drop, int64_t now)
+{
+    if (c->efd >= 0) {
+        close(c->efd);
+        c->efd = -1;
+    }
+    c->close_code = code;
+    c->why = why;
+    c->drop = drop;
+    c->ping_due = c->pong_due = 0;
+    c->i_wr = c->i_out; /* payload not yet written has nowhere to go */
+    c->state = CONN_CLOSING;
+    c->t_deadline = now + c->cfg->drain_ms;
+    (void)p;
+}
+
+/* A protocol violation: Close with the decoder's code, then drop. */
+static void conn_fail(ws_proxy *p, struct conn *c, uint16_t code,
+                      const char *why, int64_t now)
+{
+    p->st.protocol_errors++;
+    plog(p, WS_PROXY_LOG_INFO, c, "protocol error: %s, closing %u", why, code);
+    conn_close(p, c, code, why, 1, now);
+    c->i_pos = c->i_len; /* nothing more is decoded */
+}
+
+/* Queues a complete HTTP answer, after which the connection lingers. */
+static void conn_refuse(ws_proxy *p, struct conn *c, struct http_answer *a,
+                        int64_t now)
+{
+    static const int codes[] = {400, 403, 426, 431, 502, 503, 408};
+    unsigned i;
+    if (c->efd >= 0) {
+        close(c->efd);
+        c->efd = -1;
+    }
+    buf_put(p, &c->ib);
+    if (!c->ob && !(c->ob = buf_get(p))) {
+        conn_end(p, c, now);
+        return;
+    }
+    c->o_pos = 0;
+    c->o_len = (uint32_t)http_write_answer(a, (char *)c->ob, WS_PROXY_BUF_SIZE);
+    c->status = (uint16_t)a->status;
+    c->state = CONN_REFUSED;
+    c->t_deadline = now + WS_PROXY_LINGER_MS;
+    for (i = 0; i < COUNT_OF(codes); i++)
+        if (codes[i] == a->status)
+            p->st.refused[i]++;
+    if (a->status != 200)
+        plog(p, WS_PROXY_LOG_INFO, c, "refused %d: %s", a->status, a->why);
+}
+
+static void conn_refuse_with(ws_proxy *p, struct conn *c, int status,
+                             const char *why, int64_t now)
+{
+    struct http_answer a;
+    memset(&a, 0, sizeof a);
+    http_answer(&a, status, why);
+    conn_refuse(p, c, &a, now);
+}
+
+/* The PROXY protocol header (v1 text or v2 binary) for this client. */
+static size_t pp_header(const struct conn *c, int version, uint8_t *out)
+{
+    static const uint8_t sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
+                                    0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
+    union conn_addr src = c->peer, dst;
+    socklen_t len = sizeof dst;
+    memset(&dst, 0, sizeof dst);
+    if (getsockname(c->cfd, &dst.sa, &len))
+        dst = src;
+    addr_unmap(&dst);
+    if (src.sa.sa_family != dst.sa.sa_family)
+        dst = src; /* cannot happen on one socket; keep the header valid */
+    if (version == WS_PROXY_PP_V1) {
+        char s[INET6_ADDRSTRLEN], d[INET6_ADDRSTRLEN];
+        int n = snprintf((char *)out, 108, "PROXY %s %s %s %d %d\r\n",
+                         src.sa.sa_family == AF_INET6 ? "TCP6" : "TCP4",
+                         addr_ip(&src, s, sizeof s), addr_ip(&dst, d, sizeof d),
+                         addr_port(&src), addr_port(&dst));
+        return n > 0 ? (size_t)n : 0;
+    }
+    memcpy(out, sig, 12);
+    out[12] = 0x21; /* version 2, PROXY command */
+    if (src.sa.sa_family == AF_INET6) {
+        out[13] = 0x21; /* TCP over IPv6 */
+        out[14] = 0, out[15] = 36;
+        memcpy(out + 16, &src.v6.sin6_addr, 16);
+        memcpy(out + 32, &dst.v6.sin6_addr, 16);
+        memcpy(out + 48, &src.v6.sin6_port, 2);
+        memcpy(out + 50, &dst.v6.sin6_port, 2);
+        return 52;
+    }
+    out[13] = 0x11; /* TCP over IPv4 */
+    out[14] = 0, out[15] = 12;
+    memcpy(out + 16, &src.v4.sin_addr, 4);
+    memcpy(out + 20, &dst.v4.sin_addr, 4);
+    memcpy(out + 24, &src.v4.sin_port, 2);
+    memcpy(out + 26, &dst.v4.sin_port, 2);
+    return 28;
+}
+
+/* The engine accepted: send the PROXY header, let the 101 go out. */
+static void conn_engine_ready(ws_proxy *p, struct conn *c, int64_t now)
+{
+    int pp = c->cfg->c.proxy_protocol;
+    if (pp != WS_PROXY_PP_OFF) {
+        uint8_t hdr[128];
+        size_t n = pp_header(c, pp, hdr);
+        /* A new Unix socket's send buffer is empty and far larger than
+         * the header, so one write either takes it all or the engine is
+         * broken. */
+        if (io_send(c->efd, hdr, n) != (long)n) {
+            conn_refuse_with(p, c, 502, "engine socket: cannot send the PROXY header", now);
+            return;
+        }
+    }
+    c->state = CONN_OPEN;
+    c->status = 101;
+    c->t_rx = c->t_data = now;
+    c->e_wr = 1;
+    plog(p, WS_PROXY_LOG_DEBUG, c, "open");
+}
+
+static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
+{
+    struct sockaddr_un sun;
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    static char why[160];
+    memset(&sun, 0, sizeof sun);
+    sun.sun_family = AF_UNIX;
+    memcpy(sun.sun_path, c->cfg->c.socket_path, strlen(c->cfg->c.socket_path));
+    if (fd < 0) {
+        snprintf(why, sizeof why, "engine socket: socket: %s", strerror(errno));
+        conn_refuse_with(p, c, 502, why, now);
+        return;
+    }
+    fd_nonblock(fd);
+    c->efd = fd;
+    if (connect(fd, (struct sockaddr *)&sun, sizeof sun) == 0) {
+        conn_engine_ready(p, c, now);
+    } else if (errno == EINPROGRESS || errno == EINTR) {
+        c->state = CONN_CONNECT;
+    } else {
+        /* EAGAIN here is a full listen backlog: the engine is not keeping
+         * up, which the client should hear about at once. */
+        snprintf(why, sizeof why, "engine socket: connect(%s): %s",
+                 c->cfg->c.socket_path, strerror(errno));
+        conn_refuse_with(p, c, 502, why, now);
+    }
+}
+
+static unsigned conn_count_ip(ws_proxy *p, const struct conn *c)
+{
+    unsigned n = 0;
+    size_t i;
+    for (i = 0; i < p->nconns; i++)
+        if (p->conns[i]->state != CONN_DEAD && addr_same_ip(&p->conns[i]->peer, &c->peer))
+            n++;
+    return n;
+}
+
+/* A complete request head of hlen bytes is in ib. */
+static void conn_handshake(ws_proxy *p, struct conn *c, struct http_req *r,
+                           size_t hlen, int64_t now)
+{
+    struct http_answer a;
+    const struct cfg *cf = c->cfg;
+    unsigned per_ip = cf->c.max_connections_per_ip;
+    http_handshake(r, cf->c.allowed_origins, cf->c.subprotocols, &a);
+    if (a.status == 200) {
+        snprintf(p->health, sizeof p->health, "wsproxy %s running, %llu connections open",
+                 WS_PROXY_VERSION, (unsigned long long)p->st.conns_open);
+        a.why = p->health;
+    }
+    if (a.status == 101 && c->over_limit)
+        http_answer(&a, 503, "too many connections");
+    if (a.status == 101 && per_ip && conn_count_ip(p, c) > per_ip)
+        http_answer(&a, 503, "too many connections from this address");
+    if (a.status != 101) {
+        conn_refuse(p, c, &a, now);
+        return;
+    }
+    /* Bytes behind the request head are the first frames. */
+    c->i_pos = c->i_out = c->i_wr = (uint32_t)hlen;
+    if (!(c->ob = buf_get(p))) {
+        conn_end(p, c, now);
+        return;
+    }
+    c->o_pos = 0;
+    c->o_len = (uint32_t)http_write_answer(&a, (char *)c->ob, WS_PROXY_BUF_SIZE);
+    conn_engine_connect(p, c, now);
+}
+
+static void conn_http(ws_proxy *p, struct conn *c, int64_t now)
+{
+    while (c->c_rd && c->state == CONN_HTTP) {
+        struct http_req r;
+        long n, h;
+        if (!c->ib && !(c->ib = buf_get(p))) {
+            conn_end(p, c, now);
+            return;
+        }
+        n = tr_read(c, c->ib + c->i_len, WS_PROXY_BUF_SIZE - c->i_len);
+        if (n == IO_AGAIN) {
+            if (!c->i_len)
+                buf_put(p, &c->ib);
+            return;
+        }
+        if (n <= 0) { /* the client gave up before asking */
+            conn_end(p, c, now);
+            return;
+        }
+        /* Parse only once a line is complete: a request sent one byte at
+         * a time costs one scan per line, not per byte. */
+        c->i_len += (uint32_t)n;
+        if (!memchr(c->ib + c->i_len - n, '\n', (size_t)n) && c->i_len <= WS_PROXY_MAX_HEADER)
+            continue;
+        r.h = p->hdrs;
+        r.maxh = WS_PROXY_MAX_HEADERS;
+        h = http_parse((const char *)c->ib, c->i_len, &r);
+        if (h == HTTP_PARTIAL && c->i_len <= WS_PROXY_MAX_HEADER)
+            continue;
+        if (h == HTTP_BAD)
+            conn_refuse_with(p, c, 400, "malformed HTTP request", now);
+        else if (h == HTTP_PARTIAL || h == HTTP_TOO_MANY || h > WS_PROXY_MAX_HEADER)
+            conn_refuse_with(p, c, 431, "request header block too large", now);
+        else
+            conn_handshake(p, c, &r, (size_t)h, now);
+    }
+}
+
+/* Decodes the raw client bytes in ib and acts on control frames. */
+static void conn_decode(ws_proxy *p, struct conn *c, int64_t now)
+{
+    while (c->i_pos < c->i_len) {
+        size_t pos = c->i_pos, out = c->i_out;
+        int rc = frame_decode(&c->dec, c->ib, c->i_len, &pos, &out);
+        c->i_pos = (uint32_t)pos;
+        c->i_out = (uint32_t)out;
+        c->t_rx = now;
+        c->t_ping = 0;
+        if (c->state == CONN_CLOSING)
+            c->i_wr = c->i_out; /* after our Close, data is dropped */
+        if (rc == FRAME_MORE)
+            break;
+        if (rc == FRAME_ERROR) {
+            if (c->state == CONN_CLOSING)
+                conn_end(p, c, now);
+            else
+                conn_fail(p, c, c->dec.err, c->dec.why, now);
+            return;
+        }
+        if (c->dec.op == OP_PING && c->state == CONN_OPEN) {
+            /* 5.5.3: answer with the same payload; only the latest Ping
+             * need be answered. */
+            memcpy(c->pong, c->dec.ctl, c->dec.ctl_len);
+            c->pong_len = c->dec.ctl_len;
+            c->pong_due = 1;
+        } else if (c->dec.op == OP_CLOSE) {
+            c->close_rcvd = 1;
+            c->i_len = c->i_pos; /* 5.5.1: nothing after a Close counts */
+            if (c->state == CONN_CLOSING) {
+                if (!c->ob)
+                    conn_end(p, c, now);
+                return;
+            }
+            c->close_code = c->dec.ctl_len >= 2
+                                ? (uint16_t)(c->dec.ctl[0] << 8 | c->dec.ctl[1])
+                                : 0;
+            c->why = "client closed";
+            c->state = CONN_DRAIN;
+            c->t_deadline = now + c->cfg->drain_ms;
+            return;
+        }
+    }
+}
+
+/* Client -> engine: write pending payload, then read and decode more. */
+static int conn_upstream(ws_proxy *p, struct conn *c, int64_t now)
+{
+    int moved = 0;
+    if (c->ib && c->i_wr < c->i_out) {
+        long n;
+        if (c->efd < 0 || c->eng_wdead || c->eng_shut) {
+            c->i_wr = c->i_out;
+        } else if (!c->e_wr) {
+            return 0;
+        } else if ((n = io_send(c->efd, c->ib + c->i_wr, c->i_out - c->i_wr)) > 0) {
+            c->i_wr += (uint32_t)n;
+            c->bytes_in += (uint64_t)n;
+            p->st.bytes_to_engine += (uint64_t)n;
+            c->t_data = now;
+            moved = 1;
+            if (c->i_wr < c->i_out)
+                c->e_wr = 0;
+        } else if (n == IO_AGAIN) {
+            c->e_wr = 0;
+            return 0;
+        } else {
+            /* The engine stopped reading; what it still sends, or its
+             * EOF, decides how the connection ends. */
+            c->eng_wdead = 1;
+            c->i_wr = c->i_out;
+        }
+        if (c->i_wr < c->i_out)
+            return moved;
+    }
+    if (c->ib && c->i_pos == c->i_len) {
+        buf_put(p, &c->ib);
+        c->i_len = c->i_pos = c->i_out = c->i_wr = 0;
+    }
+    if (c->state == CONN_DRAIN && !c->eng_shut && c->efd >= 0) {
+        /* Everything the client sent is out: tell the engine. */
+        shutdown(c->efd, SHUT_WR);
+        c->eng_shut = 1;
+    }
+    if (c->ib && c->i_pos < c->i_len && c->state == CONN_OPEN) {
+        conn_decode(p, c, now); /* bytes that came behind the request */
+        return 1;
+    }
+    if (!c->c_rd || c->close_rcvd || c->drop ||
+        (c->state != CONN_OPEN && c->state != CONN_CLOSING))
+        return moved;
+    if (!c->ib && !(c->ib = buf_get(p))) {
+        conn_close(p, c, 1011, "out of memory", 1, now);
+        return 1;
+    }
+    {
+        long n = tr_read(c, c->ib, WS_PROXY_BUF_SIZE);
+        if (n == IO_AGAIN) {
+            buf_put(p, &c->ib);
+            return moved;
+        }
+        if (n <= 0) { /* client TCP gone: free the engine session */
+            c->why = n == 0 ? "client disconnected" : "client connection error";
+            conn_end(p, c, now);
+            return 1;
+        }
+        c->i_len = (uint32_t)n;
+        c->i_pos = c->i_out = c->i_wr = 0;
+    }
+    conn_decode(p, c, now);
+    return 1;
+}
+
+/* Composes one frame into a fresh ob. */
+static void conn_frame(ws_proxy *p, struct conn *c, unsigned op,
+                       const uint8_t *payload, size_t len)
+{
+    size_t h;
+    if (!c->ob && !(c->ob = buf_get(p)))
+        return;
+    memcpy(c->ob + FRAME_HEADROOM, payload, len);
+    h = frame_header(c->ob + FRAME_HEADROOM, op, len);
+    c->o_pos = (uint32_t)(FRAME_HEADROOM - h);
+    c->o_len = (uint32_t)(FRAME_HEADROOM + len);
+}
+
+static void conn_close_frame(ws_proxy *p, struct conn *c)
+{
+    uint8_t pl[125];
+    size_t n = 0;
+    if (c->close_code) {
+        pl[0] = (uint8_t)(c->close_code >> 8);
+        pl[1] = (uint8_t)c->close_code;
+        n = 2;
+        /* Our own reasons are short ASCII; an echoed Close carries none. */
+        if (c->why && !c->close_rcvd) {
+            size_t k = strlen(c->why);
+            k = k > 123 ? 123 : k;
+            memcpy(pl + 2, c->why, k);
+            n += k;
+        }
+    }
+    conn_frame(p, c, OP_CLOSE, pl, n);
+    c->close_sent = 1;
+}
+
+/* Engine -> client: flush ob, then compose the next frame. */
+static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
+{
+    long n;
+    if (c->ob && c->o_pos < c->o_len) {
+        if (!c->c_wr || c->state == CONN_CONNECT)
+            return 0;
+        n = tr_write(c, c->ob + c->o_pos, c->o_len - c->o_pos);
+        if (n == IO_AGAIN)
+            return 0;
+        if (n < 0) {
+            c->why = "client connection error";
+            conn_end(p, c, now);
+            return 1;
+        }
+        c->o_pos += (uint32_t)n;
+        if (c->o_pos < c->o_len)
+            return 1;
+        buf_put(p, &c->ob);
+        if (c->state == CONN_REFUSED) {
+            /* Answered: stop sending, read until the client closes, so
+             * unread request bytes do not turn our close into a reset. */
+            shutdown(c->cfd, SHUT_WR);
+            c->c_rd = 1;
+            return 1;
+        }
+        if (c->close_sent && (c->drop || c->close_rcvd)) {
+            conn_end(p, c, now);
+            return 1;
+        }
+    }
+    if (c->ob || c->state == CONN_HTTP || c->state == CONN_REFUSED)
+        return 0;
+    if (c->pong_due) {
+        conn_frame(p, c, OP_PONG, c->pong, c->pong_len);
+        c->pong_due = 0;
+        return 1;
+    }
+    if (c->ping_due) {
+        conn_frame(p, c, OP_PING, NULL, 0);
+        c->ping_due = 0;
+        return 1;
+    }
+    if (c->state == CONN_CLOSING) {
+        if (!c->close_sent) {
+            conn_close_frame(p, c);
+            return 1;
+        }
+        return 0;
+    }
+    if (!c->e_rd || c->efd < 0)
+        return 0;
+    if (!(c->ob = buf_get(p)))
+        return 0;
+    n = io_recv(c->efd, c->ob + FRAME_HEADROOM, WS_PROXY_BUF_SIZE - FRAME_HEADROOM);
+    if (n > 0) {
+        size_t h = frame_header(c->ob + FRAME_HEADROOM, OP_BINARY, (uint64_t)n);
+        c->o_pos = (uint32_t)(FRAME_HEADROOM - h);
+        c->o_len = (uint32_t)(FRAME_HEADROOM + n);
+        c->bytes_out += (uint64_t)n;
+        p->st.bytes_to_client += (uint64_t)n;
+        c->t_data = now;
+        if ((size_t)n < WS_PROXY_BUF_SIZE - FRAME_HEADROOM)
+            c->e_rd = 0;
+        return 1;
+    }
+    buf_put(p, &c->ob);
+    if (n == IO_AGAIN) {
+        c->e_rd = 0;
+        return 0;
+    }
+    if (c->state == CONN_DRAIN) /* answer the client's Close */
+        conn_close(p, c, c->close_code, c->why, 0, now);
+    else if (n == 0)
+        conn_close(p, c, 1000, "engine closed", 0, now);
+    else
+        conn_close(p, c, 1011, "engine connection error", 0, now);
+    return 1;
+}
+
+/* Lingering after an HTTP answer: discard what the client still sends. */
+static void conn_linger(ws_proxy *p, struct conn *c, int64_t now)
+{
+    uint8_t sink[512];
+    int budget = WS_PROXY_TURN_BUDGET;
+    while (c->c_rd && budget--) {
+        long n = tr_read(c, sink, sizeof sink);
+        if (n == IO_AGAIN)
+            return;
+        if (n <= 0) {
+            conn_end(p, c, now);
+            return;
+        }
+    }
+}
+
+static void conn_step(ws_proxy *p, struct conn *c, int64_t now)
+{
+    int budget = WS_PROXY_TURN_BUDGET;
+    if (c->state == CONN_HTTP)
+        conn_http(p, c, now);
+    if (c->state == CONN_CONNECT && c->e_wr) {
+        int e = 0;
+        socklen_t len = sizeof e;
+        if (getsockopt(c->efd, SOL_SOCKET, SO_ERROR, &e, &len) || e) {
+            static char why[160];
+            snprintf(why, sizeof why, "engine socket: connect(%s): %s",
+                     c->cfg->c.socket_path, strerror(e ? e : errno));
+            conn_refuse_with(p, c, 502, why, now);
+        } else {
+            conn_engine_ready(p, c, now);
+        }
+    }
+    if (c->state == CONN_REFUSED && !c->ob) {
+        conn_linger(p, c, now);
+        return;
+    }
+    while (budget-- > 0 && c->state != CONN_DEAD && c->state != CONN_HTTP) {
+        int moved = conn_upstream(p, c, now);
+        if (c->state == CONN_DEAD)
+            break;
+        moved |= conn_downstream(p, c, now);
+        if (!moved)
+            break;
+    }
+}
+
+/* The earliest time this connection's timers need the loop. */
+static int64_t conn_deadline(const struct conn *c)
+{
+    const struct cfg *cf = c->cfg;
+    int64_t t = INT64_MAX;
+    switch (c->state) {
+    case CONN_HTTP:
+    case CONN_CONNECT:
+        return c->t_start + cf->handshake_ms;
+    case CONN_OPEN:
+        if (cf->c.ping_interval_ms)
+            t = (c->t_ping ? c->t_ping : c->t_rx) + cf->c.ping_interval_ms;
+        if (cf->c.idle_timeout_ms && c->t_data + cf->c.idle_timeout_ms < t)
+            t = c->t_data + cf->c.idle_timeout_ms;
+        return t;
+    case CONN_DRAIN:
+    case CONN_CLOSING:
+    case CONN_REFUSED:
+        return c->t_deadline;
+    }
+    return t;
+}
+
+static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
+{
+    const struct cfg *cf = c->cfg;
+    if (now < conn_deadline(c))
+        return;
+    switch (c->state) {
+    case CONN_HTTP:
+        conn_refuse_with(p, c, 408, "handshake timeout", now);
+        break;
+    case CONN_CONNECT:
+        conn_refuse_with(p, c, 502, "engine socket: connect timed out", now);
+        break;
+    case CONN_OPEN:
+        if (cf->c.idle_timeout_ms && now >= c->t_data + cf->c.idle_timeout_ms)
+            conn_close(p, c, 1001, "idle timeout", 0, now);
+        else if (c->t_ping)
+            conn_close(p, c, 1001, "no answer to ping", 1, now);
+        else {
+            c->ping_due = 1;
+            c->t_ping = now;
+        }
+        break;
+    case CONN_DRAIN:
+        conn_close(p, c, c->close_code, "client closed, engine drain timed out", 0, now);
+        c->close_rcvd = 1;
+        break;
+    default:
+        conn_end(p, c, now);
+    }
+}
+
+/* ==== The loop ===========================================================
+ *
+ * Each turn: derive every socket's poll interest from its connection's
+ * state, sleep in poll() until I/O, a command or the earliest timer, then
+ * run commands, accept, and step every connection.  A socket with no
+ * interest is left out of the poll set (fd -1), so a hang-up nobody waits
+ * for cannot spin the loop.  Dead connections are freed at the end.
+ */
+
+static void cfg_unref(struct cfg *cf);
+
+static short conn_client_events(const struct conn *c)
+{
+    short ev = 0;
+    if (c->ob && c->o_pos < c->o_len && c->state != CONN_CONNECT)
+        ev |= POLLOUT;
+    if (c->state == CONN_HTTP || (c->state == CONN_REFUSED && !c->ob))
+        ev |= POLLIN;
+    if ((c->state == CONN_OPEN || c->state == CONN_CLOSING) && !c->close_rcvd &&
+        !c->drop && !(c->ib && c->i_wr < c->i_out))
+        ev |= POLLIN;
+    return ev;
+}
+
+static short conn_engine_events(const struct conn *c)
+{
+    short ev = 0;
+    if (c->efd < 0)
+        return 0;
+    if (c->state == CONN_CONNECT)
+        return POLLOUT;
+    if (c->ib && c->i_wr < c->i_out && !c->eng_wdead)
+        ev |= POLLOUT;
+    if (!c->ob && (c->state == CONN_OPEN || c->state == CONN_DRAIN))
+        ev |= POLLIN;
+    return ev;
+}
+
+/* Best effort on the way out: finish the frame in flight, send a Close. */
+static void conn_goodbye(ws_proxy *p, struct conn *c, uint16_t code, int64_t now)
+{
+    if (c->state == CONN_OPEN || c->state == CONN_DRAIN || c->state == CONN_CLOSING) {
+        c->c_wr = 1;
+        if (c->ob && tr_write(c, c->ob + c->o_pos, c->o_len - c->o_pos) ==
+                         (long)(c->o_len - c->o_pos))
+            buf_put(p, &c->ob);
+        if (!c->ob && !c->close_sent) {
+            c->close_code = code;
+            c->why = code == 1001 ? "proxy stopping" : "proxy failed";
+            conn_close_frame(p, c);
+            if (c->ob)
+                tr_write(c, c->ob + c->o_pos, c->o_len - c->o_pos);
+        }
+    }
+    conn_end(p, c, now);
+}
+
+static void loop_close_all(ws_proxy *p, uint16_t code)
+{
+    int64_t now = mono_ms();
+    size_t i;
+    for (i = 0; i < p->nconns; i++)
+        conn_goodbye(p, p->conns[i], code, now);
+}
+
+/* A fatal error: log it, close everything, and stay FAILED until
+ * ws_proxy_restart(); the proxy never restarts itself. */
+static void loop_fail(ws_proxy *p, const char *what)
+{
+    snprintf(p->reason, sizeof p->reason, "%s: %s", what, strerror(errno));
+    plog(p, WS_PROXY_LOG_ERROR, NULL, "failed: %s; closing every connection",
+         p->reason);
+    loop_close_all(p, 1011);
+    if (p->lfd >= 0)
+        close(p->lfd);
+    p->lfd = -1;
+    p->state = WS_PROXY_FAILED;
+}
+
+static void loop_accept(ws_proxy *p, int64_t now)
+{
+    int budget = WS_PROXY_ACCEPT_BUDGET;
+    while (budget-- > 0 && p->lfd >= 0) {
+        union conn_addr a;
+        socklen_t len = sizeof a;
+        struct conn *c;
+        char ip[INET6_ADDRSTRLEN];
+        int fd, one = 1;
+#if defined(__linux__)
+        fd = accept4(p->lfd, &a.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+#else
+        fd = accept(p->lfd, &a.sa, &len);
+        if (fd >= 0)
+            fd_nonblock(fd);
+#endif
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: back off instead of spinning. */
+                plog(p, WS_PROXY_LOG_WARN, NULL, "accept: %s; pausing 100 ms",
+                     strerror(errno));
+                p->accept_pause_until = now + 100;
+                return;
+            }
+            loop_fail(p, "accept");
+            return;
+        }
+        if (p->nconns == p->capconns) {
+            size_t cap = p->capconns ? p->capconns * 2 : 64;
+            struct conn **nc = realloc(p->conns, cap * sizeof *nc);
+            if (!nc) {
+                close(fd);
+                continue;
+            }
+            p->conns = nc;
+            p->capconns = cap;
+        }
+        if (!(c = calloc(1, sizeof *c))) {
+            close(fd);
+            continue;
+        }
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        addr_unmap(&a);
+        c->cfd = fd;
+        c->efd = -1;
+        c->peer = a;
+        c->cfg = p->cfg;
+        p->cfg->refs++;
+        c->id = ++p->next_id;
+        c->t_start = now;
+        c->c_rd = c->c_wr = 1; /* the request is likely there already */
+        c->pi_c = c->pi_e = -1;
+        c->dec.max_msg = c->cfg->c.max_message;
+        c->over_limit = p->st.conns_open >= c->cfg->max_conns;
+        snprintf(c->name, sizeof c->name,
+                 a.sa.sa_family == AF_INET6 ? "conn %llu [%s]:%d" : "conn %llu %s:%d",
+                 (unsigned long long)c->id, addr_ip(&a, ip, sizeof ip), addr_port(&a));
+        p->conns[p->nconns++] = c;
+        p->st.conns_open++;
+        p->st.conns_total++;
+    }
+}
+
+static void log_config(ws_proxy *p, const char *verb)
+{
+    const struct cfg *cf = p->cfg;
+    static const char *const pp[] = {"v2", "v1", "off"};
+    char ip[INET6_ADDRSTRLEN];
+    if (p->lfd >= 0)
+        plog(p, WS_PROXY_LOG_INFO, NULL,
+             "%s: listening on %s://%s%s%s:%d -> unix:%s; max_connections=%u "
+             "max_connections_per_ip=%u max_message=%llu handshake_timeout_ms=%u "
+             "idle_timeout_ms=%u ping_interval_ms=%u drain_timeout_ms=%u "
+             "proxy_protocol=%s allowed_origins=%s subprotocols=%s",
+             verb, cf->tls ? "wss" : "ws", p->laddr.sa.sa_family == AF_INET6 ? "[" : "",
+             addr_ip(&p->laddr, ip, sizeof ip), p->laddr.sa.sa_family == AF_INET6 ? "]" : "",
+             p->lport, cf->c.socket_path, cf->max_conns, cf->c.max_connections_per_ip,
+             (unsigned long long)cf->c.max_message, cf->handshake_ms,
+             cf->c.idle_timeout_ms, cf->c.ping_interval_ms, cf->drain_ms,
+             pp[cf->c.proxy_protocol],
+             cf->c.allowed_origins && *cf->c.allowed_origins ? cf->c.allowed_origins : "(any)",
+             cf->c.subprotocols ? cf->c.subprotocols : "(none)");
+    else
+        plog(p, WS_PROXY_LOG_INFO, NULL, "%s: no port configured, not listening", verb);
+    if (cf->c.proxy_protocol == WS_PROXY_PP_OFF)
+        plog(p, WS_PROXY_LOG_WARN, NULL,
+             "proxy_protocol is off: the engine sees every client as this "
+             "process's user; an engine that trusts Unix-socket peers by uid "
+             "(e.g. MariaDB unix_socket auth) will let network clients in as that user");
+}
+
+static int loop_restart(ws_proxy *p, struct cfg *cf, char *err, size_t errlen)
+{
+    union conn_addr want, bound;
+    int lfd = -1, log_fd, rc, keep = 0;
+    if (cf->port && p->lfd >= 0 && cf->port != WS_PROXY_PORT_ANY &&
+        cf->port == p->lport &&
+        !addr_parse(cf->c.bind_address, cf->port, &want) &&
+        addr_same_ip(&want, &p->laddr))
+        keep = 1;
+    if ((rc = log_open(cf, &log_fd, err, errlen)) != 0)
+        return rc;
+    if (cf->port && !keep &&
+        (rc = listen_open(cf->c.bind_address, cf->port, &lfd, &bound, err, errlen)) != 0) {
+        if (log_fd >= 0)
+            close(log_fd);
+        return rc;
+    }
+    /* Nothing can fail from here: commit.  The new port is already bound,
+     * so closing the old one leaves no moment without a listener. */
+    if (!keep) {
+        if (p->lfd >= 0)
+            close(p->lfd);
+        p->lfd = lfd;
+        if (lfd >= 0) {
+            p->laddr = bound;
+            p->lport = addr_port(&bound);
+        }
+    }
+    if (p->log_fd >= 0)
+        close(p->log_fd);
+    p->log_fd = log_fd;
+    cfg_unref(p->cfg);
+    p->cfg = cf;
+    p->state = p->lfd >= 0 ? WS_PROXY_RUNNING : WS_PROXY_STOPPED;
+    p->reason[0] = 0;
+    p->accept_pause_until = 0;
+    log_config(p, "restarted");
+    return 0;
+}
+
+static int loop_reopen_log(ws_proxy *p, char *err, size_t errlen)
+{
+    int fd, rc = log_open(p->cfg, &fd, err, errlen);
+    if (rc)
+        return rc;
+    if (p->log_fd >= 0)
+        close(p->log_fd);
+    p->log_fd = fd;
+    plog(p, WS_PROXY_LOG_INFO, NULL, "log reopened");
+    return 0;
+}
+
+/* Runs the command in the mailbox; returns 1 if there was one. */
+static int loop_command(ws_proxy *p)
+{
+    char drain[64];
+    int had;
+    while (read(p->wake_rd, drain, sizeof drain) > 0) {
+    }
+    pthread_mutex_lock(&p->mu);
+    had = p->cmd != CMD_NONE && !p->cmd_done;
+    if (had) {
+        switch (p->cmd) {
+        case CMD_RESTART:
+            p->cmd_rc = loop_restart(p, p->cmd_arg, p->cmd_err, p->cmd_errlen);
+            break;
+        case CMD_STATUS: {
+            struct ws_proxy_status *st = p->cmd_arg;
+            *st = p->st;
+            st->state = p->state;
+            st->port = p->state == WS_PROXY_RUNNING ? p->lport : 0;
+            st->tls = p->state == WS_PROXY_RUNNING && p->cfg->tls;
+            snprintf(st->reason, sizeof st->reason, "%s", p->reason);
+            p->cmd_rc = 0;
+            break;
+        }
+        case CMD_STOP:
+            p->quit = 1;
+            p->cmd_rc = 0;
+            break;
+        case CMD_REOPEN:
+            p->cmd_rc = loop_reopen_log(p, p->cmd_err, p->cmd_errlen);
+            break;
+        }
+        p->cmd_done = 1;
+        pthread_cond_broadcast(&p->cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return had;
+}
+
+static int loop_grow_pfd(ws_proxy *p, size_t need)
+{
+    struct pollfd *n;
+    size_t cap = p->cappfd ? p->cappfd : 64;
+    if (need <= p->cappfd)
+        return 0;
+    while (cap < need)
+        cap *= 2;
+    if (!(n = realloc(p->pfd, cap * sizeof *n)))
+        return -1;
+    p->pfd = n;
+    p->cappfd = cap;
+    return 0;
+}
+
+static size_t loop_add(ws_proxy *p, size_t *n, int fd, short ev)
+{
+    p->pfd[*n].fd = ev ? fd : -1;
+    p->pfd[*n].events = ev;
+    p->pfd[*n].revents = 0;
+    return (*n)++;
+}
+
+static void loop_turn(ws_proxy *p)
+{
+    size_t i, j, n = 0;
+    int64_t now = mono_ms(), next = INT64_MAX;
+    long lidx = -1;
+    int rc, timeout;
+    if (loop_grow_pfd(p, 2 + 2 * p->nconns)) {
+        errno = ENOMEM;
+        loop_fail(p, "poll set");
+        return;
+    }
+    loop_add(p, &n, p->wake_rd, POLLIN);
+    if (p->lfd >= 0 && p->st.conns_open < (uint64_t)p->cfg->max_conns + WS_PROXY_REFUSE_SLACK) {
+        if (now >= p->accept_pause_until)
+            lidx = (long)loop_add(p, &n, p->lfd, POLLIN);
+        else
+            next = p->accept_pause_until;
+    }
+    for (i = 0; i < p->nconns; i++) {
+        struct conn *c = p->conns[i];
+        int64_t d = conn_deadline(c);
+        c->pi_c = (int)loop_add(p, &n, c->cfd, conn_client_events(c));
+        c->pi_e = (int)loop_add(p, &n, c->efd, conn_engine_events(c));
+        next = d < next ? d : next;
+    }
+    timeout = next == INT64_MAX ? -1 : next <= now ? 0 : next - now > 86400000 ? 86400000 : (int)(next - now);
+    rc = poll(p->pfd, (nfds_t)n, timeout);
+    if (rc < 0) {
+        if (errno != EINTR)
+            loop_fail(p, "poll");
+        return;
+    }
+    now = mono_ms();
+    if (p->pfd[0].revents && loop_command(p))
+        lidx = -1; /* the listener may have changed under lidx */
+    if (p->quit)
+        return;
+    if (lidx >= 0 && p->pfd[lidx].revents) {
+        if (p->pfd[lidx].revents & (POLLERR | POLLNVAL)) {
+            errno = EBADF;
+            loop_fail(p, "listening socket");
+        } else {
+            loop_accept(p, now);
+        }
+    }
+    for (i = 0; i < p->nconns; i++) {
+        struct conn *c = p->conns[i];
+        if (c->state == CONN_DEAD)
+            continue;
+        if (c->pi_c >= 0) {
+            short re = p->pfd[c->pi_c].revents;
+            if (re & (POLLIN | POLLERR | POLLHUP))
+                c->c_rd = 1;
+            if (re & (POLLOUT | POLLERR | POLLHUP))
+                c->c_wr = 1;
+        }
+        if (c->pi_e >= 0) {
+            short re = p->pfd[c->pi_e].revents;
+            if (re & (POLLIN | POLLERR | POLLHUP))
+                c->e_rd = 1;
+            if (re & (POLLOUT | POLLERR | POLLHUP))
+                c->e_wr = 1;
+        }
+        conn_timers(p, c, now);
+        if (c->state != CONN_DEAD)
+            conn_step(p, c, now);
+    }
+    for (i = j = 0; i < p->nconns; i++) {
+        struct conn *c = p->conns[i];
+        if (c->state == CONN_DEAD) {
+            cfg_unref(c->cfg);
+            free(c);
+        } else {
+            p->conns[j++] = c;
+        }
+    }
+    p->nconns = j;
+}
+
+static void *loop_main(void *arg)
+{
+    ws_proxy *p = arg;
+    sigset_t all;
+    /* Signals are the host's business, never this thread's. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    while (!p->quit)
+        loop_turn(p);
+    loop_close_all(p, 1001);
+    plog(p, WS_PROXY_LOG_INFO, NULL, "stopped after %llu connections",
+         (unsigned long long)p->st.conns_total);
+    return NULL;
+}
+
+/* ==== Public API ========================================================= */
+
+static void cfg_unref(struct cfg *cf)
+{
+    if (cf && --cf->refs == 0)
+        free(cf);
+}
+
+static size_t cfg_strlen(const char *s)
+{
+    return s ? strlen(s) + 1 : 0;
+}
+
+static const char *cfg_strcpy(char **dst, const char *s)
+{
+    char *d = *dst;
+    size_t n = cfg_strlen(s);
+    if (!s)
+        return NULL;
+    memcpy(d, s, n);
+    *dst += n;
+    return d;
+}
+
+/* Validates *in and copies it into a new struct cfg. */
+static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
+                   char *err, size_t errlen)
+{
+    union conn_addr a;
+    struct cfg *cf;
+    char *t;
+    size_t len;
+    int port;
+    *out = NULL;
+    if (!in)
+        return err_set(err, errlen, WS_PROXY_EINVAL, "no configuration given");
+    if (in->http_port && in->https_port)
+        return err_set(err, errlen, WS_PROXY_EINVAL,
+                       "http_port and https_port are mutually exclusive");
+    port = in->http_port ? in->http_port : in->https_port;
+    if (port != WS_PROXY_PORT_ANY && (port < 0 || port > 65535))
+        return err_set(err, errlen, WS_PROXY_EINVAL,
+                       "%s %d is out of range (1-65535)",
+                       in->http_port ? "http_port" : "https_port", port);
+    if (in->https_port && (!in->cert_file || !*in->cert_file || !in->key_file || !*in->key_file))
+        return err_set(err, errlen, WS_PROXY_EINVAL,
+                       "https_port requires SSL: set cert_file and key_file");
+    if (!in->socket_path || !*in->socket_path)
+        return err_set(err, errlen, WS_PROXY_EINVAL, "socket_path is not set");
+    if (strlen(in->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return err_set(err, errlen, WS_PROXY_EINVAL,
+                       "socket_path is longer than %u bytes",
+                       (unsigned)sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+    if (in->bind_address && addr_parse(in->bind_address, 0, &a))
+        return err_set(err, errlen, WS_PROXY_EINVAL,
+                       "bind_address: not a numeric IPv4 or IPv6 address: %s",
+                       in->bind_address);
+    if (in->max_connections > MAX_CONNECTIONS_LIMIT)
+        return err_set(err, errlen, WS_PROXY_EINVAL, "max_connections over %u",
+                       MAX_CONNECTIONS_LIMIT);
+    if (in->proxy_protocol < 0 || in->proxy_protocol > WS_PROXY_PP_OFF)
+        return err_set(err, errlen, WS_PROXY_EINVAL,
+                       "proxy_protocol must be v2, v1 or off");
+    if (in->log_level < 0 || in->log_level > WS_PROXY_LOG_DEBUG)
+        return err_set(err, errlen, WS_PROXY_EINVAL, "log_level out of range");
+#ifdef WS_PROXY_NO_TLS
+    if (in->https_port)
+        return err_set(err, errlen, WS_PROXY_ENOTLS,
+                       "https_port: this build has no TLS (built with WS_PROXY_NO_TLS)");
+#endif
+    len = cfg_strlen(in->bind_address) + cfg_strlen(in->socket_path) +
+          cfg_strlen(in->cert_file) + cfg_strlen(in->key_file) +
+          cfg_strlen(in->log_dir) + cfg_strlen(in->allowed_origins) +
+          cfg_strlen(in->subprotocols) + sizeof "0.0.0.0";
+    if (!(cf = calloc(1, sizeof *cf + len)))
+        return err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
+    cf->refs = 1;
+    cf->c = *in;
+    t = cf->text;
+    cf->c.bind_address = cfg_strcpy(&t, in->bind_address ? in->bind_address : "0.0.0.0");
+    cf->c.socket_path = cfg_strcpy(&t, in->socket_path);
+    cf->c.cert_file = cfg_strcpy(&t, in->cert_file);
+    cf->c.key_file = cfg_strcpy(&t, in->key_file);
+    cf->c.log_dir = cfg_strcpy(&t, in->log_dir);
+    cf->c.allowed_origins = cfg_strcpy(&t, in->allowed_origins);
+    cf->c.subprotocols = cfg_strcpy(&t, in->subprotocols);
+    cf->port = port;
+    cf->tls = in->https_port != 0;
+    cf->max_conns = in->max_connections ? in->max_connections : DEFAULT_MAX_CONNECTIONS;
+    cf->handshake_ms = in->handshake_timeout_ms ? in->handshake_timeout_ms : DEFAULT_HANDSHAKE_MS;
+    cf->drain_ms = in->drain_timeout_ms ? in->drain_timeout_ms : DEFAULT_DRAIN_MS;
+    cf->log_level = in->log_level ? in->log_level : WS_PROXY_LOG_INFO;
+    *out = cf;
+    return 0;
+}
+
+/* Hands a command to the loop thread and waits until it has run. */
+static int api_call(ws_proxy *p, int cmd, void *arg, char *err, size_t errlen)
+{
+    int rc;
+    pthread_mutex_lock(&p->api_mu);
+    pthread_mutex_lock(&p->mu);
+    p->cmd = cmd;
+    p->cmd_arg = arg;
+    p->cmd_err = err;
+    p->cmd_errlen = errlen;
+    p->cmd_done = 0;
+    pthread_mutex_unlock(&p->mu);
+    while (write(p->wake_wr, "", 1) < 0 && errno == EINTR) {
+    }
+    pthread_mutex_lock(&p->mu);
+    while (!p->cmd_done)
+        pthread_cond_wait(&p->cv, &p->mu);
+    rc = p->cmd_rc;
+    p->cmd = CMD_NONE;
+    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&p->api_mu);
+    return rc;
+}
+
+static void proxy_free(ws_proxy *p)
+{
+    size_t i;
+    for (i = 0; i < p->nconns; i++) {
+        cfg_unref(p->conns[i]->cfg);
+        free(p->conns[i]);
+    }
+    while (p->freebufs) {
+        uint8_t *b = p->freebufs;
+        memcpy(&p->freebufs, b, sizeof b);
+        free(b);
+    }
+    if (p->lfd >= 0)
+        close(p->lfd);
+    if (p->log_fd >= 0)
+        close(p->log_fd);
+    if (p->wake_rd >= 0)
+        close(p->wake_rd);
+    if (p->wake_wr >= 0)
+        close(p->wake_wr);
+    cfg_unref(p->cfg);
+    free(p->conns);
+    free(p->pfd);
+    free(p);
+}
+
+ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
+                         size_t errlen)
+{
+    ws_proxy *p;
+    struct cfg *cf;
+    int fds[2];
+    if (err && errlen)
+        err[0] = 0;
+    if (cfg_new(config, &cf, err, errlen))
+        return NULL;
+    if (!(p = calloc(1, sizeof *p))) {
+        cfg_unref(cf);
+        err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
+        return NULL;
+    }
+    p->lfd = p->log_fd = p->wake_rd = p->wake_wr = -1;
+    p->cfg = cf;
+    if (log_open(cf, &p->log_fd, err, errlen) ||
+        (cf->port && listen_open(cf->c.bind_address, cf->port, &p->lfd, &p->laddr, err, errlen))) {
+        proxy_free(p);
+        return NULL;
+    }
+    if (pipe(fds)) {
+        err_set(err, errlen, WS_PROXY_ESYS, "pipe: %s", strerror(errno));
+        proxy_free(p);
+        return NULL;
+    }
+    p->wake_rd = fds[0];
+    p->wake_wr = fds[1];
+    fd_nonblock(p->wake_rd);
+    fd_nonblock(p->wake_wr);
+    p->lport = p->lfd >= 0 ? addr_port(&p->laddr) : 0;
+    p->state = p->lfd >= 0 ? WS_PROXY_RUNNING : WS_PROXY_STOPPED;
+    pthread_mutex_init(&p->api_mu, NULL);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    log_config(p, "started");
+    if (pthread_create(&p->thread, NULL, loop_main, p)) {
+        err_set(err, errlen, WS_PROXY_ESYS, "pthread_create failed");
+        pthread_mutex_destroy(&p->api_mu);
+        pthread_mutex_destroy(&p->mu);
+        pthread_cond_destroy(&p->cv);
+        proxy_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+int ws_proxy_restart(ws_proxy *p, const struct ws_proxy_config *config,
+                     char *err, size_t errlen)
+{
+    struct cfg *cf;
+    int rc;
+    if (err && errlen)
+        err[0] = 0;
+    if (!p)
+        return err_set(err, errlen, WS_PROXY_EINVAL, "no proxy");
+    if ((rc = cfg_new(config, &cf, err, errlen)) != 0)
+        return rc;
+    if ((rc = api_call(p, CMD_RESTART, cf, err, errlen)) != 0)
+        cfg_unref(cf); /* the loop did not take it */
+    return rc;
+}
+
+int ws_proxy_reopen_log(ws_proxy *p, char *err, size_t errlen)
+{
+    if (!p)
+        return err_set(err, errlen, WS_PROXY_EINVAL, "no proxy");
+    return api_call(p, CMD_REOPEN, NULL, err, errlen);
+}
+
+int ws_proxy_status(ws_proxy *p, struct ws_proxy_status *st)
+{
+    if (!p || !st)
+        return WS_PROXY_EINVAL;
+    return api_call(p, CMD_STATUS, st, NULL, 0);
+}
+
+void ws_proxy_stop(ws_proxy *p)
+{
+    if (!p)
+        return;
+    api_call(p, CMD_STOP, NULL, NULL, 0);
+    pthread_join(p->thread, NULL);
+    pthread_mutex_destroy(&p->api_mu);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    proxy_free(p);
+}
+
+/* ==== The wsproxy program ================================================
+ *
+ * Options are collected once from argv; a configuration is built from the
+ * --config file (if any) and then those options, so the command line wins.
+ * SIGHUP builds it again (re-reading the file) and restarts; SIGUSR1
+ * reopens the log; SIGTERM/SIGINT stop.  Signals are taken with sigwait()
+ * on the main thread, so no handler ever runs.
+ */
+#ifdef WSPROXY_MAIN
+#include <getopt.h>
+#include <stddef.h>
+#include <sys/resource.h>
+
+enum { T_PORT, T_UINT, T_U64, T_STR, T_LIST, T_PP, T_FILE };
+
+struct cli_opt {
+    const char *name; /* long option; in --config files '-' or '_' */
+    int type;
+    size_t off;       /* field of struct ws_proxy_config */
+    const char *alias; /* the configuration field's name, if different */
+};
+
+#define CFG_AT(f) offsetof(struct ws_proxy_config, f)
+static const struct cli_opt cli_opts[] = {
+    {"http-port", T_PORT, CFG_AT(http_port), NULL},
+    {"https-port", T_PORT, CFG_AT(https_port), NULL},
+    {"bind", T_STR, CFG_AT(bind_address), "bind-address"},
+    {"socket", T_STR, CFG_AT(socket_path), "socket-path"},
+    {"cert", T_STR, CFG_AT(cert_file), "cert-file"},
+    {"key", T_STR, CFG_AT(key_file), "key-file"},
+    {"log-dir", T_STR, CFG_AT(log_dir), NULL},
+    {"allowed-origin", T_LIST, CFG_AT(allowed_origins), "allowed-origins"},
+    {"subprotocol", T_LIST, CFG_AT(subprotocols), "subprotocols"},
+    {"max-connections", T_UINT, CFG_AT(max_connections), NULL},
+    {"max-connections-per-ip", T_UINT, CFG_AT(max_connections_per_ip), NULL},
+    {"max-message", T_U64, CFG_AT(max_message), NULL},
+    {"handshake-timeout", T_UINT, CFG_AT(handshake_timeout_ms), "handshake-timeout-ms"},
+    {"idle-timeout", T_UINT, CFG_AT(idle_timeout_ms), "idle-timeout-ms"},
+    {"ping-interval", T_UINT, CFG_AT(ping_interval_ms), "ping-interval-ms"},
+    {"drain-timeout", T_UINT, CFG_AT(drain_timeout_ms), "drain-timeout-ms"},
+    {"proxy-protocol", T_PP, CFG_AT(proxy_protocol), NULL},
+    {"config", T_FILE, 0, NULL},
+};
+
+/* A configuration being built, and the strings it owns. */
+struct cli {
+    struct ws_proxy_config cfg;
+    char *owned[64];
+    int nowned;
+    int stderr_log;
+};
+
+static const char cli_usage[] =
+    "usage: wsproxy --socket PATH (--http-port N | --https-port N --cert FILE --key FILE)\n"
+    "               [options]\n"
+    "Relays each WebSocket to a new connection on the engine's Unix socket.\n"
+    "  --http-port N              serve ws:// on port N\n"
+    "  --https-port N             serve wss:// on port N (needs --cert and --key)\n"
+    "  --bind ADDR                address to listen on (default 0.0.0.0)\n"
+    "  --socket PATH              the engine's Unix socket\n"
+    "  --cert FILE, --key FILE    PEM certificate chain and private key\n"
+    "  --log-dir DIR              log to DIR/websocket_proxy.log (default: stderr)\n"
+    "  --allowed-origin ORIGIN    allow browsers from ORIGIN (repeatable; default any)\n"
+    "  --subprotocol NAME         subprotocol to select if offered (repeatable)\n"
+    "  --max-connections N        default 1024\n"
+    "  --max-connections-per-ip N default unlimited\n"
+    "  --max-message BYTES        default unlimited\n"
+    "  --handshake-timeout MS     default 10000\n"
+    "  --idle-timeout MS          default off\n"
+    "  --ping-interval MS         default off\n"
+    "  --drain-timeout MS         default 5000\n"
+    "  --proxy-protocol v2|v1|off PROXY header to the engine (default v2)\n"
+    "  --config FILE              the same settings as 'key = value' lines\n"
+    "  --help, --version\n"
+    "Signals: SIGHUP re-reads --config and restarts; SIGUSR1 reopens the log;\n"
+    "SIGTERM/SIGINT stop.\n";
+
+static char *cli_keep(struct cli *s, char *str)
+{
+    if (str && s->nowned < (int)COUNT_OF(s->owned))
+        s->owned[s->nowned++] = str;
+    else if (str) {
+        free(str);
+        str = NULL;
+    }
+    return str;
+}
+
+static void cli_free(struct cli *s)
+{
+    while (s->nowned)
+        free(s->owned[--s->nowned]);
+}
+
+static int cli_number(const char *v, unsigned long long max, unsigned long long *out)
+{
+    char *end;
+    if (!*v || *v == '-')
+        return -1;
+    errno = 0;
+    *out = strtoull(v, &end, 10);
+    return errno || *end || *out > max ? -1 : 0;
+}
+
+/* Sets one option; returns 0 or writes a reason into err. */
+static int cli_set(struct cli *s, const struct cli_opt *o, const char *v,
+                   char *err, size_t errlen)
+{
+    char *field = (char *)&s->cfg + o->off;
+    unsigned long long n;
+    switch (o->type) {
+    case T_PORT:
+        if (cli_number(v, 65535, &n))
+            return err_set(err, errlen, -1, "--%s: not a port number: %s", o->name, v);
+        *(int *)(void *)field = (int)n;
+        return 0;
+    case T_UINT:
+        if (cli_number(v, 0xFFFFFFFFull, &n))
+            return err_set(err, errlen, -1, "--%s: not a number: %s", o->name, v);
+        *(unsigned *)(void *)field = (unsigned)n;
+        return 0;
+    case T_U64:
+        if (cli_number(v, ~0ull, &n))
+            return err_set(err, errlen, -1, "--%s: not a number: %s", o->name, v);
+        *(uint64_t *)(void *)field = n;
+        return 0;
+    case T_PP:
+        if (!strcmp(v, "v2"))
+            s->cfg.proxy_protocol = WS_PROXY_PP_V2;
+        else if (!strcmp(v, "v1"))
+            s->cfg.proxy_protocol = WS_PROXY_PP_V1;
+        else if (!strcmp(v, "off"))
+            s->cfg.proxy_protocol = WS_PROXY_PP_OFF;
+        else
+            return err_set(err, errlen, -1, "--proxy-protocol: expected v2, v1 or off: %s", v);
+        return 0;
+    case T_STR:
+    case T_LIST: {
+        const char **dst = (const char **)(void *)field;
+        char *copy;
+        size_t len = strlen(v) + (o->type == T_LIST && *dst ? strlen(*dst) + 1 : 0) + 1;
+        if (!(copy = cli_keep(s, malloc(len))))
+            return err_set(err, errlen, -1, "out of memory");
+        if (o->type == T_LIST && *dst)
+            snprintf(copy, len, "%s,%s", *dst, v);
+        else
+            snprintf(copy, len, "%s", v);
+        *dst = copy;
+        return 0;
+    }
+    }
+    return 0;
+}
+
+static const struct cli_opt *cli_find(const char *key, size_t len)
+{
+    size_t i, k;
+    for (i = 0; i < COUNT_OF(cli_opts); i++) {
+        const char *names[2] = {cli_opts[i].name, cli_opts[i].alias};
+        int j;
+        for (j = 0; j < 2; j++) {
+            if (!names[j] || strlen(names[j]) != len)
+                continue;
+            for (k = 0; k < len; k++)
+                if (key[k] != names[j][k] && !(key[k] == '_' && names[j][k] == '-'))
+                    break;
+            if (k == len)
+                return &cli_opts[i];
+        }
+    }
+    return NULL;
+}
+
+/* Reads "key = value" lines ('#' or ';' comments, [sections] ignored). */
+static int cli_file(struct cli *s, const char *path, char *err, size_t errlen)
+{
+    char line[4096];
+    int lineno = 0;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return err_set(err, errlen, -1, "%s: %s", path, strerror(errno));
+    while (fgets(line, sizeof line, f)) {
+        char *k = line, *v, *e;
+        const struct cli_opt *o;
+        lineno++;
+        while (*k == ' ' || *k == '\t')
+            k++;
+        if (!*k || *k == '\n' || *k == '\r' || *k == '#' || *k == ';' || *k == '[')
+            continue;
+        if (!(v = strchr(k, '='))) {
+            fclose(f);
+            return err_set(err, errlen, -1, "%s:%d: expected key = value", path, lineno);
+        }
+        for (e = v; e > k && (e[-1] == ' ' || e[-1] == '\t'); e--) {
+        }
+        for (v++; *v == ' ' || *v == '\t'; v++) {
+        }
+        v[strcspn(v, "\r\n")] = 0;
+        for (e[0] = 0, e = v + strlen(v); e > v && (e[-1] == ' ' || e[-1] == '\t'); e--)
+            e[-1] = 0;
+        if (!(o = cli_find(k, strlen(k))) || o->type == T_FILE) {
+            fclose(f);
+            return err_set(err, errlen, -1, "%s:%d: unknown setting: %s", path, lineno, k);
+        }
+        if (cli_set(s, o, v, err, errlen)) {
+            fclose(f);
+            return -1;
+        }
+    }
+    fclose(f);
+    return 0;
+}
+
+struct cli_arg {
+    const struct cli_opt *o;
+    const char *v;
+};
+
+static int cli_build(struct cli *s, const char *file, const struct cli_arg *args,
+                     int nargs, char *err, size_t errlen)
+{
+    int i;
+    memset(s, 0, sizeof *s);
+    if (file && cli_file(s, file, err, errlen))
+        return -1;
+    for (i = 0; i < nargs; i++)
+        if (cli_set(s, args[i].o, args[i].v, err, errlen))
+            return -1;
+    return 0;
+}
+
+static void cli_log(void *user, int level, const char *line)
+{
+    (void)user;
+    (void)level;
+    fprintf(stderr, "%s\n", line);
+}
+
+int main(int argc, char **argv)
+{
+    struct option lopts[COUNT_OF(cli_opts) + 3];
+    struct cli_arg *args = calloc((size_t)argc + 1, sizeof *args);
+    const char *file = NULL;
+    struct cli cur, next;
+    struct rlimit rl;
+    sigset_t set;
+    ws_proxy *p;
+    char err[512];
+    int nargs = 0, ch, idx, sig;
+    size_t i;
+
+    if (!args)
+        return 1;
+    for (i = 0; i < COUNT_OF(cli_opts); i++) {
+        lopts[i].name = cli_opts[i].name;
+        lopts[i].has_arg = required_argument;
+        lopts[i].flag = NULL;
+        lopts[i].val = 1000 + (int)i;
+    }
+    lopts[i].name = "help", lopts[i].has_arg = no_argument, lopts[i].flag = NULL, lopts[i].val = 'h';
+    i++;
+    lopts[i].name = "version", lopts[i].has_arg = no_argument, lopts[i].flag = NULL, lopts[i].val = 'V';
+    i++;
+    memset(&lopts[i], 0, sizeof lopts[i]);
+    while ((ch = getopt_long(argc, argv, "hV", lopts, &idx)) != -1) {
+        if (ch == 'h') {
+            fputs(cli_usage, stdout);
+            free(args);
+            return 0;
+        }
+        if (ch == 'V') {
+            printf("wsproxy %s (%s)\n", WS_PROXY_VERSION,
+#ifdef WS_PROXY_NO_TLS
+                   "no TLS"
+#else
+                   "TLS: BearSSL"
+#endif
+            );
+            free(args);
+            return 0;
+        }
+        if (ch < 1000) {
+            fprintf(stderr, "%s", cli_usage);
+            free(args);
+            return 2;
+        }
+        if (cli_opts[ch - 1000].type == T_FILE)
+            file = optarg;
+        else
+            args[nargs].o = &cli_opts[ch - 1000], args[nargs++].v = optarg;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "wsproxy: unexpected argument: %s\n%s", argv[optind], cli_usage);
+        free(args);
+        return 2;
+    }
+    if (cli_build(&cur, file, args, nargs, err, sizeof err)) {
+        fprintf(stderr, "wsproxy: %s\n", err);
+        cli_free(&cur);
+        free(args);
+        return 1;
+    }
+    /* Two descriptors per connection: take what the system allows. */
+    if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    if (!cur.cfg.log_dir)
+        cur.cfg.log_fn = cli_log;
+    if (!(p = ws_proxy_start(&cur.cfg, err, sizeof err))) {
+        fprintf(stderr, "wsproxy: %s\n", err);
+        cli_free(&cur);
+        free(args);
+        return 1;
+    }
+    for (;;) {
+        if (sigwait(&set, &sig))
+            continue;
+        if (sig == SIGINT || sig == SIGTERM)
+            break;
+        if (sig == SIGUSR1 && ws_proxy_reopen_log(p, err, sizeof err))
+            fprintf(stderr, "wsproxy: reopening the log: %s\n", err);
+        if (sig != SIGHUP)
+            continue;
+        if (cli_build(&next, file, args, nargs, err, sizeof err)) {
+            fprintf(stderr, "wsproxy: reload failed, configuration unchanged: %s\n", err);
+            cli_free(&next);
+            continue;
+        }
+        if (!next.cfg.log_dir)
+            next.cfg.log_fn = cli_log;
+        if (ws_proxy_restart(p, &next.cfg, err, sizeof err)) {
+            fprintf(stderr, "wsproxy: restart failed, still serving as before: %s\n", err);
+            cli_free(&next);
+            continue;
+        }
+        cli_free(&cur);
+        cur = next;
+    }
+    ws_proxy_stop(p);
+    cli_free(&cur);
+    free(args);
+    return 0;
+}
+#endif /* WSPROXY_MAIN */

@@ -1,0 +1,228 @@
+/*
+ * wsproxy.h - an embeddable WebSocket (RFC 6455) proxy in front of a Unix
+ * socket.  Each accepted WebSocket becomes a new connection on the engine's
+ * Unix socket and is relayed as a byte stream: client payloads are unmasked
+ * and written to the engine; engine bytes go back as binary frames.
+ *
+ * Threading.  ws_proxy_start() creates one thread that owns every socket of
+ * that proxy and runs one poll() loop.  All ws_proxy_* calls are thread-safe
+ * and may come from any thread; calls that change or read state are handed to
+ * the loop thread and return once it has acted.  Several proxies may run in
+ * one process; they share nothing.
+ *
+ * Ownership.  start() and restart() copy everything they need from the
+ * configuration, strings included: the caller may free or reuse it as soon
+ * as the call returns.
+ *
+ * Callbacks.  The log callback runs on the loop thread (for the "started"
+ * line, on the thread calling ws_proxy_start()); it must not call back into
+ * the same proxy.  No callback runs after ws_proxy_stop() returns.
+ *
+ * The library never installs signal handlers, never writes to stdout or
+ * stderr, and never calls exit() or abort().  It blocks every signal in its
+ * own thread and writes to sockets with MSG_NOSIGNAL, so SIGPIPE cannot reach
+ * the host process from it.
+ *
+ * Errors.  Calls return 0 (or a handle) on success, or a negative
+ * WS_PROXY_E* code (or NULL) with a one-line reason in the caller's err
+ * buffer, e.g. "bind(0.0.0.0:8443): Address already in use".  err may be NULL
+ * when errlen is 0.  Problems with single connections never reach the API:
+ * they are answered on the wire, counted and logged.
+ */
+#ifndef WS_PROXY_H
+#define WS_PROXY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define WS_PROXY_VERSION "0.1.0"
+
+/* http_port/https_port value that binds an ephemeral port (the kernel picks
+ * one; ws_proxy_status() reports it).  Meant for tests. */
+#define WS_PROXY_PORT_ANY (-1)
+
+/* Error codes.  ws_proxy_strerror() names them; it never returns NULL. */
+#define WS_PROXY_ERRORS(X)                                                   \
+    X(OK, 0, "success")                                                      \
+    X(EINVAL, -1, "invalid configuration")                                   \
+    X(EBIND, -2, "cannot listen on the configured address")                  \
+    X(ETLS, -3, "cannot load the TLS certificate or key")                    \
+    X(ENOTLS, -4, "built without TLS support")                               \
+    X(ENOMEM, -5, "out of memory")                                           \
+    X(ESYS, -6, "system call failed")                                        \
+    X(ELOG, -7, "cannot open the log file")
+
+enum {
+#define WS_PROXY_ENUM_(name, code, msg) WS_PROXY_##name = code,
+    WS_PROXY_ERRORS(WS_PROXY_ENUM_)
+#undef WS_PROXY_ENUM_
+    WS_PROXY_ERR_MIN_ = -7
+};
+
+const char *ws_proxy_strerror(int code);
+
+/* PROXY protocol header sent at the start of every engine connection so the
+ * engine sees the client's address instead of the relay's uid.  Zero (the
+ * default) is v2: secure by default.  OFF must be chosen explicitly, and
+ * every start/restart with it logs a warning: an engine that authenticates
+ * Unix-socket peers by uid (MariaDB's unix_socket plugin) would treat every
+ * network client as the user the proxy runs as. */
+enum ws_proxy_proxy_protocol {
+    WS_PROXY_PP_V2 = 0,
+    WS_PROXY_PP_V1 = 1,
+    WS_PROXY_PP_OFF = 2
+};
+
+enum ws_proxy_log_level {
+    WS_PROXY_LOG_ERROR = 1,
+    WS_PROXY_LOG_WARN = 2,
+    WS_PROXY_LOG_INFO = 3,
+    WS_PROXY_LOG_DEBUG = 4
+};
+
+/* Receives each finished log line (no trailing newline), already formatted
+ * as "<UTC timestamp> <LEVEL> <what happened>".  See "Callbacks" above. */
+typedef void (*ws_proxy_log_fn)(void *user, int level, const char *line);
+
+/*
+ * Configuration.  Zero in every field means "the default", so designated
+ * initialisers work:
+ *     struct ws_proxy_config c = { .http_port = 8080,
+ *                                  .socket_path = "/run/db/db.sock" };
+ */
+struct ws_proxy_config {
+    /* TCP port for ws://, 1..65535, or WS_PROXY_PORT_ANY; 0 = not set.
+     * At most one of http_port and https_port may be set.  With neither set
+     * the proxy is valid but does not listen (state STOPPED). */
+    int http_port;
+    /* TCP port for wss:// (needs cert_file and key_file); 0 = not set. */
+    int https_port;
+    /* Numeric IPv4 or IPv6 address to listen on; NULL = "0.0.0.0". */
+    const char *bind_address;
+    /* The engine's Unix socket; required, at most 107 bytes. */
+    const char *socket_path;
+    /* PEM certificate chain (leaf first) and private key (RSA or EC;
+     * PKCS#1, PKCS#8 or SEC1).  Read at start and at every restart. */
+    const char *cert_file;
+    const char *key_file;
+    /* Directory of the log file websocket_proxy.log; NULL = no file. */
+    const char *log_dir;
+    /* Optional log sink, in addition to the file; NULL = none. */
+    ws_proxy_log_fn log_fn;
+    void *log_user;
+    /* Most verbose level logged; 0 = WS_PROXY_LOG_INFO. */
+    int log_level;
+    /* Origins allowed to connect, separated by commas or spaces, compared
+     * exactly (ASCII case-insensitive), e.g. "https://studio.example.com".
+     * NULL or "" = any origin.  A request without an Origin header (not a
+     * browser) is allowed: only browsers are bound by Origin. */
+    const char *allowed_origins;
+    /* Subprotocols the proxy may select, comma/space separated, in order of
+     * preference; NULL = never select one. */
+    const char *subprotocols;
+    /* Open client connections (handshaking ones included); 0 = 1024, limit
+     * 1000000.  Over the limit a handshake gets 503. */
+    unsigned max_connections;
+    /* Open connections per client IP address; 0 = unlimited. */
+    unsigned max_connections_per_ip;
+    /* Largest message (sum of its fragments) in bytes; 0 = no limit.
+     * A larger one closes the connection with 1009. */
+    uint64_t max_message;
+    /* Time from accept to a complete handshake, ms; 0 = 10000. */
+    unsigned handshake_timeout_ms;
+    /* Close (1001) a connection with no data either way for this long, ms;
+     * 0 = never. */
+    unsigned idle_timeout_ms;
+    /* Ping a client silent for this long and close (1001) it if nothing
+     * arrives within the same interval, ms; 0 = never. */
+    unsigned ping_interval_ms;
+    /* After a client's Close: how long to keep relaying what the engine
+     * still sends before answering the Close; also bounds every other
+     * closing exchange, ms; 0 = 5000. */
+    unsigned drain_timeout_ms;
+    /* enum ws_proxy_proxy_protocol; 0 = v2. */
+    int proxy_protocol;
+};
+
+typedef struct ws_proxy ws_proxy;
+
+/*
+ * Validates cfg, opens the log, binds the port, and starts the loop thread.
+ * Returns the handle, or NULL with the reason in err (the handle is not
+ * created, nothing is left open).  Both ports set is an error ("http_port
+ * and https_port are mutually exclusive"), as is https_port without a
+ * certificate ("https_port requires SSL: set cert_file and key_file").
+ */
+ws_proxy *ws_proxy_start(const struct ws_proxy_config *cfg, char *err,
+                         size_t errlen);
+
+/*
+ * Applies a new configuration atomically and returns once the loop has
+ * applied it.  On failure (negative code, reason in err) the proxy goes on
+ * exactly as before: same port, same certificate, same connections.  On
+ * success it listens where cfg says:
+ *  - same address and port: the listening socket is kept, so no connection
+ *    is refused during the restart;
+ *  - a new port: it is bound before the old one is closed;
+ *  - no port set: listening stops (state STOPPED), connections go on.
+ * Established connections always survive and keep the settings they began
+ * with; the certificate and key files are re-read and the new ones serve
+ * new connections; the log file is reopened.  This is also the only way out
+ * of the FAILED state: the proxy never restarts itself.
+ */
+int ws_proxy_restart(ws_proxy *p, const struct ws_proxy_config *cfg,
+                     char *err, size_t errlen);
+
+/*
+ * Sends Close 1001 to every client (best effort, bounded), closes every
+ * socket, joins the thread and frees everything.  p must not be used after.
+ * ws_proxy_stop(NULL) does nothing.
+ */
+void ws_proxy_stop(ws_proxy *p);
+
+/* Reopens the log file (for rotation) without touching connections. */
+int ws_proxy_reopen_log(ws_proxy *p, char *err, size_t errlen);
+
+enum ws_proxy_state {
+    WS_PROXY_STOPPED = 0, /* valid configuration without a port */
+    WS_PROXY_RUNNING = 1, /* listening on st.port */
+    WS_PROXY_FAILED = 2   /* a fatal error; st.reason says which */
+};
+
+/* Why handshakes were refused, by the HTTP status sent. */
+enum ws_proxy_refusal {
+    WS_PROXY_REFUSED_400 = 0,
+    WS_PROXY_REFUSED_403,
+    WS_PROXY_REFUSED_426,
+    WS_PROXY_REFUSED_431,
+    WS_PROXY_REFUSED_502,
+    WS_PROXY_REFUSED_503,
+    WS_PROXY_REFUSED_TIMEOUT, /* handshake_timeout_ms passed */
+    WS_PROXY_REFUSED_COUNT_
+};
+
+struct ws_proxy_status {
+    int state;              /* enum ws_proxy_state */
+    int port;               /* bound port while RUNNING, else 0 */
+    int tls;                /* 1 when serving wss:// */
+    char reason[256];       /* why FAILED; "" otherwise */
+    uint64_t conns_open;    /* client connections open now */
+    uint64_t conns_total;   /* accepted since start */
+    uint64_t bytes_to_engine; /* payload bytes written to the engine */
+    uint64_t bytes_to_client; /* engine bytes sent to clients */
+    uint64_t refused[WS_PROXY_REFUSED_COUNT_];
+    uint64_t tls_failures;  /* TLS handshakes or records that failed */
+    uint64_t protocol_errors; /* connections closed with 1002/1007/1009 */
+};
+
+/* Fills *st with the loop's real state.  Returns 0, or a negative code. */
+int ws_proxy_status(ws_proxy *p, struct ws_proxy_status *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* WS_PROXY_H */
