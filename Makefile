@@ -46,6 +46,14 @@ build/notls/wsproxy: $(SRC)
 	@mkdir -p $(@D)
 	$(CC) $(WARN) $(CFLAGS) -DWS_PROXY_NO_TLS -pthread -DWSPROXY_MAIN -o $@ wsproxy.c $(LDFLAGS)
 
+build/clang/wsproxy: $(SRC)
+	@mkdir -p $(@D)
+	clang $(ALL_CFLAGS) -DWSPROXY_MAIN -o $@ wsproxy.c $(TLSLIBS) $(LDFLAGS)
+
+build/clang/notls.o: $(SRC)
+	@mkdir -p $(@D)
+	clang $(WARN) $(CFLAGS) -DWS_PROXY_NO_TLS -pthread -c -o $@ wsproxy.c
+
 # Unit tests include wsproxy.c to reach its static functions; the header
 # test links wsproxy.o through wsproxy.h alone.
 build/unit: test/unit.c $(SRC)

@@ -1178,7 +1178,7 @@ static uint8_t *buf_get(ws_proxy *p)
 {
     uint8_t *b = p->freebufs;
     if (b) {
-        memcpy(&p->freebufs, b, sizeof b);
+        memcpy(&p->freebufs, b, sizeof(uint8_t *));
         p->nfree--;
         return b;
     }
@@ -1195,7 +1195,7 @@ static void buf_put(ws_proxy *p, uint8_t **bp)
         free(b);
         return;
     }
-    memcpy(b, &p->freebufs, sizeof b);
+    memcpy(b, &p->freebufs, sizeof(uint8_t *));
     p->freebufs = b;
     p->nfree++;
 }
@@ -2352,11 +2352,8 @@ static void proxy_free(ws_proxy *p)
         cfg_unref(p->conns[i]->cfg);
         free(p->conns[i]);
     }
-    while (p->freebufs) {
-        uint8_t *b = p->freebufs;
-        memcpy(&p->freebufs, b, sizeof b);
-        free(b);
-    }
+    while (p->freebufs)
+        free(buf_get(p));
     if (p->lfd >= 0)
         close(p->lfd);
     if (p->log_fd >= 0)

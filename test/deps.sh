@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Install what wsproxy's build, demo and tests need on Debian 12 (idempotent; quick when
+# everything is there). Run as root; elsewhere it prints what to install and exits 1.
+#   test/deps.sh            Debian packages + test/node_modules
+# Note: always use /usr/bin/python3 for the Python tests (Debian's websockets/pytest);
+# a python3 earlier on PATH (pyenv, venv) does not see Debian's packages.
+set -euo pipefail
+
+HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+
+PKGS="gcc make clang libbearssl-dev python3-websockets python3-pytest mariadb-server
+mariadb-client socat chromium openssl"
+
+node_ok() {  # a usable node (>= 18) and npm, from Debian or elsewhere (e.g. NodeSource)
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || return 1
+    local major
+    major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+    [ "$major" -ge 18 ] 2>/dev/null
+}
+
+# Debian's npm conflicts with NodeSource's nodejs (which bundles npm): only ask for the
+# Debian packages when no usable node/npm is there at all.
+node_ok || PKGS="$PKGS nodejs npm"
+
+missing=()
+have_dpkg=0
+command -v dpkg-query >/dev/null 2>&1 && have_dpkg=1
+if [ $have_dpkg -eq 1 ]; then
+    # one dpkg-query for all: "name status" for each package dpkg knows
+    # shellcheck disable=SC2086
+    status=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' $PKGS 2>/dev/null || true)
+fi
+for p in $PKGS; do
+    if [ $have_dpkg -eq 0 ] || ! grep -qx "$p installed" <<<"$status"; then missing+=("$p"); fi
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ $have_dpkg -eq 0 ] || ! command -v apt-get >/dev/null 2>&1 || [ "$(id -u)" -ne 0 ]; then
+        echo "deps.sh: missing packages: ${missing[*]}" >&2
+        echo "deps.sh: on Debian 12, as root:" >&2
+        echo "  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "deps.sh: installing ${missing[*]}"
+    log=$(mktemp /tmp/wsproxy-deps.XXXXXX)
+    if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+            --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        echo "deps.sh: apt-get failed (full log: $log)" >&2
+        exit 1
+    fi
+    rm -f "$log"
+    node_ok || { echo "deps.sh: node >= 18 and npm still not usable" >&2; exit 1; }
+fi
+
+# Node modules for the JS client and browser tests. A stamp holding the hash of
+# package.json + package-lock.json tells whether node_modules is current.
+cd "$HERE"
+if [ -f package-lock.json ]; then
+    want=$(cat package.json package-lock.json | sha256sum | cut -d' ' -f1)
+else
+    want=$(sha256sum < package.json | cut -d' ' -f1)
+fi
+stamp=node_modules/.wsproxy-deps-stamp
+if [ ! -d node_modules ] || [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+    log=$(mktemp /tmp/wsproxy-npm.XXXXXX)
+    if [ -f package-lock.json ]; then npmcmd=(npm ci); else npmcmd=(npm install); fi
+    echo "deps.sh: ${npmcmd[*]} in $HERE"
+    # playwright-core downloads nothing, but keep any browser download off regardless:
+    # the tests drive Debian's /usr/bin/chromium.
+    if ! PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 "${npmcmd[@]}" --no-audit --no-fund \
+            --loglevel=error >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        echo "deps.sh: ${npmcmd[*]} failed (full log: $log)" >&2
+        exit 1
+    fi
+    rm -f "$log"
+    # npm install may have written a lock file: hash what is there now
+    if [ -f package-lock.json ]; then
+        cat package.json package-lock.json | sha256sum | cut -d' ' -f1 > "$stamp"
+    else
+        sha256sum < package.json | cut -d' ' -f1 > "$stamp"
+    fi
+fi
+echo "deps.sh: ok"

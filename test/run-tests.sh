@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# What `make test` runs (after test/deps.sh installed the peers): builds
+# every variant -- gcc with and without TLS, clang, ASan+UBSan -- then one
+# pytest session over the C unit tests and the integration tests, each
+# integration test against the plain and the ASan+UBSan binary.  pytest's
+# summary line ends the output; any failure makes the exit status non-zero.
+# Debian's pytest and python3-websockets: /usr/bin/python3, never pyenv's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+make -s all build/unit build/asan/unit build/header_test
+# Warnings are errors with clang too, with and without TLS.
+make -s build/clang/wsproxy build/clang/notls.o
+export WSPROXY_BINS="${WSPROXY_BINS:-plain=build/wsproxy asan=build/asan/wsproxy}"
+exec /usr/bin/python3 -m pytest test -q -p no:cacheprovider -o junit_family=xunit2 "$@"
