@@ -98,6 +98,15 @@
 #define WS_PROXY_LINGER_MS 2000
 #endif
 
+/* Certificates in a chain (leaf plus intermediates). */
+#ifndef WS_PROXY_TLS_MAX_CHAIN
+#define WS_PROXY_TLS_MAX_CHAIN 8
+#endif
+/* TLS session cache per configuration: 100 bytes a session. */
+#ifndef WS_PROXY_TLS_CACHE_BYTES
+#define WS_PROXY_TLS_CACHE_BYTES (100 * 1024)
+#endif
+
 #define DEFAULT_MAX_CONNECTIONS 1024u
 #define DEFAULT_HANDSHAKE_MS 10000u
 #define DEFAULT_DRAIN_MS 5000u
@@ -957,6 +966,8 @@ struct conn {
     unsigned eng_eof : 1, eng_wdead : 1, eng_shut : 1;
     unsigned close_rcvd : 1, close_sent : 1, drop : 1;
     unsigned ping_due : 1, pong_due : 1, over_limit : 1;
+    unsigned i_borrowed : 1; /* ib is the transport's, not the free list's */
+    uint32_t i_borrowed_len;
     uint16_t close_code; /* the code we send (0 = empty Close) */
     uint16_t status;     /* HTTP status answered */
     const char *why;     /* why it ended, for the log */
@@ -1202,10 +1213,18 @@ static void buf_put(ws_proxy *p, uint8_t **bp)
 
 /* ==== Transport ==========================================================
  *
- * Every byte to or from a socket passes through io_recv()/io_send(); the
- * client's bytes pass through tr_read()/tr_write(), the seam where TLS
- * wraps the plain socket.  IO_AGAIN means "would block"; the caller clears
- * its readiness flag and waits for poll.
+ * Every byte to or from a socket passes through io_recv()/io_send().  The
+ * client's bytes pass through the tr_* verbs, the seam where BearSSL wraps
+ * the plain socket:
+ *   tr_read/tr_write   copy bytes in or out (the HTTP exchange);
+ *   tr_in/tr_in_done   borrow the next chunk of client bytes in place (for
+ *                      TLS, BearSSL's decrypted record), release it;
+ *   tr_out_buf/_commit space to compose one frame in (for TLS, BearSSL's
+ *                      outgoing record), then send it;
+ *   tr_flush           push queued records to the socket.
+ * IO_AGAIN means "would block": readiness flags are cleared and the loop
+ * waits for poll.  With TLS, poll interest follows the engine's state, as
+ * in BearSSL's tools/sslio.c.
  */
 
 #define IO_AGAIN (-1)
@@ -1233,21 +1252,709 @@ static long io_send(int fd, const uint8_t *buf, size_t len)
     return (long)n;
 }
 
-/* Reads client bytes; a short read means the socket is drained. */
-static long tr_read(struct conn *c, uint8_t *buf, size_t cap)
+/* Plain socket reads; a short read means the socket is drained. */
+static long sock_read(struct conn *c, uint8_t *buf, size_t cap)
 {
-    long n = io_recv(c->cfd, buf, cap);
+    long n;
+    if (!c->c_rd)
+        return IO_AGAIN;
+    n = io_recv(c->cfd, buf, cap);
     if (n == IO_AGAIN || (n >= 0 && (size_t)n < cap))
         c->c_rd = 0;
     return n;
 }
 
-static long tr_write(struct conn *c, const uint8_t *buf, size_t len)
+static long sock_write(struct conn *c, const uint8_t *buf, size_t len)
 {
-    long n = io_send(c->cfd, buf, len);
+    long n;
+    if (!c->c_wr)
+        return IO_AGAIN;
+    n = io_send(c->cfd, buf, len);
     if (n == IO_AGAIN || (n >= 0 && (size_t)n < len))
         c->c_wr = 0;
     return n;
+}
+
+#ifndef WS_PROXY_NO_TLS
+/* Certificates and key, shared by the connections of one configuration
+ * (BearSSL keeps pointers to them), with the session cache. */
+struct tls_creds {
+    br_x509_certificate chain[WS_PROXY_TLS_MAX_CHAIN];
+    size_t chain_len;
+    unsigned key_type;        /* BR_KEYTYPE_RSA or BR_KEYTYPE_EC */
+    unsigned issuer_key_type; /* of the CA that signed the leaf */
+    br_rsa_private_key rsa;
+    br_ec_private_key ec;
+    br_ssl_session_cache_lru cache;
+    uint8_t *der;             /* the certificates' DER */
+    uint8_t *keymem;          /* the private key's numbers */
+    long days_left;           /* until the leaf expires */
+    char info[384];           /* subject, expiry, fingerprint, for the log */
+    uint8_t cache_store[WS_PROXY_TLS_CACHE_BYTES];
+};
+
+/* A growing byte vector, fed by BearSSL's decoders. */
+struct bvec {
+    uint8_t *p;
+    size_t n, cap;
+    int oom;
+};
+
+static void bvec_add(void *ctx, const void *src, size_t len)
+{
+    struct bvec *v = ctx;
+    if (v->oom)
+        return;
+    if (v->n + len > v->cap) {
+        size_t cap = (v->n + len) * 2;
+        uint8_t *np = realloc(v->p, cap);
+        if (!np) {
+            v->oom = 1;
+            return;
+        }
+        v->p = np, v->cap = cap;
+    }
+    memcpy(v->p + v->n, src, len);
+    v->n += len;
+}
+
+/* Reads a whole (small) file, plus a final newline for the PEM decoder. */
+static int tls_read_file(const char *what, const char *path, struct bvec *v,
+                         char *err, size_t errlen)
+{
+    uint8_t chunk[4096];
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    memset(v, 0, sizeof *v);
+    if (fd < 0)
+        return err_set(err, errlen, WS_PROXY_ETLS, "%s %s: %s", what, path, strerror(errno));
+    while ((n = read(fd, chunk, sizeof chunk)) > 0 && v->n < (1u << 20))
+        bvec_add(v, chunk, (size_t)n);
+    close(fd);
+    if (n < 0 || v->oom || v->n >= (1u << 20)) {
+        free(v->p);
+        return err_set(err, errlen, WS_PROXY_ETLS, "%s %s: %s", what, path,
+                       n < 0 ? strerror(errno) : "unreadable or over 1 MiB");
+    }
+    bvec_add(v, "\n", 1);
+    return 0;
+}
+
+/* Splits PEM text into objects: calls fn(ctx, name, der, len) for each.
+ * Returns the number of objects, -1 if fn failed, -2 if not PEM. */
+static int tls_pem_each(const struct bvec *in,
+                        int (*fn)(void *, const char *, const uint8_t *, size_t),
+                        void *ctx)
+{
+    br_pem_decoder_context pc;
+    struct bvec obj;
+    const uint8_t *buf = in->p;
+    size_t len = in->n;
+    char name[128] = "";
+    int count = 0, rc = 0, inside = 0;
+    memset(&obj, 0, sizeof obj);
+    br_pem_decoder_init(&pc);
+    while (len && rc == 0) {
+        size_t k = br_pem_decoder_push(&pc, buf, len);
+        buf += k, len -= k;
+        switch (br_pem_decoder_event(&pc)) {
+        case BR_PEM_BEGIN_OBJ:
+            snprintf(name, sizeof name, "%s", br_pem_decoder_name(&pc));
+            obj.n = 0;
+            br_pem_decoder_setdest(&pc, bvec_add, &obj);
+            inside = 1;
+            break;
+        case BR_PEM_END_OBJ:
+            inside = 0;
+            count++;
+            if (obj.oom || fn(ctx, name, obj.p, obj.n))
+                rc = -1;
+            break;
+        case BR_PEM_ERROR:
+            rc = -2;
+            break;
+        default:
+            if (!k)
+                len = 0;
+        }
+    }
+    free(obj.p);
+    return rc ? rc : inside ? -2 : count;
+}
+
+struct tls_load {
+    struct tls_creds *cr;
+    struct bvec certs;
+    size_t off[WS_PROXY_TLS_MAX_CHAIN];
+    br_skey_decoder_context sk;
+    int have_key, key_err, too_many, encrypted;
+};
+
+static int tls_take_cert(void *ctx, const char *name, const uint8_t *der, size_t n)
+{
+    struct tls_load *l = ctx;
+    if (strcmp(name, "CERTIFICATE") && strcmp(name, "X509 CERTIFICATE"))
+        return 0;
+    if (l->cr->chain_len == WS_PROXY_TLS_MAX_CHAIN) {
+        l->too_many = 1;
+        return -1;
+    }
+    l->off[l->cr->chain_len] = l->certs.n;
+    l->cr->chain[l->cr->chain_len++].data_len = n;
+    bvec_add(&l->certs, der, n);
+    return l->certs.oom ? -1 : 0;
+}
+
+static int tls_take_key(void *ctx, const char *name, const uint8_t *der, size_t n)
+{
+    struct tls_load *l = ctx;
+    if (!strcmp(name, "ENCRYPTED PRIVATE KEY")) {
+        l->encrypted = 1;
+        return -1;
+    }
+    if (l->have_key || (strcmp(name, "RSA PRIVATE KEY") && strcmp(name, "EC PRIVATE KEY") &&
+                        strcmp(name, "PRIVATE KEY")))
+        return 0;
+    br_skey_decoder_init(&l->sk);
+    br_skey_decoder_push(&l->sk, der, n);
+    l->key_err = br_skey_decoder_last_error(&l->sk);
+    l->have_key = 1;
+    return l->key_err ? -1 : 0;
+}
+
+/* Collects the subject DN's common name. */
+static void tls_dn(void *ctx, const void *buf, size_t len)
+{
+    bvec_add(ctx, buf, len);
+}
+
+static void tls_describe(struct tls_creds *cr, const br_x509_decoder_context *dc,
+                         const struct bvec *dn)
+{
+    static const uint8_t cn_oid[5] = {0x06, 0x03, 0x55, 0x04, 0x03};
+    char cn[128] = "(no CN)", fp[96];
+    uint8_t digest[32];
+    br_sha256_context h;
+    struct tm tm;
+    time_t t;
+    size_t i, k;
+    for (i = 0; dn->p && i + 7 < dn->n; i++)
+        if (!memcmp(dn->p + i, cn_oid, 5) && dn->p[i + 6] < 128 &&
+            i + 7 + dn->p[i + 6] <= dn->n) {
+            snprintf(cn, sizeof cn, "%.*s", (int)dn->p[i + 6], (const char *)dn->p + i + 7);
+            break;
+        }
+    /* notafter_days counts from 1 January of year 0; 1970 is day 719528. */
+    t = (time_t)(((int64_t)dc->notafter_days - 719528) * 86400 + dc->notafter_seconds);
+    gmtime_r(&t, &tm);
+    cr->days_left = (long)((t - time(NULL)) / 86400);
+    br_sha256_init(&h);
+    br_sha256_update(&h, cr->chain[0].data, cr->chain[0].data_len);
+    br_sha256_out(&h, digest);
+    for (i = k = 0; i < 32; i++)
+        k += (size_t)snprintf(fp + k, sizeof fp - k, i ? ":%02X" : "%02X", digest[i]);
+    snprintf(cr->info, sizeof cr->info,
+             "certificate CN=%s, %u in chain, expires %04d-%02d-%02d %02d:%02d:%02d UTC, "
+             "SHA-256 %s",
+             cn, (unsigned)cr->chain_len, tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec, fp);
+}
+
+static void tls_creds_free(struct tls_creds *cr)
+{
+    if (cr) {
+        free(cr->der);
+        free(cr->keymem);
+        free(cr);
+    }
+}
+
+/* Does the private key belong to the leaf certificate's public key? */
+static int tls_key_matches(const struct tls_creds *cr, const br_x509_pkey *pk)
+{
+    if (pk->key_type != cr->key_type)
+        return 0;
+    if (cr->key_type == BR_KEYTYPE_RSA) {
+        /* A private-key operation undone by the certificate's public key
+         * gives back the input only if the two belong together.  (BearSSL
+         * 0.6 cannot compute a 4096-bit modulus from the private key.) */
+        size_t n = (cr->rsa.n_bitlen + 7) / 8, i;
+        uint8_t *x = malloc(2 * n);
+        int same;
+        if (!x)
+            return 0;
+        for (i = 0; i < n; i++)
+            x[i] = x[n + i] = (uint8_t)(i ? i * 13 + 1 : 0); /* below n */
+        same = br_rsa_private_get_default()(x, &cr->rsa) &&
+               br_rsa_public_get_default()(x, n, &pk->key.rsa) && !memcmp(x, x + n, n);
+        free(x);
+        return same;
+    } else {
+        uint8_t kbuf[BR_EC_KBUF_PUB_MAX_SIZE];
+        br_ec_public_key pub;
+        return br_ec_compute_pub(br_ec_get_default(), &pub, kbuf, &cr->ec) &&
+               pub.curve == pk->key.ec.curve && pub.qlen == pk->key.ec.qlen &&
+               !memcmp(pub.q, pk->key.ec.q, pub.qlen);
+    }
+}
+
+/* Loads and checks a certificate chain and its key; each failure names
+ * the file and the problem. */
+static int tls_creds_load(const char *cert_file, const char *key_file,
+                          struct tls_creds **out, char *err, size_t errlen)
+{
+    struct tls_load l;
+    struct bvec text, dn;
+    br_x509_decoder_context dc;
+    const br_x509_pkey *pk;
+    struct tls_creds *cr;
+    size_t i;
+    int n, rc = 0;
+    *out = NULL;
+    memset(&l, 0, sizeof l);
+    if (!(cr = l.cr = calloc(1, sizeof *cr)))
+        return err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
+    if ((rc = tls_read_file("cert_file", cert_file, &text, err, errlen)) != 0) {
+        free(cr);
+        return rc;
+    }
+    n = tls_pem_each(&text, tls_take_cert, &l);
+    free(text.p);
+    if (n == -2 || (n >= 0 && n == 0))
+        rc = err_set(err, errlen, WS_PROXY_ETLS, "cert_file %s: not a PEM file", cert_file);
+    else if (l.too_many)
+        rc = err_set(err, errlen, WS_PROXY_ETLS, "cert_file %s: more than %d certificates",
+                     cert_file, WS_PROXY_TLS_MAX_CHAIN);
+    else if (n < 0 || l.certs.oom)
+        rc = err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
+    else if (!cr->chain_len)
+        rc = err_set(err, errlen, WS_PROXY_ETLS, "cert_file %s: holds no CERTIFICATE", cert_file);
+    cr->der = l.certs.p;
+    for (i = 0; i < cr->chain_len; i++)
+        cr->chain[i].data = cr->der + l.off[i];
+    if (!rc && !(rc = tls_read_file("key_file", key_file, &text, err, errlen))) {
+        n = tls_pem_each(&text, tls_take_key, &l);
+        free(text.p);
+        if (n == -2 || n == 0)
+            rc = err_set(err, errlen, WS_PROXY_ETLS, "key_file %s: not a PEM file", key_file);
+        else if (l.encrypted)
+            rc = err_set(err, errlen, WS_PROXY_ETLS,
+                         "key_file %s: encrypted private keys are not supported", key_file);
+        else if (l.key_err)
+            rc = err_set(err, errlen, WS_PROXY_ETLS,
+                         "key_file %s: unsupported or malformed private key (BearSSL error %d)",
+                         key_file, l.key_err);
+        else if (!l.have_key)
+            rc = err_set(err, errlen, WS_PROXY_ETLS,
+                         "key_file %s: holds no RSA or EC PRIVATE KEY", key_file);
+    }
+    if (!rc) {
+        /* Copy the key's numbers out of the decoder. */
+        cr->key_type = (unsigned)br_skey_decoder_key_type(&l.sk);
+        if (cr->key_type == BR_KEYTYPE_RSA) {
+            const br_rsa_private_key *k = br_skey_decoder_get_rsa(&l.sk);
+            uint8_t *m = cr->keymem = malloc(k->plen + k->qlen + k->dplen + k->dqlen + k->iqlen);
+            if (!m) {
+                rc = err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
+            } else {
+                cr->rsa = *k;
+                memcpy(m, k->p, k->plen), cr->rsa.p = m, m += k->plen;
+                memcpy(m, k->q, k->qlen), cr->rsa.q = m, m += k->qlen;
+                memcpy(m, k->dp, k->dplen), cr->rsa.dp = m, m += k->dplen;
+                memcpy(m, k->dq, k->dqlen), cr->rsa.dq = m, m += k->dqlen;
+                memcpy(m, k->iq, k->iqlen), cr->rsa.iq = m;
+            }
+        } else {
+            const br_ec_private_key *k = br_skey_decoder_get_ec(&l.sk);
+            if (!(br_ec_get_default()->supported_curves >> k->curve & 1) ||
+                k->curve == BR_EC_curve25519)
+                rc = err_set(err, errlen, WS_PROXY_ETLS, "key_file %s: unsupported EC curve %d",
+                             key_file, k->curve);
+            else if (!(cr->keymem = malloc(k->xlen)))
+                rc = err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
+            else {
+                cr->ec = *k;
+                memcpy(cr->keymem, k->x, k->xlen);
+                cr->ec.x = cr->keymem;
+            }
+        }
+    }
+    if (!rc) {
+        memset(&dn, 0, sizeof dn);
+        br_x509_decoder_init(&dc, tls_dn, &dn);
+        br_x509_decoder_push(&dc, cr->chain[0].data, cr->chain[0].data_len);
+        pk = br_x509_decoder_get_pkey(&dc);
+        if (!pk || br_x509_decoder_last_error(&dc))
+            rc = err_set(err, errlen, WS_PROXY_ETLS,
+                         "cert_file %s: cannot decode the first certificate (BearSSL error %d)",
+                         cert_file, br_x509_decoder_last_error(&dc));
+        else if (!tls_key_matches(cr, pk))
+            rc = err_set(err, errlen, WS_PROXY_ETLS,
+                         "key_file %s does not match the certificate in %s", key_file, cert_file);
+        if (!rc) {
+            cr->issuer_key_type = (unsigned)br_x509_decoder_get_signer_key_type(&dc);
+            tls_describe(cr, &dc, &dn);
+        }
+        free(dn.p);
+    }
+    if (rc) {
+        tls_creds_free(cr);
+        return rc;
+    }
+    br_ssl_session_cache_lru_init(&cr->cache, cr->cache_store, sizeof cr->cache_store);
+    *out = cr;
+    return 0;
+}
+
+struct tls_conn {
+    br_ssl_server_context sc;
+    unsigned up : 1;    /* handshake complete (application data flowed) */
+    unsigned eof : 1;   /* the peer closed TCP */
+    unsigned ioerr : 1; /* the socket failed */
+    unsigned char buf[BR_SSL_BUFSIZE_BIDI];
+};
+
+/* TLS 1.2 only, ECDHE with AEAD only, in the server's order. */
+static const uint16_t tls_suites_ec[] = {
+    BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384};
+static const uint16_t tls_suites_rsa[] = {
+    BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384};
+
+static struct tls_conn *tls_conn_new(const struct tls_creds *cr)
+{
+    struct tls_conn *t = malloc(sizeof *t);
+    br_ssl_engine_context *e;
+    if (!t)
+        return NULL;
+    t->up = t->eof = t->ioerr = 0;
+    if (cr->key_type == BR_KEYTYPE_RSA)
+        br_ssl_server_init_full_rsa(&t->sc, cr->chain, cr->chain_len, &cr->rsa);
+    else
+        br_ssl_server_init_full_ec(&t->sc, cr->chain, cr->chain_len,
+                                   cr->issuer_key_type, &cr->ec);
+    e = &t->sc.eng;
+    br_ssl_engine_set_versions(e, BR_TLS12, BR_TLS12);
+    if (cr->key_type == BR_KEYTYPE_RSA)
+        br_ssl_engine_set_suites(e, tls_suites_rsa, COUNT_OF(tls_suites_rsa));
+    else
+        br_ssl_engine_set_suites(e, tls_suites_ec, COUNT_OF(tls_suites_ec));
+    br_ssl_engine_add_flags(e, BR_OPT_ENFORCE_SERVER_PREFERENCES | BR_OPT_NO_RENEGOTIATION);
+    br_ssl_engine_set_buffer(e, t->buf, sizeof t->buf, 1);
+    br_ssl_server_set_cache(&t->sc, &((struct tls_creds *)cr)->cache.vtable);
+    if (!br_ssl_server_reset(&t->sc)) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* Moves records between the socket and the engine while it can.
+ * Returns 1 if bytes moved, 0 if not, -1 once the engine is closed. */
+static int tls_pump(struct conn *c)
+{
+    br_ssl_engine_context *e = &c->tls->sc.eng;
+    int moved = 0;
+    if (c->tls->eof || c->tls->ioerr)
+        return -1;
+    for (;;) {
+        unsigned st = br_ssl_engine_current_state(e);
+        unsigned char *b;
+        size_t len;
+        long n;
+        if (st & BR_SSL_CLOSED)
+            return -1;
+        if (st & (BR_SSL_SENDAPP | BR_SSL_RECVAPP))
+            c->tls->up = 1;
+        if ((st & BR_SSL_SENDREC) && c->c_wr) {
+            b = br_ssl_engine_sendrec_buf(e, &len);
+            if ((n = sock_write(c, b, len)) > 0) {
+                br_ssl_engine_sendrec_ack(e, (size_t)n);
+                moved = 1;
+                continue;
+            }
+            if (n == IO_ERROR) {
+                c->tls->ioerr = 1;
+                return -1;
+            }
+        }
+        if ((st & BR_SSL_RECVREC) && c->c_rd) {
+            b = br_ssl_engine_recvrec_buf(e, &len);
+            if ((n = sock_read(c, b, len)) > 0) {
+                br_ssl_engine_recvrec_ack(e, (size_t)n);
+                moved = 1;
+                continue;
+            }
+            if (n == 0 || n == IO_ERROR) {
+                c->tls->eof = n == 0;
+                c->tls->ioerr = n != 0;
+                return -1;
+            }
+        }
+        return moved;
+    }
+}
+
+/* The peer closed (close_notify or TCP EOF) without a TLS error. */
+static int tls_clean_end(const struct conn *c)
+{
+    return !c->tls->ioerr && br_ssl_engine_last_error(&c->tls->sc.eng) == BR_ERR_OK;
+}
+
+static const char *tls_alert(int alert)
+{
+    switch (alert) {
+    case 10: return "unexpected message";
+    case 20: return "bad record MAC";
+    case 40: return "handshake failure: no common cipher suite or curve";
+    case 42: case 43: case 44: case 45: case 46: case 48:
+        return "certificate refused";
+    case 47: return "illegal parameter";
+    case 50: return "decode error";
+    case 70: return "unsupported protocol version";
+    case 80: return "internal error";
+    case 86: return "inappropriate fallback";
+    case 112: return "unrecognized name";
+    }
+    return "alert";
+}
+
+static const char *tls_error(int err)
+{
+    static char buf[96];
+    switch (err) {
+    case BR_ERR_BAD_VERSION:
+    case BR_ERR_UNSUPPORTED_VERSION: return "unsupported TLS version";
+    case BR_ERR_BAD_CIPHER_SUITE: return "no common cipher suite";
+    case BR_ERR_BAD_MAC: return "bad record MAC";
+    case BR_ERR_UNKNOWN_TYPE:
+    case BR_ERR_BAD_LENGTH:
+    case BR_ERR_TOO_LARGE:
+    case BR_ERR_BAD_FRAGLEN: return "malformed TLS record";
+    case BR_ERR_BAD_HANDSHAKE:
+    case BR_ERR_UNEXPECTED: return "malformed TLS handshake";
+    case BR_ERR_IO: return "connection error";
+    }
+    if (err >= BR_ERR_RECV_FATAL_ALERT && err < BR_ERR_SEND_FATAL_ALERT)
+        snprintf(buf, sizeof buf, "client sent alert %d (%s)", err - BR_ERR_RECV_FATAL_ALERT,
+                 tls_alert(err - BR_ERR_RECV_FATAL_ALERT));
+    else if (err >= BR_ERR_SEND_FATAL_ALERT)
+        snprintf(buf, sizeof buf, "sent alert %d (%s)", err - BR_ERR_SEND_FATAL_ALERT,
+                 tls_alert(err - BR_ERR_SEND_FATAL_ALERT));
+    else
+        snprintf(buf, sizeof buf, "BearSSL error %d", err);
+    return buf;
+}
+#endif
+
+static long tr_read(struct conn *c, uint8_t *buf, size_t cap)
+{
+#ifndef WS_PROXY_NO_TLS
+    if (c->tls) {
+        br_ssl_engine_context *e = &c->tls->sc.eng;
+        int rc = tls_pump(c);
+        size_t len;
+        unsigned char *b = br_ssl_engine_recvapp_buf(e, &len);
+        if (b) {
+            len = len < cap ? len : cap;
+            memcpy(buf, b, len);
+            br_ssl_engine_recvapp_ack(e, len);
+            return (long)len;
+        }
+        if (rc < 0)
+            return tls_clean_end(c) ? 0 : IO_ERROR;
+        return IO_AGAIN;
+    }
+#endif
+    return sock_read(c, buf, cap);
+}
+
+static long tr_write(struct conn *c, const uint8_t *buf, size_t len)
+{
+#ifndef WS_PROXY_NO_TLS
+    if (c->tls) {
+        br_ssl_engine_context *e = &c->tls->sc.eng;
+        size_t cap;
+        unsigned char *b;
+        if (tls_pump(c) < 0)
+            return IO_ERROR;
+        if (!(b = br_ssl_engine_sendapp_buf(e, &cap)))
+            return IO_AGAIN;
+        len = len < cap ? len : cap;
+        memcpy(b, buf, len);
+        br_ssl_engine_sendapp_ack(e, len);
+        br_ssl_engine_flush(e, 0);
+        tls_pump(c);
+        return (long)len;
+    }
+#endif
+    return sock_write(c, buf, len);
+}
+
+/* Can tr_read/tr_in give bytes without waiting for poll? */
+/* The TLS engine's state bits (BR_SSL_*), 0 for a plain socket. */
+#ifndef WS_PROXY_NO_TLS
+#define TLS_RECVAPP BR_SSL_RECVAPP
+#define TLS_SENDREC BR_SSL_SENDREC
+#else
+#define TLS_RECVAPP 0
+#define TLS_SENDREC 0
+#endif
+static unsigned tls_state(const struct conn *c)
+{
+#ifndef WS_PROXY_NO_TLS
+    if (c->tls)
+        return br_ssl_engine_current_state(&c->tls->sc.eng);
+#endif
+    (void)c;
+    return 0;
+}
+
+/* Does the transport hold decrypted bytes the socket will not signal? */
+static int tr_buffered(const struct conn *c)
+{
+    return (tls_state(c) & TLS_RECVAPP) != 0;
+}
+
+static int tr_readable(const struct conn *c)
+{
+    return c->c_rd || tr_buffered(c);
+}
+
+/* Borrows the next chunk of client bytes as c->ib[0..i_len). */
+static long tr_in(ws_proxy *p, struct conn *c)
+{
+    long n;
+#ifndef WS_PROXY_NO_TLS
+    if (c->tls) {
+        size_t len;
+        int rc = tls_pump(c);
+        c->ib = br_ssl_engine_recvapp_buf(&c->tls->sc.eng, &len);
+        if (c->ib) {
+            c->i_borrowed = 1;
+            c->i_borrowed_len = (uint32_t)len;
+            n = (long)len;
+        } else {
+            n = rc < 0 ? (tls_clean_end(c) ? 0 : IO_ERROR) : IO_AGAIN;
+        }
+    } else
+#endif
+    {
+        if (!(c->ib = buf_get(p)))
+            return IO_ERROR;
+        if ((n = sock_read(c, c->ib, WS_PROXY_BUF_SIZE)) <= 0)
+            buf_put(p, &c->ib);
+    }
+    if (n > 0) {
+        c->i_len = (uint32_t)n;
+        c->i_pos = c->i_out = c->i_wr = 0;
+    }
+    return n;
+}
+
+/* Releases the input chunk (its whole length, whatever was used). */
+static void tr_in_done(ws_proxy *p, struct conn *c)
+{
+#ifndef WS_PROXY_NO_TLS
+    if (c->i_borrowed) {
+        if (c->tls)
+            br_ssl_engine_recvapp_ack(&c->tls->sc.eng, c->i_borrowed_len);
+        c->ib = NULL;
+        c->i_borrowed = 0;
+    }
+#endif
+    buf_put(p, &c->ib);
+    c->i_len = c->i_pos = c->i_out = c->i_wr = 0;
+}
+
+/* Space for the next outgoing frame, or NULL while output is queued. */
+static uint8_t *tr_out_buf(ws_proxy *p, struct conn *c, size_t *cap)
+{
+    if (c->ob)
+        return NULL;
+#ifndef WS_PROXY_NO_TLS
+    if (c->tls) {
+        if (tls_pump(c) < 0)
+            return NULL;
+        return br_ssl_engine_sendapp_buf(&c->tls->sc.eng, cap);
+    }
+#endif
+    *cap = WS_PROXY_BUF_SIZE;
+    return c->ob = buf_get(p);
+}
+
+/* The frame is buf[off, off + len): send it. */
+static void tr_out_commit(struct conn *c, uint8_t *buf, size_t off, size_t len)
+{
+#ifndef WS_PROXY_NO_TLS
+    if (c->tls) {
+        br_ssl_engine_context *e = &c->tls->sc.eng;
+        if (off) /* only small frames start late: see conn_downstream */
+            memmove(buf, buf + off, len);
+        br_ssl_engine_sendapp_ack(e, len);
+        br_ssl_engine_flush(e, 0);
+        return;
+    }
+#endif
+    (void)buf;
+    c->o_pos = (uint32_t)off;
+    c->o_len = (uint32_t)(off + len);
+}
+
+static void tr_out_cancel(ws_proxy *p, struct conn *c)
+{
+    if (!c->tls)
+        buf_put(p, &c->ob);
+}
+
+/* Pushes queued records; 1 if bytes moved, -1 on error. */
+static int tr_flush(struct conn *c)
+{
+#ifndef WS_PROXY_NO_TLS
+    if (c->tls) {
+        int rc = tls_pump(c);
+        return rc < 0 && (c->tls->ioerr || br_ssl_engine_last_error(&c->tls->sc.eng)) ? -1
+               : rc > 0;
+    }
+#endif
+    (void)c;
+    return 0;
+}
+
+/* Bytes accepted by the transport but not yet on the wire? */
+static int tr_unsent(const struct conn *c)
+{
+    return (tls_state(c) & TLS_SENDREC) != 0;
+}
+
+/* Poll events for the client socket, given what the connection wants. */
+static short tr_events(const struct conn *c, short want)
+{
+#ifndef WS_PROXY_NO_TLS
+    if (c->tls) {
+        unsigned st = br_ssl_engine_current_state(&c->tls->sc.eng);
+        short ev = 0;
+        if (st & BR_SSL_SENDREC)
+            ev |= POLLOUT;
+        if ((st & BR_SSL_RECVREC) && ((want & POLLIN) || !c->tls->up))
+            ev |= POLLIN;
+        return ev;
+    }
+#endif
+    (void)c;
+    return want;
+}
+
+static void tr_free(struct conn *c)
+{
+#ifndef WS_PROXY_NO_TLS
+    free(c->tls);
+    c->tls = NULL;
+#endif
+    (void)c;
 }
 
 /* ==== Connections: handshake, relay, close ===============================
@@ -1262,6 +1969,19 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
 {
     if (c->state == CONN_DEAD)
         return;
+#ifndef WS_PROXY_NO_TLS
+    if (c->tls) {
+        int e = br_ssl_engine_last_error(&c->tls->sc.eng);
+        if (!c->tls->up || e != BR_ERR_OK) {
+            p->st.tls_failures++;
+            plog(p, WS_PROXY_LOG_INFO, c, "TLS %s: %s", c->tls->up ? "error" : "handshake failed",
+                 e != BR_ERR_OK ? tls_error(e)
+                 : c->tls->ioerr ? "connection error"
+                 : c->tls->eof ? "client closed the connection"
+                 : c->why ? c->why : "timed out");
+        }
+    }
+#endif
     if (c->status == 101)
         plog(p, WS_PROXY_LOG_INFO, c,
              "closed %u (%s) after %.3f s, %llu bytes to engine, %llu bytes to client",
@@ -1272,8 +1992,9 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
         close(c->efd);
     close(c->cfd);
     c->efd = c->cfd = -1;
-    buf_put(p, &c->ib);
+    tr_in_done(p, c);
     buf_put(p, &c->ob);
+    tr_free(c);
     c->state = CONN_DEAD;
     p->st.conns_open--;
 }
@@ -1318,7 +2039,7 @@ static void conn_refuse(ws_proxy *p, struct conn *c, struct http_answer *a,
         close(c->efd);
         c->efd = -1;
     }
-    buf_put(p, &c->ib);
+    tr_in_done(p, c);
     if (!c->ob && !(c->ob = buf_get(p))) {
         conn_end(p, c, now);
         return;
@@ -1479,7 +2200,7 @@ static void conn_handshake(ws_proxy *p, struct conn *c, struct http_req *r,
 
 static void conn_http(ws_proxy *p, struct conn *c, int64_t now)
 {
-    while (c->c_rd && c->state == CONN_HTTP) {
+    while (tr_readable(c) && c->state == CONN_HTTP) {
         struct http_req r;
         long n, h;
         if (!c->ib && !(c->ib = buf_get(p))) {
@@ -1537,11 +2258,12 @@ static void conn_decode(ws_proxy *p, struct conn *c, int64_t now)
             return;
         }
         if (c->dec.op == OP_PING && c->state == CONN_OPEN) {
-            /* 5.5.3: answer with the same payload; only the latest Ping
-             * need be answered. */
+            /* 5.5.3: a Pong with the same payload.  Decoding pauses until
+             * it is composed, so every Ping gets its own Pong. */
             memcpy(c->pong, c->dec.ctl, c->dec.ctl_len);
             c->pong_len = c->dec.ctl_len;
             c->pong_due = 1;
+            return;
         } else if (c->dec.op == OP_CLOSE) {
             c->close_rcvd = 1;
             c->i_len = c->i_pos; /* 5.5.1: nothing after a Close counts */
@@ -1591,55 +2313,56 @@ static int conn_upstream(ws_proxy *p, struct conn *c, int64_t now)
         if (c->i_wr < c->i_out)
             return moved;
     }
-    if (c->ib && c->i_pos == c->i_len) {
-        buf_put(p, &c->ib);
-        c->i_len = c->i_pos = c->i_out = c->i_wr = 0;
-    }
+    if (c->ib && c->i_pos == c->i_len)
+        tr_in_done(p, c);
     if (c->state == CONN_DRAIN && !c->eng_shut && c->efd >= 0) {
         /* Everything the client sent is out: tell the engine. */
         shutdown(c->efd, SHUT_WR);
         c->eng_shut = 1;
     }
-    if (c->ib && c->i_pos < c->i_len && c->state == CONN_OPEN) {
-        conn_decode(p, c, now); /* bytes that came behind the request */
+    if (c->ib) {
+        /* Undecoded bytes remain: behind the request, or after a Ping
+         * whose Pong is not composed yet. */
+        if (c->pong_due || (c->state != CONN_OPEN && c->state != CONN_CLOSING) || c->drop)
+            return moved;
+        conn_decode(p, c, now);
         return 1;
     }
-    if (!c->c_rd || c->close_rcvd || c->drop ||
+    if (!tr_readable(c) || c->close_rcvd || c->drop ||
         (c->state != CONN_OPEN && c->state != CONN_CLOSING))
         return moved;
-    if (!c->ib && !(c->ib = buf_get(p))) {
-        conn_close(p, c, 1011, "out of memory", 1, now);
-        return 1;
-    }
     {
-        long n = tr_read(c, c->ib, WS_PROXY_BUF_SIZE);
-        if (n == IO_AGAIN) {
-            buf_put(p, &c->ib);
+        long n = tr_in(p, c);
+        if (n == IO_AGAIN)
             return moved;
-        }
         if (n <= 0) { /* client TCP gone: free the engine session */
-            c->why = n == 0 ? "client disconnected" : "client connection error";
+            if (!c->why)
+                c->why = n == 0 ? "client disconnected" : "client connection error";
             conn_end(p, c, now);
             return 1;
         }
-        c->i_len = (uint32_t)n;
-        c->i_pos = c->i_out = c->i_wr = 0;
     }
     conn_decode(p, c, now);
     return 1;
 }
 
 /* Composes one frame into a fresh ob. */
-static void conn_frame(ws_proxy *p, struct conn *c, unsigned op,
-                       const uint8_t *payload, size_t len)
+/* Composes one control frame; 0 if there is no room yet. */
+static int conn_frame(ws_proxy *p, struct conn *c, unsigned op,
+                      const uint8_t *payload, size_t len)
 {
-    size_t h;
-    if (!c->ob && !(c->ob = buf_get(p)))
-        return;
-    memcpy(c->ob + FRAME_HEADROOM, payload, len);
-    h = frame_header(c->ob + FRAME_HEADROOM, op, len);
-    c->o_pos = (uint32_t)(FRAME_HEADROOM - h);
-    c->o_len = (uint32_t)(FRAME_HEADROOM + len);
+    size_t h, cap;
+    uint8_t *b = tr_out_buf(p, c, &cap);
+    if (!b || cap < FRAME_HEADROOM + len) {
+        if (b)
+            tr_out_cancel(p, c);
+        return 0;
+    }
+    if (len)
+        memcpy(b + FRAME_HEADROOM, payload, len);
+    h = frame_header(b + FRAME_HEADROOM, op, len);
+    tr_out_commit(c, b, FRAME_HEADROOM - h, h + len);
+    return 1;
 }
 
 static void conn_close_frame(ws_proxy *p, struct conn *c)
@@ -1658,80 +2381,103 @@ static void conn_close_frame(ws_proxy *p, struct conn *c)
             n += k;
         }
     }
-    conn_frame(p, c, OP_CLOSE, pl, n);
-    c->close_sent = 1;
+    if (conn_frame(p, c, OP_CLOSE, pl, n))
+        c->close_sent = 1;
 }
 
-/* Engine -> client: flush ob, then compose the next frame. */
+/* Pushes queued output: the HTTP answer in ob, then transport records.
+ * Returns 1 if bytes moved, 0 if not, -1 if the client is gone. */
+static int conn_flush(ws_proxy *p, struct conn *c)
+{
+    int moved = 0;
+    if (c->ob && c->o_pos < c->o_len && c->state != CONN_CONNECT) {
+        long n = tr_write(c, c->ob + c->o_pos, c->o_len - c->o_pos);
+        if (n == IO_ERROR)
+            return -1;
+        if (n > 0) {
+            c->o_pos += (uint32_t)n;
+            moved = 1;
+        }
+        if (c->o_pos == c->o_len)
+            buf_put(p, &c->ob);
+    }
+    switch (tr_flush(c)) {
+    case -1:
+        return -1;
+    case 1:
+        moved = 1;
+    }
+    return moved;
+}
+
+static int conn_out_queued(const struct conn *c)
+{
+    return (c->ob && c->o_pos < c->o_len) || tr_unsent(c);
+}
+
+/* Engine -> client: flush, then compose the next frame. */
 static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
 {
+    size_t cap, hr, h;
+    uint8_t *b;
     long n;
-    if (c->ob && c->o_pos < c->o_len) {
-        if (!c->c_wr || c->state == CONN_CONNECT)
-            return 0;
-        n = tr_write(c, c->ob + c->o_pos, c->o_len - c->o_pos);
-        if (n == IO_AGAIN)
-            return 0;
-        if (n < 0) {
+    int moved = conn_flush(p, c);
+    if (moved < 0) {
+        if (!c->why)
             c->why = "client connection error";
-            conn_end(p, c, now);
-            return 1;
-        }
-        c->o_pos += (uint32_t)n;
-        if (c->o_pos < c->o_len)
-            return 1;
-        buf_put(p, &c->ob);
-        if (c->state == CONN_REFUSED) {
+        conn_end(p, c, now);
+        return 1;
+    }
+    if (conn_out_queued(c) || c->state == CONN_HTTP || c->state == CONN_CONNECT)
+        return moved;
+    if (c->state == CONN_REFUSED) {
+        if (c->o_len) {
             /* Answered: stop sending, read until the client closes, so
              * unread request bytes do not turn our close into a reset. */
             shutdown(c->cfd, SHUT_WR);
+            c->o_len = c->o_pos = 0;
             c->c_rd = 1;
-            return 1;
         }
-        if (c->close_sent && (c->drop || c->close_rcvd)) {
-            conn_end(p, c, now);
-            return 1;
-        }
+        return moved;
     }
-    if (c->ob || c->state == CONN_HTTP || c->state == CONN_REFUSED)
-        return 0;
+    if (c->close_sent) {
+        if (c->drop || c->close_rcvd)
+            conn_end(p, c, now);
+        return moved;
+    }
     if (c->pong_due) {
-        conn_frame(p, c, OP_PONG, c->pong, c->pong_len);
-        c->pong_due = 0;
-        return 1;
+        c->pong_due = !conn_frame(p, c, OP_PONG, c->pong, c->pong_len);
+        return !c->pong_due;
     }
     if (c->ping_due) {
-        conn_frame(p, c, OP_PING, NULL, 0);
-        c->ping_due = 0;
-        return 1;
+        c->ping_due = !conn_frame(p, c, OP_PING, NULL, 0);
+        return !c->ping_due;
     }
     if (c->state == CONN_CLOSING) {
-        if (!c->close_sent) {
-            conn_close_frame(p, c);
-            return 1;
-        }
-        return 0;
+        conn_close_frame(p, c);
+        return c->close_sent;
     }
-    if (!c->e_rd || c->efd < 0)
-        return 0;
-    if (!(c->ob = buf_get(p)))
-        return 0;
-    n = io_recv(c->efd, c->ob + FRAME_HEADROOM, WS_PROXY_BUF_SIZE - FRAME_HEADROOM);
+    if (!c->e_rd || c->efd < 0 || !(b = tr_out_buf(p, c, &cap)))
+        return moved;
+    /* Read behind room for the header.  When the space fits a 16-bit
+     * length the header takes 4 bytes, or 2 for a payload under 126: then
+     * the frame starts 2 bytes in (TLS moves those few bytes down). */
+    hr = cap - 4 <= 65535 ? 4 : FRAME_HEADROOM;
+    n = io_recv(c->efd, b + hr, cap - hr);
     if (n > 0) {
-        size_t h = frame_header(c->ob + FRAME_HEADROOM, OP_BINARY, (uint64_t)n);
-        c->o_pos = (uint32_t)(FRAME_HEADROOM - h);
-        c->o_len = (uint32_t)(FRAME_HEADROOM + n);
+        h = frame_header(b + hr, OP_BINARY, (uint64_t)n);
+        tr_out_commit(c, b, hr - h, h + (size_t)n);
         c->bytes_out += (uint64_t)n;
         p->st.bytes_to_client += (uint64_t)n;
         c->t_data = now;
-        if ((size_t)n < WS_PROXY_BUF_SIZE - FRAME_HEADROOM)
+        if ((size_t)n < cap - hr)
             c->e_rd = 0;
         return 1;
     }
-    buf_put(p, &c->ob);
+    tr_out_cancel(p, c);
     if (n == IO_AGAIN) {
         c->e_rd = 0;
-        return 0;
+        return moved;
     }
     if (c->state == CONN_DRAIN) /* answer the client's Close */
         conn_close(p, c, c->close_code, c->why, 0, now);
@@ -1747,7 +2493,7 @@ static void conn_linger(ws_proxy *p, struct conn *c, int64_t now)
 {
     uint8_t sink[512];
     int budget = WS_PROXY_TURN_BUDGET;
-    while (c->c_rd && budget--) {
+    while (tr_readable(c) && budget--) {
         long n = tr_read(c, sink, sizeof sink);
         if (n == IO_AGAIN)
             return;
@@ -1775,7 +2521,7 @@ static void conn_step(ws_proxy *p, struct conn *c, int64_t now)
             conn_engine_ready(p, c, now);
         }
     }
-    if (c->state == CONN_REFUSED && !c->ob) {
+    if (c->state == CONN_REFUSED && !c->ob && !c->o_len) {
         conn_linger(p, c, now);
         return;
     }
@@ -1819,6 +2565,13 @@ static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
         return;
     switch (c->state) {
     case CONN_HTTP:
+#ifndef WS_PROXY_NO_TLS
+        if (c->tls && !c->tls->up) {
+            c->why = "handshake timeout";
+            conn_end(p, c, now);
+            break;
+        }
+#endif
         conn_refuse_with(p, c, 408, "handshake timeout", now);
         break;
     case CONN_CONNECT:
@@ -1854,17 +2607,27 @@ static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
 
 static void cfg_unref(struct cfg *cf);
 
+/* Does the connection's state take client input now? */
+static int conn_wants_input(const struct conn *c)
+{
+    switch (c->state) {
+    case CONN_HTTP:
+        return 1;
+    case CONN_REFUSED:
+        return !c->ob && !c->o_len;
+    case CONN_OPEN:
+    case CONN_CLOSING:
+        return !c->close_rcvd && !c->drop && !c->ib;
+    }
+    return 0;
+}
+
 static short conn_client_events(const struct conn *c)
 {
-    short ev = 0;
+    short ev = conn_wants_input(c) ? POLLIN : 0;
     if (c->ob && c->o_pos < c->o_len && c->state != CONN_CONNECT)
         ev |= POLLOUT;
-    if (c->state == CONN_HTTP || (c->state == CONN_REFUSED && !c->ob))
-        ev |= POLLIN;
-    if ((c->state == CONN_OPEN || c->state == CONN_CLOSING) && !c->close_rcvd &&
-        !c->drop && !(c->ib && c->i_wr < c->i_out))
-        ev |= POLLIN;
-    return ev;
+    return c->state == CONN_DEAD ? 0 : tr_events(c, ev);
 }
 
 static short conn_engine_events(const struct conn *c)
@@ -1886,15 +2649,11 @@ static void conn_goodbye(ws_proxy *p, struct conn *c, uint16_t code, int64_t now
 {
     if (c->state == CONN_OPEN || c->state == CONN_DRAIN || c->state == CONN_CLOSING) {
         c->c_wr = 1;
-        if (c->ob && tr_write(c, c->ob + c->o_pos, c->o_len - c->o_pos) ==
-                         (long)(c->o_len - c->o_pos))
-            buf_put(p, &c->ob);
-        if (!c->ob && !c->close_sent) {
+        if (conn_flush(p, c) >= 0 && !conn_out_queued(c) && !c->close_sent) {
             c->close_code = code;
             c->why = code == 1001 ? "proxy stopping" : "proxy failed";
             conn_close_frame(p, c);
-            if (c->ob)
-                tr_write(c, c->ob + c->o_pos, c->o_len - c->o_pos);
+            conn_flush(p, c);
         }
     }
     conn_end(p, c, now);
@@ -1979,6 +2738,15 @@ static void loop_accept(ws_proxy *p, int64_t now)
         c->c_rd = c->c_wr = 1; /* the request is likely there already */
         c->pi_c = c->pi_e = -1;
         c->dec.max_msg = c->cfg->c.max_message;
+#ifndef WS_PROXY_NO_TLS
+        if (c->cfg->tls && !(c->tls = tls_conn_new(c->cfg->creds))) {
+            close(fd);
+            cfg_unref(c->cfg);
+            free(c);
+            p->st.tls_failures++;
+            continue;
+        }
+#endif
         c->over_limit = p->st.conns_open >= c->cfg->max_conns;
         snprintf(c->name, sizeof c->name,
                  a.sa.sa_family == AF_INET6 ? "conn %llu [%s]:%d" : "conn %llu %s:%d",
@@ -2010,6 +2778,15 @@ static void log_config(ws_proxy *p, const char *verb)
              cf->c.subprotocols ? cf->c.subprotocols : "(none)");
     else
         plog(p, WS_PROXY_LOG_INFO, NULL, "%s: no port configured, not listening", verb);
+#ifndef WS_PROXY_NO_TLS
+    if (cf->creds) {
+        plog(p, WS_PROXY_LOG_INFO, NULL, "%s", cf->creds->info);
+        if (cf->creds->days_left < 30)
+            plog(p, WS_PROXY_LOG_WARN, NULL, "the certificate %s in %ld days",
+                 cf->creds->days_left < 0 ? "expired" : "expires",
+                 cf->creds->days_left < 0 ? -cf->creds->days_left : cf->creds->days_left);
+    }
+#endif
     if (cf->c.proxy_protocol == WS_PROXY_PP_OFF)
         plog(p, WS_PROXY_LOG_WARN, NULL,
              "proxy_protocol is off: the engine sees every client as this "
@@ -2154,6 +2931,8 @@ static void loop_turn(ws_proxy *p)
         int64_t d = conn_deadline(c);
         c->pi_c = (int)loop_add(p, &n, c->cfd, conn_client_events(c));
         c->pi_e = (int)loop_add(p, &n, c->efd, conn_engine_events(c));
+        if (tr_buffered(c) && conn_wants_input(c))
+            d = now; /* decrypted bytes wait: do not sleep */
         next = d < next ? d : next;
     }
     timeout = next == INT64_MAX ? -1 : next <= now ? 0 : next - now > 86400000 ? 86400000 : (int)(next - now);
@@ -2229,8 +3008,12 @@ static void *loop_main(void *arg)
 
 static void cfg_unref(struct cfg *cf)
 {
-    if (cf && --cf->refs == 0)
+    if (cf && --cf->refs == 0) {
+#ifndef WS_PROXY_NO_TLS
+        tls_creds_free(cf->creds);
+#endif
         free(cf);
+    }
 }
 
 static size_t cfg_strlen(const char *s)
@@ -2317,6 +3100,15 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
     cf->handshake_ms = in->handshake_timeout_ms ? in->handshake_timeout_ms : DEFAULT_HANDSHAKE_MS;
     cf->drain_ms = in->drain_timeout_ms ? in->drain_timeout_ms : DEFAULT_DRAIN_MS;
     cf->log_level = in->log_level ? in->log_level : WS_PROXY_LOG_INFO;
+#ifndef WS_PROXY_NO_TLS
+    if (cf->tls) {
+        int rc = tls_creds_load(cf->c.cert_file, cf->c.key_file, &cf->creds, err, errlen);
+        if (rc) {
+            free(cf);
+            return rc;
+        }
+    }
+#endif
     *out = cf;
     return 0;
 }
