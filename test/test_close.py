@@ -1,0 +1,226 @@
+"""SPEC section 4: the close handshake in both directions, engine errors,
+vanishing clients, and liveness (ping interval, idle and handshake
+timeouts)."""
+
+import signal
+import socket
+import struct
+import time
+
+import pytest
+
+from conftest import (OP_BIN, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, WSClient,
+                      close_payload, frame, read_until_eof, ws_request)
+from engine import source_data
+
+
+# ---------------------------------------------------------------------------
+# close handshake
+# ---------------------------------------------------------------------------
+
+def test_client_close_engine_sees_eof_and_tail_arrives_first(proxy, engine):
+    """Client Close -> engine gets EOF (SHUT_WR); what the engine still sends
+    arrives before the server's Close, which echoes the client's code."""
+    e = engine("echo", tail=b"engine's last words", tail_delay=0.3)
+    p = proxy(engine=e)
+    c = p.ws()
+    c.echo(b"query")
+    c.send_frame(OP_CLOSE, close_payload(4321, b"client done"))
+    conn = e.conn(0)
+    assert conn.wait_eof(p.t(5)), "engine did not see EOF after client Close"
+    data, code, _ = c.recv_until_close(timeout=p.t(10))
+    assert data == b"engine's last words"
+    assert code == 4321
+    c.expect_eof()
+
+
+def test_client_close_payload_flushed_before_eof(proxy, engine):
+    """Data sent right before the Close (same segment) reaches the engine
+    before its EOF."""
+    e = engine("sink")
+    p = proxy(engine=e)
+    c = p.ws()
+    payload = bytes(range(256)) * 40
+    c.send(frame(OP_BIN, payload) + frame(OP_CLOSE, close_payload(1000)))
+    data, code, _ = c.recv_until_close(timeout=p.t(10))
+    assert code == 1000 and data == b""
+    c.expect_eof()
+    conn = e.conn(0)
+    assert conn.wait_eof(p.t(5))
+    assert bytes(conn.data) == payload
+
+
+def test_drain_timeout_bounds_close(proxy, engine):
+    """An engine that never closes after EOF: the server's Close still comes,
+    after about drain_timeout."""
+    e = engine("echo", hold=30)
+    p = proxy("--drain-timeout", "500", engine=e)
+    c = p.ws()
+    c.echo(b"x")
+    t0 = time.monotonic()
+    c.send_frame(OP_CLOSE, close_payload(1000))
+    data, code, _ = c.recv_until_close(timeout=p.t(8))
+    elapsed = time.monotonic() - t0
+    assert code == 1000
+    assert elapsed >= 0.3, "Close came after %.2fs: did not wait for the " \
+        "engine at all" % elapsed
+    c.expect_eof()
+
+
+def test_engine_eof_all_data_then_1000(proxy, engine):
+    e = engine("eof-after", eof_after=300)
+    p = proxy(engine=e)
+    c = p.ws()
+    payload = bytes(range(100)) * 3
+    c.send(frame(OP_BIN, payload))
+    data, code, _ = c.recv_until_close(timeout=p.t(10))
+    assert data == payload
+    assert code == 1000
+    c.reply_close(1000)
+
+
+def test_engine_source_then_eof(proxy, engine):
+    n = 3 * 1024 * 1024 + 17
+    e = engine("source", source_bytes=n, seed=99)
+    p = proxy(engine=e)
+    c = p.ws()
+    data, code, _ = c.recv_until_close(timeout=p.t(30))
+    assert len(data) == n and data == source_data(n, 99)
+    assert code == 1000
+    c.reply_close(1000)
+
+
+def test_engine_reset_1011(proxy, engine):
+    e = engine("reset")
+    p = proxy(engine=e)
+    c = p.ws()
+    c.send(frame(OP_BIN, b"this will be left unread"))
+    data, code, _ = c.recv_until_close(timeout=p.t(10))
+    assert code == 1011, "engine reset must give Close 1011, got %s" % code
+    c.reply_close(1011)
+    d = p.ws()   # the proxy goes on
+    d.close()
+
+
+@pytest.mark.parametrize("rst", [False, True], ids=["fin", "rst"])
+def test_client_vanishes_mid_frame(proxy, engine, rst):
+    e = engine("echo")
+    p = proxy(engine=e)
+    other = p.ws()
+    other.echo(b"other before")
+    c = p.ws()
+    c.echo(b"hello")
+    raw = frame(OP_BIN, b"q" * 5000)
+    c.send(raw[:2000])
+    conn = e.conn(1)
+    assert conn.wait_bytes(5 + 1992, timeout=p.t(5))
+    c.abort(rst=rst)
+    assert conn.wait_eof(p.t(5)), "engine connection not closed after the " \
+        "client disappeared"
+    assert conn.wait_closed(p.t(5))
+    other.echo(b"other after")
+    other.close()
+    n = p.ws()
+    n.echo(b"new one")
+    n.close()
+
+
+def test_client_vanishes_mid_handshake(proxy):
+    p = proxy()
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+    s.sendall(ws_request()[:30])
+    s.close()
+    c = p.ws()
+    c.echo(b"fine")
+    c.close()
+
+
+def test_sigterm_sends_1001(proxyset):
+    p = proxyset.start(engine="echo")
+    c = p.ws()
+    c.echo(b"x")
+    p.signal(signal.SIGTERM)
+    data, code, _ = c.recv_until_close(timeout=p.t(10))
+    assert code == 1001
+    assert p.proc.wait(p.t(15)) == 0
+
+
+# ---------------------------------------------------------------------------
+# liveness
+# ---------------------------------------------------------------------------
+
+def test_ping_interval_silent_client_gets_ping(proxy):
+    p = proxy("--ping-interval", "300")
+    c = p.ws()
+    t0 = time.monotonic()
+    f = c.recv_frame(timeout=p.t(3))
+    assert f.opcode == OP_PING and f.fin, "want a Ping, got %r" % (f,)
+    assert time.monotonic() - t0 >= 0.15, "ping came before the interval"
+    # Answering keeps the connection: over several intervals it survives.
+    c.send_frame(OP_PONG, f.payload)
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        try:
+            f = c.recv_frame(timeout=0.2)
+        except socket.timeout:
+            continue
+        assert f.opcode == OP_PING, "unexpected frame %r" % (f,)
+        c.send_frame(OP_PONG, f.payload)
+    c.echo(b"alive after 1.5s of answered pings")
+    c.close()
+
+
+def test_ping_unanswered_1001_and_engine_freed(proxy, engine):
+    e = engine("echo")
+    p = proxy("--ping-interval", "300", engine=e)
+    c = p.ws()
+    t0 = time.monotonic()
+    saw_ping = False
+    while True:
+        f = c.recv_frame(timeout=p.t(5))
+        if f.opcode == OP_PING:
+            saw_ping = True
+            continue   # do not answer
+        assert f.opcode == OP_CLOSE, f
+        break
+    assert saw_ping
+    code = struct.unpack("!H", f.payload[:2])[0]
+    assert code == 1001
+    assert time.monotonic() - t0 >= 0.45
+    c.expect_eof()
+    assert e.conn(0).wait_eof(p.t(5)), "engine session not freed"
+
+
+def test_idle_timeout_1001(proxy, engine):
+    e = engine("echo")
+    p = proxy("--idle-timeout", "600", engine=e)
+    c = p.ws()
+    # Traffic keeps it open well past the timeout...
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.5:
+        c.echo(b"keepalive")
+        last = time.monotonic()   # the proxy saw traffic no later than this
+        time.sleep(0.15)
+    # ...silence closes it, but not before the timeout.
+    data, code, _ = c.recv_until_close(timeout=p.t(5))
+    assert code == 1001
+    assert time.monotonic() - last >= 0.4, "closed %.2fs after traffic" % (
+        time.monotonic() - last)
+    c.reply_close(1001)
+    assert e.conn(0).wait_eof(p.t(5))
+
+
+def test_handshake_timeout_closes(proxy):
+    p = proxy("--handshake-timeout", "400")
+    silent = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+    partial = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+    partial.sendall(ws_request()[:40])
+    t0 = time.monotonic()
+    for s in (silent, partial):
+        data, closed = read_until_eof(s, p.t(5))
+        assert closed, "connection still open after handshake timeout"
+        s.close()
+    assert time.monotonic() - t0 >= 0.2
+    c = p.ws()   # a prompt client is served
+    c.echo(b"ok")
+    c.close()
