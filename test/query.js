@@ -191,13 +191,16 @@ function main() {
   };
   conn.on('error', (err) => { if (!done) { done = true; fail(explain(err)); } });
 
-  // COM_QUIT, then the WebSocket closing handshake; wait a moment for it, no longer
+  // COM_QUIT, then the server's closing handshake; wait a moment for it, no longer
   const finish = (status) => {
     clearTimeout(timer);
     setTimeout(() => exit(status), 2000).unref();
     if (closeInfo) { exit(status); return; }
     ws.once('close', () => exit(status));
-    conn.end(() => { if (ws.readyState === WebSocket.OPEN) ws.close(1000); });
+    // COM_QUIT makes the engine close, and the proxy then closes the
+    // WebSocket with 1000.  (mysql2 calls end()'s callback before it writes
+    // COM_QUIT, so closing the WebSocket there would lose the COM_QUIT.)
+    conn.end();
   };
 
   conn.query(o.sql, (err, results, fields) => {
