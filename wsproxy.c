@@ -2998,6 +2998,7 @@ static void *loop_main(void *arg)
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     while (!p->quit)
         loop_turn(p);
+    log_config(p, "stopping");
     loop_close_all(p, 1001);
     plog(p, WS_PROXY_LOG_INFO, NULL, "stopped after %llu connections",
          (unsigned long long)p->st.conns_total);
