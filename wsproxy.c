@@ -2639,7 +2639,9 @@ static short conn_engine_events(const struct conn *c)
         return POLLOUT;
     if (c->ib && c->i_wr < c->i_out && !c->eng_wdead)
         ev |= POLLOUT;
-    if (!c->ob && (c->state == CONN_OPEN || c->state == CONN_DRAIN))
+    /* Engine bytes are read only into free output space: a client that
+     * does not drain stops the engine side (backpressure). */
+    if (!c->ob && !tr_unsent(c) && (c->state == CONN_OPEN || c->state == CONN_DRAIN))
         ev |= POLLIN;
     return ev;
 }

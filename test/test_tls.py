@@ -286,3 +286,45 @@ def test_restart_with_bad_files_keeps_old_certificate(proxy, engine, pki, tmp_pa
             await ws.send(b"after")
             assert await ws.recv() == b"after"
     asyncio.run(hold_open())
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_wss_slow_client_backpressure_without_spinning(proxy, engine, pki, ec_leaf):
+    """A wss:// client that reads nothing stops the engine side: the engine
+    stalls, the proxy neither buffers without bound nor spins, and once the
+    client reads, every byte arrives intact."""
+    from conftest import WSClient
+    from engine import source_data
+    total = 32 << 20
+    e = engine("source", source_bytes=total, seed=5)
+    p = start_wss(proxy, e, *ec_leaf)
+    c = WSClient(p.port, timeout=p.t(30))
+    c.sock = client_ctx(pki).wrap_socket(c.sock, server_hostname="localhost")
+    c.handshake()
+    conn = e.conn(0)
+    last, since = conn.sent, time.monotonic()
+    deadline = time.monotonic() + p.t(20)
+    while time.monotonic() - since < 1.0:
+        assert time.monotonic() < deadline, "engine never stalled"
+        time.sleep(0.05)
+        if conn.sent != last:
+            last, since = conn.sent, time.monotonic()
+    assert conn.sent < 16 << 20
+    cpu0 = cpu_seconds(p.proc.pid)
+    time.sleep(1.5)
+    spent = cpu_seconds(p.proc.pid) - cpu0
+    assert spent < 0.2, "proxy used %.2f s of CPU in 1.5 s while stalled" % spent
+    h, n = hashlib.sha256(), 0
+    while True:
+        f = c.recv_frame(timeout=p.t(30))
+        if f.opcode == 8:
+            break
+        h.update(f.payload)
+        n += len(f.payload)
+    assert n == total and h.hexdigest() == hashlib.sha256(source_data(total, 5)).hexdigest()
+    assert int.from_bytes(f.payload[:2], "big") == 1000
