@@ -9,6 +9,7 @@ Run with Debian's interpreter:  /usr/bin/python3 -m pytest test/ -q
 """
 
 import base64
+import ctypes
 import hashlib
 import os
 import re
@@ -88,6 +89,15 @@ def proc_env():
     return env
 
 
+def _die_with_us():
+    """In the child: get SIGKILL if the test process dies, so an interrupted
+    run leaves no proxy behind (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    except Exception:
+        pass
+
+
 def sanitizer_problems(text):
     return [line for line in text.splitlines()
             if any(m in line for m in SANITIZER_MARKS)]
@@ -107,17 +117,18 @@ def run_bin(b, args, timeout=20):
     return cp
 
 
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
+def free_port(host="127.0.0.1"):
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.bind((host, 0))
     port = s.getsockname()[1]
     s.close()
     return port
 
 
-def port_accepts(port, timeout=0.3):
+def port_accepts(port, timeout=0.3, host="127.0.0.1"):
     try:
-        s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        s = socket.create_connection((host, port), timeout=timeout)
     except OSError:
         return False
     s.close()
@@ -142,7 +153,9 @@ def wait_until(pred, timeout, step=0.02, what="condition"):
 class Proxy:
     """One running wsproxy process."""
 
-    def __init__(self, b, args, port, workdir, log_dir=None, engine=None):
+    def __init__(self, b, args, port, workdir, log_dir=None, engine=None,
+                 host="127.0.0.1"):
+        self.host = host
         self.bin = b
         self.args = list(args)
         self.port = port
@@ -157,7 +170,7 @@ class Proxy:
         self.proc = subprocess.Popen([b.path] + self.args,
                                      stdin=subprocess.DEVNULL,
                                      stdout=self._out, stderr=self._err,
-                                     env=proc_env())
+                                     env=proc_env(), preexec_fn=_die_with_us)
         self.finished = False
 
     def t(self, seconds):
@@ -172,7 +185,7 @@ class Proxy:
                 raise AssertionError(
                     "wsproxy exited (status %s) before listening on %d:\n%s"
                     % (self.proc.returncode, port, self.stderr()))
-            if port_accepts(port):
+            if port_accepts(port, host=self.host):
                 return
             time.sleep(0.01)
         raise AssertionError("wsproxy did not accept on port %d within %.0fs:\n%s"
@@ -254,7 +267,7 @@ class Proxy:
     # -- clients -----------------------------------------------------------
     def ws(self, path="/", **kw):
         """A raw WebSocket client, handshake done and checked (101)."""
-        c = WSClient(self.port, timeout=self.t(10))
+        c = WSClient(self.port, timeout=self.t(10), host=self.host)
         c.handshake(path=path, **kw)
         return c
 
@@ -285,20 +298,23 @@ class ProxySet:
         return e
 
     def start(self, *args, engine="echo", socket_path=None, port=None,
-              log_dir=None, raw=False, wait=True, bind=True):
+              log_dir=None, raw=False, wait=True, bind="127.0.0.1"):
         """Start wsproxy.  Unless raw=True the arguments get
-        --http-port PORT --bind 127.0.0.1 --socket PATH (PATH from `engine`,
-        an Engine, a mode name for a new Engine, or None with socket_path)
-        and --log-dir if given; extra args follow."""
+        --http-port PORT --bind BIND (default 127.0.0.1; "::1" for IPv6)
+        --socket PATH (PATH from `engine`: an Engine, a mode name for a new
+        Engine, or None with socket_path) and --log-dir if given; extra args
+        follow.  With raw=True only the extra args are passed (pass `port`
+        so readiness can be checked)."""
         if isinstance(engine, str):
             engine = self.engine(engine)
+        host = bind if bind and bind != "0.0.0.0" else "127.0.0.1"
         if port is None:
-            port = free_port()
+            port = free_port(host)
         argv = []
         if not raw:
             argv += ["--http-port", str(port)]
             if bind:
-                argv += ["--bind", "127.0.0.1"]
+                argv += ["--bind", bind]
             path = socket_path or (engine.path if engine else None)
             if path:
                 argv += ["--socket", path]
@@ -306,7 +322,7 @@ class ProxySet:
                 argv += ["--log-dir", str(log_dir)]
         argv += [str(a) for a in args]
         p = Proxy(self.bin, argv, port, str(self.workdir), log_dir=log_dir,
-                  engine=engine)
+                  engine=engine, host=host)
         self.proxies.append(p)
         if wait:
             p.wait_ready()
@@ -315,10 +331,20 @@ class ProxySet:
     def finish(self):
         problems = []
         for p in reversed(self.proxies):
-            for msg in p.finish():
+            try:
+                msgs = p.finish()
+            except Exception as ex:   # never leave a process behind
+                msgs = ["teardown error: %r" % ex]
+                if p.proc.poll() is None:
+                    p.proc.kill()
+                    p.proc.wait(10)
+            for msg in msgs:
                 problems.append("[%s %s] %s" % (p.bin.name, " ".join(p.args), msg))
         for e in self.engines:
-            e.stop()
+            try:
+                e.stop()
+            except Exception as ex:
+                problems.append("engine stop error: %r" % ex)
         for d in self.sockdirs:
             shutil.rmtree(d, ignore_errors=True)
         return problems
@@ -508,10 +534,10 @@ class ConnectionClosed(Exception):
 
 
 class WSClient:
-    def __init__(self, port, timeout=10.0):
+    def __init__(self, port, timeout=10.0, host="127.0.0.1"):
         self.port = port
         self.timeout = timeout
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.response = None

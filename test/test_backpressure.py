@@ -15,7 +15,7 @@ from engine import source_data
 MIB = 1024 * 1024
 # Kernel buffers in the path (client and proxy TCP, engine Unix socket) plus
 # the proxy's own bounded buffers stay well under this.
-IN_FLIGHT_LIMIT = 24 * MIB
+IN_FLIGHT_LIMIT = 16 * MIB
 RSS_GROWTH_LIMIT = 24 * MIB
 
 

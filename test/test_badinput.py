@@ -8,7 +8,7 @@ import socket
 import struct
 import time
 
-from conftest import (OP_BIN, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, WSClient,
+from conftest import (OP_BIN, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT,
                       close_payload, frame, raise_nofile, read_until_eof,
                       ws_request)
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import (OP_BIN, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, WSClient,
+from conftest import (OP_BIN, OP_CLOSE, OP_PING, OP_PONG,
                       close_payload, frame, read_until_eof, ws_request)
 from engine import source_data
 
@@ -135,14 +135,19 @@ def test_client_vanishes_mid_handshake(proxy):
     c.close()
 
 
-def test_sigterm_sends_1001(proxyset):
-    p = proxyset.start(engine="echo")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT],
+                         ids=["SIGTERM", "SIGINT"])
+def test_stop_signal_sends_1001_and_exits_0(proxyset, sig):
+    e = proxyset.engine("echo")
+    p = proxyset.start(engine=e)
     c = p.ws()
     c.echo(b"x")
-    p.signal(signal.SIGTERM)
+    p.signal(sig)
     data, code, _ = c.recv_until_close(timeout=p.t(10))
     assert code == 1001
     assert p.proc.wait(p.t(15)) == 0
+    assert e.conn(0).wait_eof(p.t(5)), "engine connection left open"
+    assert not p.finish(), "unclean exit"
 
 
 # ---------------------------------------------------------------------------

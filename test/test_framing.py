@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import (OP_BIN, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
-                      ProxySet, WSClient, close_payload, frame)
+                      ProxySet, close_payload, frame)
 from engine import conn_for
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import (SAMPLE_ACCEPT, SAMPLE_KEY, OP_BIN, OP_TEXT, WSClient,
-                      accept_for, assert_complete, frame, http_exchange,
+                      accept_for, assert_complete, frame,
                       new_key, read_until_eof, Response, ws_request)
 from engine import Engine, refuse_path, source_data
 
@@ -232,9 +232,8 @@ def test_max_connections_per_ip_503(proxy):
     c.close()
 
 
-def test_engine_missing_502(proxy, engine, tmp_path):
-    e = engine()  # to get a short socket dir
-    missing = e.path + ".missing"
+def test_engine_missing_502(proxy, proxyset):
+    missing = os.path.join(proxyset.sockdir(), "no-such-engine.sock")
     p = proxy(engine=None, socket_path=missing)
     resp = p.http(ws_request())
     assert_complete(resp, 502)

@@ -49,6 +49,12 @@ def test_log_file_events(proxy, engine, tmp_path):
     # with --log-dir the events go to the file, not to stderr
     assert "4321" not in p.stderr(), p.stderr()
 
+    # stop is logged too
+    problems = p.finish()
+    assert not problems, problems
+    assert any(re.search(r"\bstop", ln, re.I) for ln in p.log().splitlines()[-3:]), \
+        "no stop line at the end of the log:\n" + p.log()[-1000:]
+
 
 def test_sigusr1_reopens_log(proxy, tmp_path):
     logdir = tmp_path / "logs"

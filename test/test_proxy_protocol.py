@@ -79,3 +79,28 @@ def test_v2_no_warning(proxy):
     c.close()
     for line in p.log().splitlines():
         assert not re.search(r"warn.*proxy.?protocol", line, re.I), line
+
+
+def test_v2_over_ipv6(proxy, engine):
+    e = engine("echo")
+    p = proxy(engine=e, bind="::1")
+    c = p.ws()
+    c.echo(b"six")
+    h = e.conn(0).header
+    assert h is not None and h["version"] == 2
+    assert h["family"] == 0x21, "want TCP over IPv6 for a ::1 client"
+    assert h["length"] >= 36
+    assert (h["src"], h["sport"]) == ("::1", c.local_port)
+    assert (h["dst"], h["dport"]) == ("::1", p.port)
+    c.close()
+
+
+def test_v1_over_ipv6(proxy, engine):
+    e = engine("echo")
+    p = proxy("--proxy-protocol", "v1", engine=e, bind="::1")
+    c = p.ws()
+    c.echo(b"six")
+    h = e.conn(0).header
+    assert h["raw"] == ("PROXY TCP6 ::1 ::1 %d %d\r\n"
+                        % (c.local_port, p.port)).encode()
+    c.close()

@@ -98,3 +98,27 @@ def test_sighup_bad_config_keeps_old(proxy, engine, tmp_path):
     assert p.alive() and port_accepts(port_a)
     old.echo(b"still")
     old.close()
+
+
+def test_sighup_without_port_stops_listening(proxy, engine, tmp_path):
+    """A configuration with no port stops listening (a valid restart);
+    established connections go on; putting a port back listens again."""
+    e = engine("echo")
+    cfg = tmp_path / "wsproxy.cnf"
+    port = free_port()
+    write_config(cfg, port, e.path)
+    p = proxy("--config", cfg, raw=True, port=port, engine=e)
+    old = p.ws()
+    cfg.write_text("bind_address = 127.0.0.1\nsocket_path = %s\n" % e.path)
+    p.signal(signal.SIGHUP)
+    wait_until(lambda: not port_accepts(port), p.t(5),
+               what="the port to stop accepting")
+    assert p.alive()
+    old.echo(b"still relaying without a listener")
+    write_config(cfg, port, e.path)
+    p.signal(signal.SIGHUP)
+    wait_until(lambda: port_accepts(port), p.t(5), what="listening again")
+    c = p.ws()
+    c.echo(b"back")
+    c.close()
+    old.close()

@@ -113,6 +113,19 @@ wait_kids() {
 	return 1
 }
 
+# Wait (bounded) until the socat parent $1 has forked $2 children: a raw
+# connection counts as open once the kernel has accepted it, before socat has.
+wait_kids_count() {
+	local n
+	for _ in $(seq 1 600); do
+		n=$(kids_of "$1" | wc -w)
+		[ "$n" -ge "$2" ] && return 0
+		sleep 0.1
+	done
+	echo "== socat forked only $n of $2 children in 60 s" >>"$FAILLOG"
+	return 1
+}
+
 stop_pid() {
 	local pid=$1
 	[ -n "$pid" ] || return 0
@@ -384,6 +397,7 @@ hold_open() {
 	return 0
 }
 hold_close() {
+	[ -n "${HOLD_PID:-}" ] || return 0
 	kill "$HOLD_PID" 2>/dev/null
 	wait "$HOLD_PID" 2>/dev/null
 	HOLD_PID=""
@@ -413,7 +427,7 @@ mem_run() {
 mem_socat() {
 	local n=$1 sum=0 k v
 	start_socat tcp "$TMP/engine-echo.sock"
-	if hold_open "tcp://127.0.0.1:$SOCAT_PORT" "$n"; then
+	if hold_open "tcp://127.0.0.1:$SOCAT_PORT" "$n" && wait_kids_count "$SOCAT_PID" "$n"; then
 		for k in $(kids_of "$SOCAT_PID"); do
 			v=$(awk '/^Private_(Clean|Dirty):/ { s += $2 } END { print s + 0 }' "/proc/$k/smaps_rollup" 2>/dev/null)
 			sum=$((sum + ${v:-0}))
@@ -492,29 +506,29 @@ if hold_open "ws://127.0.0.1:$PROXY_PORT/" "$IDLE_LOOP_N"; then
 		'BEGIN { printf "%.0f", (a - b) * 1024 / n }')
 	proxy_measure lat8k "ws://127.0.0.1:$PROXY_PORT/" "$PROXY_PID"
 	LOOP_CPU8=$MEAS_CPU LOOP_TURNS8=$MEAS_TURNS
-	hold_close
 else
 	fail lat8k ws
 fi
+hold_close
 check_proxy "$PROXY_PID" "the idle-connection runs"
 stop_pid "$PROXY_PID"
 
 start_socat tcp "$TMP/engine-echo.sock"
-if hold_open "tcp://127.0.0.1:$SOCAT_PORT" "$IDLE_LOOP_N"; then
+if hold_open "tcp://127.0.0.1:$SOCAT_PORT" "$IDLE_LOOP_N" && wait_kids_count "$SOCAT_PID" "$IDLE_LOOP_N"; then
 	lat_runs lat8k socat "tcp://127.0.0.1:$SOCAT_PORT"
-	hold_close
 else
 	fail lat8k socat
 fi
+hold_close
 wait_kids "$SOCAT_PID"
 stop_pid "$SOCAT_PID"
 
 if hold_open "unix:$TMP/engine-echo.sock" "$IDLE_LOOP_N"; then
 	lat_runs lat8k direct "unix:$TMP/engine-echo.sock"
-	hold_close
 else
 	fail lat8k direct
 fi
+hold_close
 
 # ---- 4. TLS ----
 
