@@ -502,13 +502,13 @@ static void test_frame_close_codes(void)
  * length, mask offset and (overlapping) displacement. */
 static void test_frame_unmask(void)
 {
-    uint8_t src[96], buf[96], ref[96];
+    uint8_t src[160], buf[160], ref[160];
     const uint8_t mask[4] = {0xA5, 0x3C, 0x0F, 0xF0};
     size_t len, gap, i;
     unsigned moff;
     for (i = 0; i < sizeof src; i++)
         src[i] = (uint8_t)(i * 31);
-    for (len = 0; len <= 40; len++)
+    for (len = 0; len <= 130; len++)
         for (moff = 0; moff < 4; moff++)
             for (gap = 0; gap <= 14; gap++) {
                 for (i = 0; i < len; i++)
