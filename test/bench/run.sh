@@ -372,6 +372,41 @@ for m in echo sink source; do
 	stop_pid "${SPID[$m]}"
 done
 
+# ---- 1b. 64 B ping-pong with proxy, client and engine on one core ----
+# (the setting of the issue's latency target: every hop is a context switch)
+
+echo "bench: latency, one core" >&2
+sock1=$TMP/engine-echo-onecore.sock
+taskset -c "$PROXY_CPU" "$ENGINE" --socket "$sock1" --mode echo >>"$TMP/engine.log" 2>&1 &
+PIDS="$PIDS $!"
+for _ in $(seq 1 100); do [ -S "$sock1" ] && break; sleep 0.05; done
+[ -S "$sock1" ] || die "one-core engine did not start: $(cat "$TMP/engine.log")"
+start_proxy ws "$sock1"
+P1PORT=$PROXY_PORT P1PID=$PROXY_PID
+start_socat tcp "$sock1"
+S1PORT=$SOCAT_PORT S1PID=$SOCAT_PID
+SAVED_LOAD_CPU=$LOAD_CPU
+LOAD_CPU=$PROXY_CPU
+for run in $(seq 1 "$RUNS"); do
+	for tgt in ws socat direct; do
+		case $tgt in
+		ws) u="ws://127.0.0.1:$P1PORT/" ;;
+		socat) u="tcp://127.0.0.1:$S1PORT" ;;
+		direct) u="unix:$sock1" ;;
+		esac
+		# 3 s per run: a 1 s run of a ~25 us ping-pong on one core is noisy
+		if lg lat1 "$tgt" --url "$u" --secs "$((SECS * 3))" --mode latency --size 64; then
+			record "$tgt" 1 lat1:p50_us
+		else
+			record "$tgt" 0 lat1:p50_us
+		fi
+		[ "$tgt" = socat ] && wait_kids "$S1PID"
+	done
+done
+LOAD_CPU=$SAVED_LOAD_CPU
+stop_pid "$P1PID"
+stop_pid "$S1PID"
+
 # ---- 2. memory per idle connection (fresh proxy per run) ----
 
 echo "bench: idle memory" >&2
@@ -631,9 +666,10 @@ row down "download (MB/s)" 1 ">=" 0.9
 row echo64k "echo, 64 KiB messages (MB/s)" 1 ">=" 1.0
 row echo64 "echo, 64 B pipelined (k msgs/s)" k ">=" 0.5
 row many "$MANY_N conns, 4 KiB ping-pong (msgs/s)" 1 ">=" 2.0
-row lat "64 B ping-pong p50 (us)" 1 "<=" 1.0
-row lat99 "64 B ping-pong p99 (us)" 1 - -
-row lat999 "64 B ping-pong p99.9 (us)" 1 - -
+row lat1 "64 B ping-pong p50, all on one core (us)" 1 "<=" 1.0
+row lat "64 B ping-pong p50, 2 cores (us)" 1 - -
+row lat99 "64 B ping-pong p99, 2 cores (us)" 1 - -
+row lat999 "64 B ping-pong p99.9, 2 cores (us)" 1 - -
 row conn "connect+handshake+1 B echo p50 (us) [1]" 1 "<=" 5.0
 row connrate "sequential connects per second" 1 - -
 row lat8k "64 B p50 with $IDLE_LOOP_N idle conns (us)" 1 - -
