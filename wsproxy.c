@@ -835,7 +835,18 @@ static int frame_decode(struct frame_dec *d, uint8_t *buf, size_t len,
     size_t p = *pos, o = *out;
     int rc = FRAME_MORE;
     for (;;) {
-        if (!d->in_payload) {
+        if (!d->in_payload && d->hlen == 0 && len - p >= sizeof d->hdr) {
+            /* A whole header is here: check its bytes without the per-byte
+             * path (small pipelined messages live on this). */
+            memcpy(d->hdr, buf + p, sizeof d->hdr);
+            if ((rc = frame_check_byte(d, 0)) != FRAME_MORE ||
+                (rc = frame_check_byte(d, 1)) != FRAME_MORE ||
+                (rc = frame_check_byte(d, 2)) != FRAME_MORE)
+                break;
+            p += frame_hdr_size(d->hdr);
+            if ((rc = frame_begin(d)) != FRAME_MORE)
+                break;
+        } else if (!d->in_payload) {
             if (p == len)
                 break;
             d->hdr[d->hlen] = buf[p++];
