@@ -637,6 +637,15 @@ static void engine_stop(struct engine *e)
     unlink(e->path);
 }
 
+/* A configuration on an ephemeral 127.0.0.1 port in front of e. */
+static void local_config(struct ws_proxy_config *c, const struct engine *e)
+{
+    memset(c, 0, sizeof *c);
+    c->http_port = WS_PROXY_PORT_ANY;
+    c->bind_address = "127.0.0.1";
+    c->socket_path = e->path;
+}
+
 static int port_of(ws_proxy *p)
 {
     struct ws_proxy_status st;
@@ -737,10 +746,7 @@ static void test_restart_semantics(void)
     ws_proxy *a, *b;
     int pa, pb, pa2, ca, cb, blocker;
     engine_start(&e);
-    memset(&c, 0, sizeof c);
-    c.http_port = WS_PROXY_PORT_ANY;
-    c.bind_address = "127.0.0.1";
-    c.socket_path = e.path;
+    local_config(&c, &e);
     /* Two proxies in one process. */
     a = ws_proxy_start(&c, err, sizeof err);
     b = ws_proxy_start(&c, err, sizeof err);
@@ -822,10 +828,7 @@ static void test_failed_stays_failed(void)
     ws_proxy *p;
     int port, i;
     engine_start(&e);
-    memset(&c, 0, sizeof c);
-    c.http_port = WS_PROXY_PORT_ANY;
-    c.bind_address = "127.0.0.1";
-    c.socket_path = e.path;
+    local_config(&c, &e);
     p = ws_proxy_start(&c, err, sizeof err);
     CHECK(p != NULL);
     if (!p)
@@ -867,9 +870,7 @@ static void test_cycles_leave_nothing(void)
     char err[256];
     int before, i, cycles = getenv("WSPROXY_CYCLES") ? atoi(getenv("WSPROXY_CYCLES")) : 1000;
     engine_start(&e);
-    memset(&c, 0, sizeof c);
-    c.bind_address = "127.0.0.1";
-    c.socket_path = e.path;
+    local_config(&c, &e);
     before = count_fds();
     for (i = 0; i < cycles; i++) {
         ws_proxy *p;
