@@ -67,6 +67,11 @@ build/asan/unit: test/unit.c $(SRC)
 build/header_test: test/header_test.c build/wsproxy.o
 	$(CC) $(WARN) $(CFLAGS) -pthread -o $@ test/header_test.c build/wsproxy.o $(TLSLIBS) $(LDFLAGS)
 
+# Coverage-guided fuzzing of the parsers (clang's libFuzzer).
+build/fuzz: test/fuzz.c $(SRC)
+	@mkdir -p $(@D)
+	clang $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(TLSFLAGS) -pthread -o $@ test/fuzz.c $(TLSLIBS)
+
 # Every exported symbol carries the ws_proxy_ prefix.
 check-symbols: build/wsproxy.o
 	@bad=$$(nm -g --defined-only build/wsproxy.o | awk '{print $$3}' | grep -v '^ws_proxy_' || true); \

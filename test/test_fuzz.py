@@ -1,0 +1,53 @@
+"""A bounded libFuzzer run over the parsers that read network bytes
+(test/fuzz.c: HTTP parser and handshake, frame decoder in socket-sized
+chunks, UTF-8, base64), seeded with valid requests and frame streams.  Any
+crash, sanitizer report or broken invariant fails the test.  Run with
+/usr/bin/python3 (Debian's pytest)."""
+import os
+import struct
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FUZZ = os.path.join(ROOT, "build", "fuzz")
+SECONDS = int(os.environ.get("WSPROXY_FUZZ_SECONDS", "20"))
+
+
+def masked(op, payload, fin=True, mask=b"\x01\x02\x03\x04"):
+    n = len(payload)
+    hdr = bytes([(0x80 if fin else 0) | op])
+    if n < 126:
+        hdr += bytes([0x80 | n])
+    elif n < 65536:
+        hdr += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        hdr += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    return hdr + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def seeds():
+    req = (b"GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+           b"Origin: https://a.example\r\nSec-WebSocket-Protocol: chat, mysql\r\n\r\n")
+    frames = (masked(1, "h\u00e9llo".encode()) + masked(1, b"fr", fin=False) +
+              masked(9, b"ping") + masked(0, b"ag") + masked(2, bytes(300)) +
+              masked(8, b"\x03\xe8bye"))
+    yield b"\x00\x00" + req
+    yield b"\x00\x00GET /health HTTP/1.1\r\nHost: a\r\n\r\n"
+    for arg in (0, 5, 64 + 3, 200):
+        yield b"\x01" + bytes([arg]) + frames
+    yield b"\x02\x00" + "\u00e9\u4e2d\U0001f600".encode()
+    yield b"\x02\x00dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def test_fuzz_parsers(tmp_path):
+    assert os.path.exists(FUZZ), "build/fuzz is missing: `make test` builds it (clang + libFuzzer)"
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, s in enumerate(seeds()):
+        (corpus / ("seed%d" % i)).write_bytes(s)
+    r = subprocess.run([FUZZ, "-max_total_time=%d" % SECONDS, "-timeout=10", "-rss_limit_mb=2048",
+                        "-print_final_stats=1", str(corpus)], cwd=str(tmp_path),
+                       capture_output=True, text=True, timeout=SECONDS + 120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "Done" in out and "ERROR" not in out, out[-4000:]
