@@ -1628,6 +1628,7 @@ struct tls_conn {
     unsigned up : 1;    /* handshake complete (application data flowed) */
     unsigned eof : 1;   /* the peer closed TCP */
     unsigned ioerr : 1; /* the socket failed */
+    unsigned notified : 1; /* close_notify queued */
     unsigned char buf[BR_SSL_BUFSIZE_BIDI];
 };
 
@@ -1647,7 +1648,7 @@ static struct tls_conn *tls_conn_new(const struct tls_creds *cr)
     br_ssl_engine_context *e;
     if (!t)
         return NULL;
-    t->up = t->eof = t->ioerr = 0;
+    t->up = t->eof = t->ioerr = t->notified = 0;
     if (cr->key_type == BR_KEYTYPE_RSA)
         br_ssl_server_init_full_rsa(&t->sc, cr->chain, cr->chain_len, &cr->rsa);
     else
@@ -1766,6 +1767,21 @@ static const char *tls_error(int err)
     return buf;
 }
 #endif
+
+/* Queues close_notify (RFC 5246 7.2.1) once; 1 if it was queued now. */
+static int tr_close_notify(struct conn *c)
+{
+#ifndef WS_PROXY_NO_TLS
+    if (c->tls && c->tls->up && !c->tls->notified && !c->tls->eof && !c->tls->ioerr) {
+        c->tls->notified = 1;
+        br_ssl_engine_close(&c->tls->sc.eng);
+        tls_pump(c);
+        return 1;
+    }
+#endif
+    (void)c;
+    return 0;
+}
 
 static long tr_read(struct conn *c, uint8_t *buf, size_t cap)
 {
@@ -2005,6 +2021,9 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
              c->close_code ? c->close_code : 1006, c->why ? c->why : "client gone",
              (double)(now - c->t_start) / 1000.0, (unsigned long long)c->bytes_in,
              (unsigned long long)c->bytes_out);
+    c->c_wr = 1; /* close_notify: best effort, without waiting */
+    c->c_rd = 0;
+    tr_close_notify(c);
     if (c->efd >= 0)
         close(c->efd);
     close(c->cfd);
@@ -2448,6 +2467,8 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
     if (conn_out_queued(c) || c->state == CONN_HTTP || c->state == CONN_CONNECT)
         return moved;
     if (c->state == CONN_REFUSED) {
+        if (c->o_len && tr_close_notify(c))
+            return 1; /* shut down once close_notify is out too */
         if (c->o_len) {
             /* Answered: stop sending, read until the client closes, so
              * unread request bytes do not turn our close into a reset. */

@@ -328,3 +328,16 @@ def test_wss_slow_client_backpressure_without_spinning(proxy, engine, pki, ec_le
         n += len(f.payload)
     assert n == total and h.hexdigest() == hashlib.sha256(source_data(total, 5)).hexdigest()
     assert int.from_bytes(f.payload[:2], "big") == 1000
+
+
+def test_close_notify_ends_the_tls_stream(proxy, engine, pki, ec_leaf):
+    """RFC 5246 7.2.1: the proxy ends TLS with close_notify, for an HTTP
+    answer (here /health) as for a WebSocket it closes."""
+    p = start_wss(proxy, engine("echo"), *ec_leaf)
+    r = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % p.port, "-msg",
+                        "-quiet", "-CAfile", pki.p("ca.pem")],
+                       input=b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", capture_output=True,
+                       timeout=30)
+    out = (r.stdout + r.stderr).decode("utf-8", "replace")
+    assert "HTTP/1.1 200 OK" in out, out[-2000:]
+    assert "<<< TLS 1.2, Alert [length 0002], warning close_notify" in out, out[-2000:]
