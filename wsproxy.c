@@ -1021,7 +1021,7 @@ struct ws_proxy {
     int state;
     char reason[256];
     int log_fd;
-    int64_t accept_pause_until;
+    int64_t accept_pause_until, accept_warned_at;
     struct conn **conns;
     size_t nconns, capconns;
     struct pollfd *pfd;
@@ -2639,8 +2639,8 @@ static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
  * Each turn: derive every socket's poll interest from its connection's
  * state, sleep in poll() until I/O, a command or the earliest timer, then
  * run commands, accept, and step every connection.  A socket with no
- * interest is left out of the poll set (fd -1), so a hang-up nobody waits
- * for cannot spin the loop.  Dead connections are freed at the end.
+ * interest is left out of the poll set.  Dead connections are freed at the
+ * end of the turn.
  */
 
 static void cfg_unref(struct cfg *cf);
@@ -2699,6 +2699,22 @@ static void conn_goodbye(ws_proxy *p, struct conn *c, uint16_t code, int64_t now
     conn_end(p, c, now);
 }
 
+/* Frees the connections torn down this turn. */
+static void loop_reap(ws_proxy *p)
+{
+    size_t i, j;
+    for (i = j = 0; i < p->nconns; i++) {
+        struct conn *c = p->conns[i];
+        if (c->state == CONN_DEAD) {
+            cfg_unref(c->cfg);
+            free(c);
+        } else {
+            p->conns[j++] = c;
+        }
+    }
+    p->nconns = j;
+}
+
 static void loop_close_all(ws_proxy *p, uint16_t code)
 {
     int64_t now = mono_ms();
@@ -2715,6 +2731,7 @@ static void loop_fail(ws_proxy *p, const char *what)
     plog(p, WS_PROXY_LOG_ERROR, NULL, "failed: %s; closing every connection",
          p->reason);
     loop_close_all(p, 1011);
+    loop_reap(p);
     if (p->lfd >= 0)
         close(p->lfd);
     p->lfd = -1;
@@ -2743,9 +2760,14 @@ static void loop_accept(ws_proxy *p, int64_t now)
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                /* Out of descriptors: back off instead of spinning. */
-                plog(p, WS_PROXY_LOG_WARN, NULL, "accept: %s; pausing 100 ms",
-                     strerror(errno));
+                /* Out of descriptors: back off instead of spinning, and say
+                 * so once every 10 s, not at every retry. */
+                if (!p->accept_warned_at || now - p->accept_warned_at >= 10000) {
+                    plog(p, WS_PROXY_LOG_WARN, NULL,
+                         "accept: %s; new connections wait (retrying every 100 ms)",
+                         strerror(errno));
+                    p->accept_warned_at = now;
+                }
                 p->accept_pause_until = now + 100;
                 return;
             }
@@ -2940,17 +2962,24 @@ static int loop_grow_pfd(ws_proxy *p, size_t need)
     return 0;
 }
 
-static size_t loop_add(ws_proxy *p, size_t *n, int fd, short ev)
+/* Adds fd to the poll set if anything is wanted of it; returns its index
+ * or -1.  Only sockets with interest are listed, so the set never holds
+ * more entries than open descriptors (poll() refuses more than
+ * RLIMIT_NOFILE), and a hang-up nobody waits for cannot spin the loop. */
+static int loop_add(ws_proxy *p, size_t *n, int fd, short ev)
 {
-    p->pfd[*n].fd = ev ? fd : -1;
+    if (!ev || fd < 0)
+        return -1;
+    p->pfd[*n].fd = fd;
     p->pfd[*n].events = ev;
     p->pfd[*n].revents = 0;
-    return (*n)++;
+    return (int)(*n)++;
 }
+
 
 static void loop_turn(ws_proxy *p)
 {
-    size_t i, j, n = 0;
+    size_t i, n = 0;
     int64_t now = mono_ms(), next = INT64_MAX;
     long lidx = -1;
     int rc, timeout;
@@ -2962,15 +2991,15 @@ static void loop_turn(ws_proxy *p)
     loop_add(p, &n, p->wake_rd, POLLIN);
     if (p->lfd >= 0 && p->st.conns_open < (uint64_t)p->cfg->max_conns + WS_PROXY_REFUSE_SLACK) {
         if (now >= p->accept_pause_until)
-            lidx = (long)loop_add(p, &n, p->lfd, POLLIN);
+            lidx = loop_add(p, &n, p->lfd, POLLIN);
         else
             next = p->accept_pause_until;
     }
     for (i = 0; i < p->nconns; i++) {
         struct conn *c = p->conns[i];
         int64_t d = conn_deadline(c);
-        c->pi_c = (int)loop_add(p, &n, c->cfd, conn_client_events(c));
-        c->pi_e = (int)loop_add(p, &n, c->efd, conn_engine_events(c));
+        c->pi_c = loop_add(p, &n, c->cfd, conn_client_events(c));
+        c->pi_e = loop_add(p, &n, c->efd, conn_engine_events(c));
         if (tr_buffered(c) && conn_wants_input(c))
             d = now; /* decrypted bytes wait: do not sleep */
         next = d < next ? d : next;
@@ -3017,16 +3046,7 @@ static void loop_turn(ws_proxy *p)
         if (c->state != CONN_DEAD)
             conn_step(p, c, now);
     }
-    for (i = j = 0; i < p->nconns; i++) {
-        struct conn *c = p->conns[i];
-        if (c->state == CONN_DEAD) {
-            cfg_unref(c->cfg);
-            free(c);
-        } else {
-            p->conns[j++] = c;
-        }
-    }
-    p->nconns = j;
+    loop_reap(p);
 }
 
 static void *loop_main(void *arg)
