@@ -1031,7 +1031,8 @@ struct ws_proxy {
     uint64_t next_id;
     struct ws_proxy_status st;
     struct http_hdr hdrs[WS_PROXY_MAX_HEADERS]; /* parser scratch */
-    char health[128];
+    char health[128];  /* the /health line */
+    char why[192];     /* a refusal's reason, formatted */
 };
 
 static int64_t mono_ms(void)
@@ -1740,9 +1741,8 @@ static const char *tls_alert(int alert)
     return "alert";
 }
 
-static const char *tls_error(int err)
+static const char *tls_error(int err, char *buf, size_t len)
 {
-    static char buf[96];
     switch (err) {
     case BR_ERR_BAD_VERSION:
     case BR_ERR_UNSUPPORTED_VERSION: return "unsupported TLS version";
@@ -1757,13 +1757,13 @@ static const char *tls_error(int err)
     case BR_ERR_IO: return "connection error";
     }
     if (err >= BR_ERR_RECV_FATAL_ALERT && err < BR_ERR_SEND_FATAL_ALERT)
-        snprintf(buf, sizeof buf, "client sent alert %d (%s)", err - BR_ERR_RECV_FATAL_ALERT,
+        snprintf(buf, len, "client sent alert %d (%s)", err - BR_ERR_RECV_FATAL_ALERT,
                  tls_alert(err - BR_ERR_RECV_FATAL_ALERT));
     else if (err >= BR_ERR_SEND_FATAL_ALERT)
-        snprintf(buf, sizeof buf, "sent alert %d (%s)", err - BR_ERR_SEND_FATAL_ALERT,
+        snprintf(buf, len, "sent alert %d (%s)", err - BR_ERR_SEND_FATAL_ALERT,
                  tls_alert(err - BR_ERR_SEND_FATAL_ALERT));
     else
-        snprintf(buf, sizeof buf, "BearSSL error %d", err);
+        snprintf(buf, len, "BearSSL error %d", err);
     return buf;
 }
 #endif
@@ -2008,7 +2008,7 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
         if (!c->tls->up || e != BR_ERR_OK) {
             p->st.tls_failures++;
             plog(p, WS_PROXY_LOG_INFO, c, "TLS %s: %s", c->tls->up ? "error" : "handshake failed",
-                 e != BR_ERR_OK ? tls_error(e)
+                 e != BR_ERR_OK ? tls_error(e, p->why, sizeof p->why)
                  : c->tls->ioerr ? "connection error"
                  : c->tls->eof ? "client closed the connection"
                  : c->why ? c->why : "timed out");
@@ -2168,13 +2168,12 @@ static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
 {
     struct sockaddr_un sun;
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    static char why[160];
     memset(&sun, 0, sizeof sun);
     sun.sun_family = AF_UNIX;
     memcpy(sun.sun_path, c->cfg->c.socket_path, strlen(c->cfg->c.socket_path));
     if (fd < 0) {
-        snprintf(why, sizeof why, "engine socket: socket: %s", strerror(errno));
-        conn_refuse_with(p, c, 502, why, now);
+        snprintf(p->why, sizeof p->why, "engine socket: socket: %s", strerror(errno));
+        conn_refuse_with(p, c, 502, p->why, now);
         return;
     }
     fd_nonblock(fd);
@@ -2186,9 +2185,9 @@ static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
     } else {
         /* EAGAIN here is a full listen backlog: the engine is not keeping
          * up, which the client should hear about at once. */
-        snprintf(why, sizeof why, "engine socket: connect(%s): %s",
+        snprintf(p->why, sizeof p->why, "engine socket: connect(%s): %s",
                  c->cfg->c.socket_path, strerror(errno));
-        conn_refuse_with(p, c, 502, why, now);
+        conn_refuse_with(p, c, 502, p->why, now);
     }
 }
 
@@ -2551,10 +2550,9 @@ static void conn_step(ws_proxy *p, struct conn *c, int64_t now)
         int e = 0;
         socklen_t len = sizeof e;
         if (getsockopt(c->efd, SOL_SOCKET, SO_ERROR, &e, &len) || e) {
-            static char why[160];
-            snprintf(why, sizeof why, "engine socket: connect(%s): %s",
+            snprintf(p->why, sizeof p->why, "engine socket: connect(%s): %s",
                      c->cfg->c.socket_path, strerror(e ? e : errno));
-            conn_refuse_with(p, c, 502, why, now);
+            conn_refuse_with(p, c, 502, p->why, now);
         } else {
             conn_engine_ready(p, c, now);
         }
