@@ -64,6 +64,11 @@ build/asan/unit: test/unit.c $(SRC)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(SAN) -o $@ test/unit.c $(TLSLIBS) $(LDFLAGS)
 
+# ThreadSanitizer (clang): the API's thread-safety, with several proxies.
+build/tsan/unit: test/unit.c $(SRC)
+	@mkdir -p $(@D)
+	clang $(WARN) -g -O1 -fsanitize=thread $(TLSFLAGS) -pthread -o $@ test/unit.c $(TLSLIBS)
+
 build/header_test: test/header_test.c build/wsproxy.o
 	$(CC) $(WARN) $(CFLAGS) -pthread -o $@ test/header_test.c build/wsproxy.o $(TLSLIBS) $(LDFLAGS)
 

@@ -30,6 +30,19 @@ def test_unit(build, case):
     assert "ERROR: AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("case", ["restart_semantics", "failed_stays_failed",
+                                  "cycles_leave_nothing"])
+def test_unit_threads_under_tsan(case):
+    """API calls from the test thread against several loop threads, under
+    ThreadSanitizer (every ws_proxy_* call is documented thread-safe)."""
+    exe = os.path.join(ROOT, "build/tsan/unit")
+    assert os.path.exists(exe), "build/tsan/unit is missing: run `make test`, which builds it"
+    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1", WSPROXY_CYCLES="100")
+    r = subprocess.run([exe, case], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0 and "ThreadSanitizer" not in r.stderr, r.stdout + r.stderr
+
+
 def test_header_is_self_contained():
     r = subprocess.run([os.path.join(ROOT, "build/header_test")], capture_output=True,
                        text=True, timeout=30)
