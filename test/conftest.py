@@ -350,13 +350,19 @@ class ProxySet:
         return problems
 
 
+def finish_or_fail(ps):
+    """Stops a ProxySet; its problems (exit status, sanitizer reports) fail
+    the test."""
+    problems = ps.finish()
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
 @pytest.fixture
 def proxyset(wsproxy_bin, tmp_path):
     ps = ProxySet(wsproxy_bin, tmp_path)
     yield ps
-    problems = ps.finish()
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+    finish_or_fail(ps)
 
 
 @pytest.fixture

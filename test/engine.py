@@ -65,21 +65,15 @@ def _parse_v2(hdr, body):
             "length": length, "raw": hdr + body}
     if ver_cmd >> 4 != 2:
         raise HeaderError("PROXY v2: bad version nibble %#x" % ver_cmd)
-    if fam == 0x11:
-        if length < 12:
-            raise HeaderError("PROXY v2 TCP4: short address block")
-        src, dst = body[0:4], body[4:8]
-        sport, dport = struct.unpack(">HH", body[8:12])
-        info.update(src=str(ipaddress.IPv4Address(src)),
-                    dst=str(ipaddress.IPv4Address(dst)),
-                    sport=sport, dport=dport)
-    elif fam == 0x21:
-        if length < 36:
-            raise HeaderError("PROXY v2 TCP6: short address block")
-        src, dst = body[0:16], body[16:32]
-        sport, dport = struct.unpack(">HH", body[32:36])
-        info.update(src=str(ipaddress.IPv6Address(src)),
-                    dst=str(ipaddress.IPv6Address(dst)),
+    # family byte -> (name, address size, address class)
+    families = {0x11: ("TCP4", 4, ipaddress.IPv4Address),
+                0x21: ("TCP6", 16, ipaddress.IPv6Address)}
+    if fam in families:
+        name, size, cls = families[fam]
+        if length < 2 * size + 4:
+            raise HeaderError("PROXY v2 %s: short address block" % name)
+        sport, dport = struct.unpack(">HH", body[2 * size:2 * size + 4])
+        info.update(src=str(cls(body[0:size])), dst=str(cls(body[size:2 * size])),
                     sport=sport, dport=dport)
     return info
 

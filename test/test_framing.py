@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import (OP_BIN, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
+from conftest import (finish_or_fail, OP_BIN, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
                       ProxySet, close_payload, frame)
 from engine import conn_for
 
@@ -19,9 +19,7 @@ def shared(wsproxy_bin, tmp_path_factory):
     ps = ProxySet(wsproxy_bin, tmp_path_factory.mktemp("framing"))
     p = ps.start(engine="echo")
     yield p
-    problems = ps.finish()
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+    finish_or_fail(ps)
 
 
 @pytest.fixture

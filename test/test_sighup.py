@@ -18,12 +18,18 @@ def write_config(path, port, socket_path, extra=()):
     path.write_text("\n".join(lines) + "\n")
 
 
+def start_with_config(proxy, e, cfg):
+    """wsproxy --config CFG on a free port in front of engine e."""
+    port = free_port()
+    write_config(cfg, port, e.path)
+    return proxy("--config", cfg, raw=True, port=port, engine=e), port
+
+
 def test_sighup_moves_port_and_keeps_connections(proxy, engine, tmp_path):
     e = engine("echo")
     cfg = tmp_path / "wsproxy.cnf"
-    port_a, port_b = free_port(), free_port()
-    write_config(cfg, port_a, e.path)
-    p = proxy("--config", cfg, raw=True, port=port_a, engine=e)
+    port_b = free_port()
+    p, port_a = start_with_config(proxy, e, cfg)
     old = p.ws()
     old.echo(b"before reload")
 
@@ -45,9 +51,7 @@ def test_sighup_moves_port_and_keeps_connections(proxy, engine, tmp_path):
 def test_sighup_same_port_keeps_listening(proxy, engine, tmp_path):
     e = engine("echo")
     cfg = tmp_path / "wsproxy.cnf"
-    port = free_port()
-    write_config(cfg, port, e.path)
-    p = proxy("--config", cfg, raw=True, port=port, engine=e)
+    p, port = start_with_config(proxy, e, cfg)
     old = p.ws()
     write_config(cfg, port, e.path, ["max_message = 100"])
     p.signal(signal.SIGHUP)
@@ -65,9 +69,7 @@ def test_sighup_same_port_keeps_listening(proxy, engine, tmp_path):
 def test_sighup_bad_config_keeps_old(proxy, engine, tmp_path):
     e = engine("echo")
     cfg = tmp_path / "wsproxy.cnf"
-    port_a = free_port()
-    write_config(cfg, port_a, e.path)
-    p = proxy("--config", cfg, raw=True, port=port_a, engine=e)
+    p, port_a = start_with_config(proxy, e, cfg)
     old = p.ws()
     old.echo(b"before")
     log_before = len(p.log())
@@ -105,9 +107,7 @@ def test_sighup_without_port_stops_listening(proxy, engine, tmp_path):
     established connections go on; putting a port back listens again."""
     e = engine("echo")
     cfg = tmp_path / "wsproxy.cnf"
-    port = free_port()
-    write_config(cfg, port, e.path)
-    p = proxy("--config", cfg, raw=True, port=port, engine=e)
+    p, port = start_with_config(proxy, e, cfg)
     old = p.ws()
     cfg.write_text("bind_address = 127.0.0.1\nsocket_path = %s\n" % e.path)
     p.signal(signal.SIGHUP)
