@@ -84,6 +84,11 @@
 #ifndef WS_PROXY_TURN_BUDGET
 #define WS_PROXY_TURN_BUDGET 8
 #endif
+/* A poll set at least this large is scanned without sleeping first, after
+ * a turn that had events (see loop_poll). */
+#ifndef WS_PROXY_SCAN_FIRST
+#define WS_PROXY_SCAN_FIRST 128
+#endif
 /* Connections accepted per loop turn. */
 #ifndef WS_PROXY_ACCEPT_BUDGET
 #define WS_PROXY_ACCEPT_BUDGET 64
@@ -1017,6 +1022,7 @@ struct ws_proxy {
     /* Owned by the loop thread from here on. */
     struct cfg *cfg;
     int lfd, lport, quit;
+    int busy; /* the last turn's poll() found events */
     union conn_addr laddr;
     int state;
     char reason[256];
@@ -2974,6 +2980,21 @@ static int loop_add(ws_proxy *p, size_t *n, int fd, short ev)
     return (int)(*n)++;
 }
 
+/* A poll() that may sleep hooks a wait-queue entry onto every socket in
+ * the set and unhooks them all again, several times the cost of a plain
+ * scan (8 ms against 1.3-2.4 ms for 9,000 idle sockets here).  After a
+ * turn with events the next one usually has some too, so a large set is
+ * scanned first, and slept on only if nothing is ready. */
+static int loop_poll(ws_proxy *p, size_t n, int timeout)
+{
+    int rc = 0;
+    if (p->busy && timeout != 0 && n >= WS_PROXY_SCAN_FIRST)
+        rc = poll(p->pfd, (nfds_t)n, 0);
+    if (rc == 0)
+        rc = poll(p->pfd, (nfds_t)n, timeout);
+    p->busy = rc > 0;
+    return rc;
+}
 
 static void loop_turn(ws_proxy *p)
 {
@@ -3003,7 +3024,7 @@ static void loop_turn(ws_proxy *p)
         next = d < next ? d : next;
     }
     timeout = next == INT64_MAX ? -1 : next <= now ? 0 : next - now > 86400000 ? 86400000 : (int)(next - now);
-    rc = poll(p->pfd, (nfds_t)n, timeout);
+    rc = loop_poll(p, n, timeout);
     if (rc < 0) {
         if (errno != EINTR)
             loop_fail(p, "poll");

@@ -713,7 +713,7 @@ if [ -n "$LOOP_CPU0" ] && [ -n "$LOOP_CPU8" ]; then
 	printf '%-46s   %s us with 0 idle, %s us with %s idle\n' "wsproxy CPU per 64 B round trip" \
 		"$LOOP_CPU0" "$LOOP_CPU8" "$IDLE_LOOP_N"
 	if [ -n "$LOOP_TURNS8" ] && [ "$LOOP_TURNS8" != "0.00" ]; then
-		printf '%-46s   %s (0 idle: %s); so one turn over %s idle conns costs ~%s us\n' \
+		printf '%-46s   %s (0 idle: %s); so one poll() over %s idle conns costs ~%s us\n' \
 			"  poll() calls per round trip" "$LOOP_TURNS8" "$LOOP_TURNS0" "$IDLE_LOOP_N" \
 			"$(awk -v c="$LOOP_CPU8" -v t="$LOOP_TURNS8" 'BEGIN { printf "%.0f", c / t }')"
 	else
