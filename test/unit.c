@@ -654,6 +654,26 @@ static int port_of(ws_proxy *p)
     return st.state == WS_PROXY_RUNNING ? st.port : 0;
 }
 
+/* The descriptor listening on 127.0.0.1:port, found without reading the
+ * loop thread's fields (ThreadSanitizer cannot see that a shutdown() orders
+ * a read of p->lfd before the loop's reaction to it). */
+static int listener_fd(int port)
+{
+    int fd;
+    for (fd = 3; fd < 4096; fd++) {
+        struct sockaddr_in a;
+        socklen_t len = sizeof a;
+        int on = 0;
+        socklen_t olen = sizeof on;
+        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &olen) || !on)
+            continue;
+        if (!getsockname(fd, (struct sockaddr *)&a, &len) && a.sin_family == AF_INET &&
+            ntohs(a.sin_port) == port)
+            return fd;
+    }
+    return -1;
+}
+
 static int tcp_connect(int port)
 {
     struct sockaddr_in a;
@@ -836,7 +856,9 @@ static void test_failed_stays_failed(void)
     port = port_of(p);
     /* Break the listening socket under the loop (as a stray close or a
      * kernel error would). */
-    shutdown(p->lfd, SHUT_RDWR);
+    i = listener_fd(port);
+    CHECK(i >= 0);
+    shutdown(i, SHUT_RDWR);
     for (i = 0; i < 100; i++) {
         ws_proxy_status(p, &st);
         if (st.state == WS_PROXY_FAILED)
