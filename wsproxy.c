@@ -1061,6 +1061,14 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* CPU time of the calling thread, us: what a loop turn cost, sleep excluded. */
+static int64_t thread_cpu_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static const char *log_level_name(int level)
 {
     static const char *const names[] = {"?", "ERROR", "WARN", "INFO", "DEBUG"};
@@ -3006,9 +3014,11 @@ static int loop_add(ws_proxy *p, size_t *n, int fd, short ev)
  * events in the last WS_PROXY_HOT_MS (and any not yet OPEN), and while
  * there are some, a turn polls and steps only those.  Every
  * WS_PROXY_COLD_MS a full turn takes all connections, runs their timers and
- * sorts the hot ones to the front again.  A cold connection that wakes up
- * thus waits at most WS_PROXY_COLD_MS, and only while others are busy;
- * with none hot, every turn is a full one.  A new connection is hot. */
+ * sorts the hot ones to the front again; if full turns are slow, they come
+ * at most every four times their CPU cost, so busy connections keep four
+ * fifths of the loop.  A cold connection that wakes up thus waits at most
+ * that long, and only while others are busy; with none hot, every turn is a
+ * full one.  A new connection is hot. */
 static int conn_hot(const struct conn *c, int64_t now)
 {
     return c->state != CONN_OPEN || now - c->t_io < WS_PROXY_HOT_MS;
@@ -3045,8 +3055,14 @@ static int loop_poll(ws_proxy *p, size_t n, int timeout, int full)
     if (rc == 0)
         rc = poll(p->pfd, (nfds_t)n, timeout);
     p->busy = rc > 0;
-    p->cold_due = mono_ms() + WS_PROXY_COLD_MS;
     return rc;
+}
+
+/* After a full turn that began with CPU time cpu0 (see loop_sort). */
+static void loop_next_full(ws_proxy *p, int64_t cpu0)
+{
+    int64_t gap = (thread_cpu_us() - cpu0) * 4 / 1000;
+    p->cold_due = mono_ms() + (gap > WS_PROXY_COLD_MS ? gap : WS_PROXY_COLD_MS);
 }
 
 static void loop_turn(ws_proxy *p)
@@ -3055,6 +3071,7 @@ static void loop_turn(ws_proxy *p)
     int64_t now = mono_ms(), next = INT64_MAX;
     long lidx = -1;
     int rc, timeout, full = now >= p->cold_due || !p->nhot || p->nhot == p->nconns;
+    int64_t cpu0 = full ? thread_cpu_us() : 0;
     if (loop_grow_pfd(p, 2 + 2 * p->nconns)) {
         errno = ENOMEM;
         loop_fail(p, "poll set");
@@ -3121,6 +3138,8 @@ static void loop_turn(ws_proxy *p)
             conn_step(p, c, now);
     }
     loop_reap(p);
+    if (full)
+        loop_next_full(p, cpu0);
 }
 
 static void *loop_main(void *arg)
