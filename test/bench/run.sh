@@ -553,10 +553,11 @@ hold_close
 check_proxy "$PROXY_PID" "the idle-connection runs"
 stop_pid "$PROXY_PID"
 
-# The same with every turn a full one (-DWS_PROXY_COLD_MS=0): what one loop
+# The same with every turn a full one (-DWS_PROXY_HOT_MS=0: no connection
+# is ever hot, so every turn takes them all): what one loop
 # turn over the whole idle set costs, which the hot/cold split avoids.
 LOOP_CPUF="" LOOP_TURNSF=""
-if $CC -std=c99 -O2 -pthread -DWSPROXY_MAIN -DWS_PROXY_NO_TLS -DWS_PROXY_COLD_MS=0 \
+if $CC -std=c99 -O2 -pthread -DWSPROXY_MAIN -DWS_PROXY_NO_TLS -DWS_PROXY_HOT_MS=0 \
 	-o "$OUT/wsproxy-fullturns" wsproxy.c 2>>"$FAILLOG"; then
 	main_bin=$WSPROXY_BIN
 	WSPROXY_BIN=$root/$OUT/wsproxy-fullturns
@@ -705,6 +706,7 @@ row connrate "sequential connects per second" 1 - -
 row lat8k "64 B p50 with $IDLE_LOOP_N idle conns (us)" 1 - -
 row lat8kp99 "64 B p99 with $IDLE_LOOP_N idle conns (us)" 1 - -
 row lat8kfull "  p50, every turn a full one (us) [3]" 1 - -
+row lat8kfullp99 "  p99, every turn a full one (us) [3]" 1 - -
 if [ "$HAVE_TLS" = 1 ] || [ -n "$TLS_NOTE" ]; then
 	row tlsecho "wss: echo, 64 KiB messages (MB/s) [2]" 1 ">=" 1.0
 	row tlsconn "wss: TLS connect+handshake+echo p50 (us)" 1 "<=" 0.5
@@ -761,7 +763,7 @@ if [ "$HAVE_TLS" = 1 ] || [ -n "$TLS_NOTE" ]; then
 	echo "[2] wss:// vs socat OPENSSL-LISTEN (nodelay); EC P-256 certificate; client offers AES-GCM first."
 	[ -n "$TLS_NOTE" ] && echo "    TLS: $TLS_NOTE"
 fi
-echo "[3] wsproxy built with -DWS_PROXY_COLD_MS=0, so every loop turn polls and steps every"
+echo "[3] wsproxy built with -DWS_PROXY_HOT_MS=0, so every loop turn polls and steps every"
 echo "    connection; the default polls busy connections alone between full turns every 10 ms."
 if [ -s "$FAILLOG" ]; then
 	echo "Some runs failed: see $FAILLOG"
