@@ -1043,6 +1043,7 @@ struct ws_proxy {
     int64_t accept_pause_until, accept_warned_at;
     struct conn **conns; /* [0, nhot) hot, then cold: see loop_sort */
     size_t nconns, nhot, capconns;
+    size_t ndead; /* DEAD connections in conns[], for loop_reap */
     struct pollfd *pfd;
     size_t cappfd;
     uint8_t *freebufs; /* free list, linked through the first bytes */
@@ -2060,6 +2061,7 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
     tr_free(c);
     c->state = CONN_DEAD;
     p->st.conns_open--;
+    p->ndead++;
 }
 
 /* Starts the closing handshake with `code` (0 = empty Close).  The engine
@@ -2728,6 +2730,8 @@ static void conn_goodbye(ws_proxy *p, struct conn *c, uint16_t code, int64_t now
 static void loop_reap(ws_proxy *p)
 {
     size_t i, j, h = 0;
+    if (!p->ndead)
+        return; /* a hot turn must not walk the cold connections */
     for (i = j = 0; i < p->nconns; i++) {
         struct conn *c = p->conns[i];
         if (c->state == CONN_DEAD) {
@@ -2740,6 +2744,7 @@ static void loop_reap(ws_proxy *p)
     }
     p->nconns = j;
     p->nhot = h;
+    p->ndead = 0;
 }
 
 static void loop_close_all(ws_proxy *p, uint16_t code)
