@@ -3076,7 +3076,9 @@ static void loop_turn(ws_proxy *p)
     int64_t now = mono_ms(), next = INT64_MAX;
     long lidx = -1;
     int rc, timeout, full = now >= p->cold_due || !p->nhot || p->nhot == p->nconns;
-    int64_t cpu0 = full ? thread_cpu_us() : 0;
+    /* Full turns are spaced by their cost only when there are both kinds;
+     * the CPU clock is a system call, not worth a turn otherwise. */
+    int64_t cpu0 = full && p->nhot && p->nhot < p->nconns ? thread_cpu_us() : -1;
     if (loop_grow_pfd(p, 2 + 2 * p->nconns)) {
         errno = ENOMEM;
         loop_fail(p, "poll set");
@@ -3143,7 +3145,7 @@ static void loop_turn(ws_proxy *p)
             conn_step(p, c, now);
     }
     loop_reap(p);
-    if (full)
+    if (cpu0 >= 0)
         loop_next_full(p, cpu0);
 }
 
