@@ -92,8 +92,8 @@
 #define WS_PROXY_SCAN_FIRST 128
 #endif
 /* A connection with poll events in the last WS_PROXY_HOT_MS is polled every
- * turn; while any are, the others are polled every WS_PROXY_COLD_MS (see
- * loop_poll). */
+ * turn; while any are, the others are polled every WS_PROXY_COLD_MS or more
+ * (see loop_sort). */
 #ifndef WS_PROXY_HOT_MS
 #define WS_PROXY_HOT_MS 1000
 #endif
@@ -3013,9 +3013,9 @@ static int loop_add(ws_proxy *p, size_t *n, int fd, short ev)
 /* Hot and cold connections.
  *
  * poll() visits every socket it is given, and 16,000 idle sockets (8,000
- * WebSockets) cost ~2.5 ms a visit here, mostly cache misses in the
- * kernel's socket structures; walking 8,000 connections of our own costs
- * more cache misses.  So conns[0, nhot) are the connections with poll
+ * WebSockets) cost 0.5-2.5 ms a visit here, mostly cache misses in the
+ * kernel's socket structures; walking 8,000 connections of our own adds
+ * more.  So conns[0, nhot) are the connections with poll
  * events in the last WS_PROXY_HOT_MS (and any not yet OPEN), and while
  * there are some, a turn polls and steps only those.  Every
  * WS_PROXY_COLD_MS a full turn takes all connections, runs their timers and
