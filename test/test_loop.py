@@ -10,7 +10,7 @@ from conftest import OP_BIN
 from engine import conn_for
 
 COLD = 150   # 300 sockets: more than WS_PROXY_SCAN_FIRST, all cold after 1 s
-HOT_MS = 1.0  # WS_PROXY_HOT_MS
+HOT_S = 1.0  # WS_PROXY_HOT_MS, in seconds
 
 
 class Busy(threading.Thread):
@@ -50,7 +50,7 @@ def test_idle_connections_served_while_one_is_busy(proxy, engine):
     idle = open_idle(p, COLD)
     busy = Busy(p.ws())
     busy.start()
-    time.sleep(HOT_MS + 0.5)   # the idle ones turn cold; the busy one stays hot
+    time.sleep(HOT_S + 0.5)   # the idle ones turn cold; the busy one stays hot
     count0 = busy.count
     # Each cold connection answers promptly although the busy one never
     # leaves the loop without work.

@@ -177,13 +177,18 @@ static void on_signal(int sig)
 	g_sig = 1;
 }
 
+static void vsay(const char *fmt, va_list ap)
+{
+	fputs("loadgen: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
 static void fatal(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	fputs("loadgen: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	vsay(fmt, ap);
 	va_end(ap);
 	exit(2);
 }
@@ -214,9 +219,7 @@ static void conn_fail(struct conn *c, const char *fmt, ...)
 	if (g_errors < 5) {
 		va_list ap;
 		va_start(ap, fmt);
-		fputs("loadgen: ", stderr);
-		vfprintf(stderr, fmt, ap);
-		fputc('\n', stderr);
+		vsay(fmt, ap);
 		va_end(ap);
 	}
 	g_errors++;

@@ -556,7 +556,7 @@ stop_pid "$PROXY_PID"
 # The same with every turn a full one (-DWS_PROXY_HOT_MS=0: no connection
 # is ever hot, so every turn takes them all): what one loop
 # turn over the whole idle set costs, which the hot/cold split avoids.
-LOOP_CPUF="" LOOP_TURNSF=""
+LOOP_CPUF=""
 if $CC -std=c99 -O2 -pthread -DWSPROXY_MAIN -DWS_PROXY_NO_TLS -DWS_PROXY_HOT_MS=0 \
 	-o "$OUT/wsproxy-fullturns" wsproxy.c 2>>"$FAILLOG"; then
 	main_bin=$WSPROXY_BIN
@@ -566,7 +566,7 @@ if $CC -std=c99 -O2 -pthread -DWSPROXY_MAIN -DWS_PROXY_NO_TLS -DWS_PROXY_HOT_MS=
 	if hold_open "ws://127.0.0.1:$PROXY_PORT/" "$IDLE_LOOP_N"; then
 		sleep "$IDLE_SETTLE"
 		proxy_measure lat8kfull "ws://127.0.0.1:$PROXY_PORT/" "$PROXY_PID"
-		LOOP_CPUF=$MEAS_CPU LOOP_TURNSF=$MEAS_TURNS
+		LOOP_CPUF=$MEAS_CPU
 	else
 		fail lat8kfull ws
 	fi
