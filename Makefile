@@ -5,7 +5,7 @@
 #   make TLS=0           build without BearSSL (defines WS_PROXY_NO_TLS)
 #   make BEARSSL_INC=/path/to/bearssl/inc BEARSSL_LIB=/path/to/libbearssl.a
 #                        use a vendored BearSSL instead of Debian's
-#   make test | run | bench | clean
+#   make test | run | bench | chaos | clean
 
 CC      ?= cc
 CFLAGS  ?= -O2 -g
@@ -94,6 +94,13 @@ run: deps build/wsproxy
 
 bench: deps build/wsproxy
 	@bash test/bench/run.sh
+
+# Misbehaving clients and engine against the ASan+UBSan build (test/chaos.py);
+# CHAOS_SEED=N replays a run's plans.
+CHAOS_SECS ?= 300
+.PHONY: chaos
+chaos: deps build/asan/wsproxy
+	@/usr/bin/python3 test/chaos.py --secs $(CHAOS_SECS)
 
 clean:
 	rm -rf build
