@@ -105,9 +105,9 @@ CLOSER_PLAIN = ["wait", "close_fin", "close_rst", "close_close", "fin_only",
 CLOSER_TLS = CLOSER_PLAIN + ["close_notify_fin", "notify_fin", "notify_only",
                              "close_wait_notify", "close_wait_fin",
                              "close_notify_rst"]
-# Variants that read the server's Close and expect it to echo theirs.
-CLOSER_WAITS = {"wait", "close_fin", "close_notify_fin", "close_wait_notify",
-                "close_wait_fin"}
+# Variants that read the server's Close and expect it to echo theirs (after
+# our close_notify the server may answer with its own and send nothing more).
+CLOSER_WAITS = {"wait", "close_fin", "close_wait_notify", "close_wait_fin"}
 STALL_ENDS = ["resume", "resume", "resume", "rst", "close", "fin_hold",
               "close_frame"]
 EARLY_PLAIN = ["req_rst", "req_fin", "req_idle", "garbage", "full_rst",
@@ -441,6 +441,7 @@ class Client:
         self.engine = None
         self.seen_held = False
         self.inode = None
+        self.settled = False
         self.released = None
         self.failed = set()
         self.close_sent_prompt = False
@@ -944,6 +945,10 @@ class Client:
         self._tls_pump()
         ok = await self.until(lambda: self.hs_done or self.hs_err or self.gone(),
                               15)
+        if not self.hs_done and self.slow_to_send():
+            self.drv.stats["slow_408"] += 1
+            self.close_sock()
+            return False
         if not self.hs_done:
             self.fail("handshake", "TLS handshake did not complete: %s (%d bytes "
                       "sent, %d queued, %d received)" % (
@@ -973,11 +978,26 @@ class Client:
         if self.engine_ends_early() and (not self.resp or self.resp.status == 502):
             self.close_sock()
             return False
+        if self.resp and self.resp.status == 408 and self.slow_to_send():
+            self.drv.stats["slow_408"] += 1
+            self.close_sock()
+            return False
         self.fail("handshake", "no 101 (%s)" % (
             "status %d" % self.resp.status if self.resp else
             "proxy closed" if self.gone() else "no answer within 15 s"))
         self.close_sock()
         return False
+
+    def slow_to_send(self):
+        """Whether the handshake timeout may have been our own doing: this
+        driver, loaded, had not sent the whole handshake a second before
+        the proxy's deadline."""
+        limit = self.drv.cfg.handshake_ms / 1000.0 - 1.0
+        start = self.ev.get("connected", self.ev["start"])
+        sent = self.ev.get("req_sent")
+        if self.p.tls and not self.hs_done:
+            return now() - start >= limit and bool(self.raw_out or self.q)
+        return sent is None or sent - start > limit
 
     def _finish_polite(self):
         """After the server's Close: reply with the same code (RFC 6455
@@ -1105,7 +1125,7 @@ class Client:
                     self.fail("outlive", "proxy did not close TCP within %.1fs of "
                               "its Close" % g)
             else:
-                await self.until(lambda: self.dead, g)
+                await self.until(lambda: self.dead or self.eof, g)
         if wb and self.engine and self.engine.rcvd != len(p.payload):
             self.fail("exact", "engine got %d of %d bytes" % (self.engine.rcvd,
                                                               len(p.payload)))
@@ -1300,6 +1320,7 @@ class Client:
         return False
 
     def settle(self):
+        self.settled = True
         p = self.p
         e = self.engine
         if e is not None and p.ckind == "violate" and p.ekind == "echo" and \
@@ -1392,6 +1413,11 @@ class EConn:
         info = _parse_v2(bytes(self.hdr[:16]), bytes(self.hdr[16:16 + length]))
         rest = bytes(self.hdr[16 + length:])
         c = self.drv.by_src.get(info.get("src"))
+        if c is not None and c.settled:
+            c.fail("outlive", "engine connection opened %.2fs after the client "
+                   "was gone" % (now() - c.end_times()[0]))
+            self.close()
+            return
         if c is None or c.engine is not None:
             self.drv.failure("protocol", None, "engine connection from %s:%s "
                              "matches no client" % (info.get("src"),
@@ -1551,8 +1577,11 @@ class Driver:
     def failure(self, inv, client, msg):
         entry = (inv, client, msg, now())
         self.failures.append(entry)
-        who = "conn %d" % client.idx if client else "engine"
-        print("FAIL [%s] %s: %s" % (inv, who, msg), flush=True)
+        who = "conn %d" % client.idx if client else "proxy"
+        if len(self.failures) <= 100:
+            print("FAIL [%s] %s: %s" % (inv, who, msg), flush=True)
+        elif len(self.failures) == 101:
+            print("chaos: more failures are not printed as they come", flush=True)
 
     def src_addr(self, i):
         i += 1
@@ -1788,7 +1817,7 @@ class Driver:
             self.stats["tls" if plan.tls else "plain"] += 1
             self.active += 1
             tasks.append(asyncio.ensure_future(self.run_client(c)))
-            if len(self.failures) > 50:
+            if len(self.failures) > 1000:
                 self.stop = True
             await asyncio.sleep(self.rng.uniform(0, 0.02))
         if tasks:
@@ -1902,6 +1931,9 @@ class Driver:
         for (c, e), v in self.kinds.items():
             ck[c] += v
         print("chaos: clients: %s" % ", ".join("%s %d" % kv for kv in sorted(ck.items())))
+        if st["slow_408"]:
+            print("chaos: %d handshakes timed out while this driver was still "
+                  "sending them (not counted as failures)" % st["slow_408"])
         for line in self.health_lines:
             print("chaos: /health: %s" % line)
         if not self.failures:
@@ -1911,18 +1943,28 @@ class Driver:
         print("chaos: FAILED, %d failures (%s); replay with CHAOS_SEED=%s" % (
             len(self.failures), ", ".join("%s %d" % kv for kv in sorted(by.items())),
             self.seed))
-        shown = 0
-        for inv, c, msg, t in self.failures:
-            if c is None or shown >= 12:
-                continue
-            shown += 1
-            print("--- [%s] conn %d (%s:%s): %s" % (inv, c.idx, c.src, c.sport, msg))
-            print("    plan: %s" % c.p.summary())
-            print("    timeline: %s" % c.timeline())
-            print("    replay alone: CHAOS_SEED=%s /usr/bin/python3 test/chaos.py "
-                  "--conn %d" % (self.seed, c.idx))
-            for line in self.log_lines(c)[:6]:
-                print("    log: %s" % line)
+        # every failure in a file; here the first of each kind
+        path = os.path.join(self.tmp, "failures.txt")
+        seen = set()
+        with open(path, "w") as f:
+            for inv, c, msg, t in self.failures:
+                text = "--- [%s] %s" % (inv, msg)
+                if c is not None:
+                    text = "\n".join(
+                        ["--- [%s] conn %d (%s:%s): %s" % (inv, c.idx, c.src,
+                                                           c.sport, msg),
+                         "    plan: %s" % c.p.summary(),
+                         "    timeline: %s" % c.timeline(),
+                         "    replay alone: CHAOS_SEED=%s /usr/bin/python3 "
+                         "test/chaos.py --conn %d" % (self.seed, c.idx)] +
+                        ["    log: %s" % ln for ln in self.log_lines(c)[:6]])
+                f.write(text + "\n")
+                key = (inv, c.p.ckind, c.p.variant, c.p.ekind) if c else (inv, msg)
+                if key not in seen and len(seen) < 16:
+                    seen.add(key)
+                    print(text)
+        print("chaos: all %d failures with their timelines: %s" % (
+            len(self.failures), path))
         return 1
 
     def log_lines(self, c):
