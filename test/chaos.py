@@ -39,7 +39,9 @@ Invariants (a failure names the connection, the seed and what happened when):
               codes valid, nothing after a Close; violations get 1002, 1007
               or 1009 as RFC 6455 says; 101 with the right Accept.
   fds         /proc/PID/fd of each proxy back to its baseline at the end.
-  health      GET /health answers 200 during and after the run.
+  health      GET /health answers 200 during and after the run, with as
+              many connections open at the end as at the start.
+  log         every connection the proxy accepted ends with one log line.
 
 Usage:
   /usr/bin/python3 test/chaos.py [--secs N] [--seed S] [--conc N] [--bin PATH]
@@ -350,6 +352,8 @@ class Plan:
             # sometimes the bad text comes as the continuation of a message
             if rng.random() < 0.4 and len(data) > 2:
                 cut = rng.randint(0, min(len(good), fail_at))
+                while 0 < cut < len(data) and (data[cut] & 0xC0) == 0x80:
+                    cut -= 1      # whole characters in the valid fragment
                 bad.append(self._frame(rng, OP_TEXT, data[:cut], fin=False))
                 bad.append(self._frame(rng, OP_CONT, data[cut:]))
                 self.payload += data[:cut]
@@ -1541,7 +1545,19 @@ class EConn:
             self.close()
 
     def proxy_gone(self):
+        """The proxy closed its end: what it wrote before is still queued
+        here, so a reading engine takes it first, as a real one would."""
         self.ev.setdefault("hup", now())
+        if self.open and self.reading and self.c is not None:
+            self.shut = True
+            while self.open:
+                try:
+                    data = self.sock.recv(65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                self.data(data)
         self.close()
 
     def close(self, kind="closed"):
@@ -1935,6 +1951,24 @@ class Driver:
                 problems.append(msg)
         for msg in problems:
             self.failure("crash", None, msg)
+        self.check_logs()
+
+    def check_logs(self):
+        """Every connection the proxy accepted ends with exactly one log line
+        (closed, ended, refused or TLS handshake failed)."""
+        rx = re.compile(r"\[conn \d+ ([0-9.]+:\d+)\] (closed|ended|refused|"
+                        r"TLS handshake failed)\b")
+        ends = collections.Counter()
+        for pr in self.proxies:
+            for line in pr.log().splitlines():
+                m = rx.search(line)
+                if m:
+                    ends[m.group(1)] += 1
+        for c in self.by_src.values():
+            accepted = c.seen_held or c.engine is not None or c.raw_rcvd > 0
+            n = ends.get("%s:%s" % (c.src, c.sport), 0)
+            if accepted and n != 1:
+                c.fail("log", "%d log lines for the connection's end (want 1)" % n)
         try:
             self.lsock.close()
         except OSError:
