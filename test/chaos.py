@@ -139,6 +139,9 @@ CHARS = ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,\n"
          + "\U0001f600\U0001f680\U00010348")
 
 
+FLOOD = b"\x00flood"     # payload prefix of the Pings sent while stalled
+
+
 def wchoice(rng, table):
     total = sum(w for _, w in table)
     x = rng.uniform(0, total)
@@ -179,6 +182,7 @@ class Plan:
         self.ckind = wchoice(rng, CLIENT_KINDS)
         self.ekind = wchoice(rng, ENGINE_KINDS)
         self.variant = None
+        self.flood = []
         self.pings = []          # payloads of our Pings, in order
         self.allowed_extra = b""  # violation: bytes that may also be relayed
         self.expect_code = None
@@ -206,6 +210,9 @@ class Plan:
             self.stall_at = rng.randrange(len(self.bursts) + 1)
             self.stall_secs = rng.uniform(0.3, 2.0) if self.variant == "resume" \
                 else rng.uniform(0.5, 3.0)
+            # Pings while not reading: the Pongs must stay bounded
+            self.flood = [self._frame(rng, OP_PING, FLOOD + struct.pack("!I", k))
+                          for k in range(rng.choice([0, 0, 200, 2000]))]
         elif self.ckind in ("reset", "halfclose"):
             self.variant = rng.choice(CUT_POINTS)
             self.cut_frac = rng.random()
@@ -439,6 +446,7 @@ class Client:
         self.key = None
         self.rcvd = 0
         self.pong_idx = 0
+        self.flood_last = -1
         self.srv_close = None
         self.tls = None
         self.hs_done = False
@@ -867,6 +875,12 @@ class Client:
                 f = frame(OP_PONG, payload, mask_key=self.io.randbytes(4))
                 self.q.insert(1 if self.qoff else 0, f)
                 self.wake.set()
+        elif op == OP_PONG and payload.startswith(FLOOD) and len(payload) == 10:
+            k = struct.unpack("!I", payload[6:])[0]
+            if k >= len(self.p.flood) or k <= self.flood_last:
+                self.fail("protocol", "Pong for flood Ping %d out of order or "
+                          "never sent" % k)
+            self.flood_last = k
         elif op == OP_PONG:
             pings = self.p.pings
             while self.pong_idx < len(pings) and pings[self.pong_idx] != payload:
@@ -1063,6 +1077,8 @@ class Client:
         """Stop reading; returns True when the script ends here."""
         p = self.p
         self.stall()
+        for f in p.flood:
+            self.put(f)
         await asyncio.sleep(p.stall_secs)
         v = p.variant
         if v == "resume":
@@ -1344,7 +1360,7 @@ class Client:
             self.drv.stats["wb_bytes"] += len(p.payload)
         if not self.failed:   # keep memory flat on long runs
             p.stream = p.payload = p.allowed_extra = b""
-            p.bursts, p.pings = [], []
+            p.bursts, p.pings, p.flood = [], [], []
             self.rx = self.raw_out = bytearray()
             self.q.clear()
 
