@@ -116,7 +116,7 @@ STALL_ENDS = ["resume", "resume", "resume", "rst", "close", "fin_hold",
               "close_frame"]
 EARLY_PLAIN = ["req_rst", "req_fin", "req_idle", "garbage", "full_rst",
                "full_fin"]
-EARLY_TLS = EARLY_PLAIN + ["tls_rst", "tls_fin", "tls_idle", "tls_garbage"]
+EARLY_TLS = ["tls_rst", "tls_fin", "tls_idle", "tls_garbage"]
 CUT_POINTS = ["before101", "after101", "midframe", "afterdata", "timer"]
 
 # (name, expected close code): frames a client must never send.
