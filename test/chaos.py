@@ -405,10 +405,6 @@ class Plan:
 # ---------------------------------------------------------------------------
 
 
-class Gone(Exception):
-    pass
-
-
 class Client:
     """One WebSocket client on a raw non-blocking socket.  Outgoing bytes go
     through a queue of plaintext (frames), raw bytes and actions; TLS is an
@@ -713,10 +709,8 @@ class Client:
                 if self.tls:
                     try:
                         self.tls[0].write(chunk)
-                    except ssl.SSLError as e:
+                    except ssl.SSLError:
                         self.mark("tls_write_error")
-                        self.ev.setdefault("tls_error", now())
-                        self.tls_err = e
                         return
                     self.raw_out += self.tls[2].read()
                 else:
@@ -915,8 +909,6 @@ class Client:
         self.ev["start"] = now()
         try:
             await self.script()
-        except Gone:
-            pass
         finally:
             if not self.dead:
                 self.close_sock()
