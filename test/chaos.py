@@ -912,6 +912,8 @@ class Client:
         finally:
             if not self.dead:
                 self.close_sock()
+            self.p.bursts, self.p.flood = [], []    # sent or never to be
+            self.q.clear()
             self.done = True
             self.mark("done")
 
