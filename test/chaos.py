@@ -183,6 +183,7 @@ class Plan:
         self.ekind = wchoice(rng, ENGINE_KINDS)
         self.variant = None
         self.flood = []
+        self.mid_frame = b""
         self.pings = []          # payloads of our Pings, in order
         self.allowed_extra = b""  # violation: bytes that may also be relayed
         self.expect_code = None
@@ -913,6 +914,7 @@ class Client:
             if not self.dead:
                 self.close_sock()
             self.p.bursts, self.p.flood = [], []    # sent or never to be
+            self.p.mid_frame = b""
             self.q.clear()
             self.done = True
             self.mark("done")
@@ -1672,6 +1674,16 @@ class Driver:
         except OSError:
             return -1
 
+    @staticmethod
+    def memory(pid):
+        """'VmRSS (peak VmHWM)' of a process, from /proc."""
+        try:
+            with open("/proc/%d/status" % pid) as f:
+                st = dict(line.split(":", 1) for line in f if ":" in line)
+            return "%s (peak %s)" % (st["VmRSS"].strip(), st["VmHWM"].strip())
+        except (OSError, KeyError):
+            return "?"
+
     def fd_detail(self, pr):
         out = []
         d = "/proc/%d/fd" % pr.proc.pid
@@ -1947,6 +1959,7 @@ class Driver:
                                                       self.fd_detail(pr)))
         if all(pr.alive() for pr in self.proxies):
             await self.check_health("end")
+        self.mem = [self.memory(pr.proc.pid) for pr in self.proxies]
         self.stop_watch = True
         for tk in (watch, mon, prog):
             tk.cancel()
@@ -2002,6 +2015,8 @@ class Driver:
         for (c, e), v in self.kinds.items():
             ck[c] += v
         print("chaos: clients: %s" % ", ".join("%s %d" % kv for kv in sorted(ck.items())))
+        print("chaos: memory at the end: proxies %s; this driver %s" % (
+            ", ".join(getattr(self, "mem", [])), self.memory(os.getpid())))
         print("chaos: %d pairs checked against the prompt bound, %d against "
               "drain + slack" % (st["pairs_prompt"], st["pairs_general"]))
         if st["slow_408"]:
