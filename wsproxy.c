@@ -114,6 +114,12 @@
 #define WS_PROXY_LINGER_MS 2000
 #endif
 
+/* A client that sent FIN without a Close: how long the bytes it sent
+ * before may still take to reach the engine, ms (SPEC: within 1 s). */
+#ifndef WS_PROXY_FIN_GRACE_MS
+#define WS_PROXY_FIN_GRACE_MS 500
+#endif
+
 /* Certificates in a chain (leaf plus intermediates). */
 #ifndef WS_PROXY_TLS_MAX_CHAIN
 #define WS_PROXY_TLS_MAX_CHAIN 8
@@ -962,15 +968,24 @@ struct cfg {
     char text[1];
 };
 
-enum conn_state {
-    CONN_HTTP,    /* reading the request (after the TLS handshake) */
-    CONN_CONNECT, /* engine connect in progress; the 101 waits in ob */
-    CONN_OPEN,    /* relaying both ways */
-    CONN_DRAIN,   /* client sent Close: engine write side shut, relaying
-                   * what the engine still sends, then answer the Close */
-    CONN_CLOSING, /* engine closed; our Close queued or sent */
-    CONN_REFUSED, /* an HTTP answer queued; then linger until EOF */
-    CONN_DEAD     /* torn down; freed at the end of the turn */
+/* Connection state: see the section "Connections" for the rules. */
+enum conn_phase {
+    PH_TLS,     /* TLS handshake (wss:// only) */
+    PH_HTTP,    /* reading the request */
+    PH_CONNECT, /* engine connect in progress; the 101 waits in ob */
+    PH_OPEN,    /* relaying; c->up and c->down say how far each way */
+    PH_CLOSING, /* engine closed; our Close queued or sent */
+    PH_REFUSED, /* an HTTP answer queued; then linger until EOF */
+    PH_DEAD     /* torn down; freed at the end of the turn */
+};
+
+/* One direction of an OPEN connection.  "Paused because the sink is full"
+ * is not stored: it is read off the buffers (up_paused, down_paused), so
+ * it cannot disagree with them. */
+enum dir_state {
+    DIR_FLOW,  /* bytes move as fast as the sink takes them */
+    DIR_DRAIN, /* the source has ended: deliver what it sent, then shut */
+    DIR_SHUT   /* nothing more moves this way */
 };
 
 union conn_addr {
@@ -986,27 +1001,34 @@ struct tls_conn;
  *   ib: client input chunk.  [0, i_out) unmasked payload, of which
  *       [i_wr, i_out) is still to be written to the engine; [i_pos, i_len)
  *       raw bytes not decoded yet.  i_wr <= i_out <= i_pos <= i_len.
- *   ob: client output.  [o_pos, o_len) still to be sent.  Engine bytes are
- *       read to ob + FRAME_HEADROOM and the frame header is put in front.
+ *   ob: bytes composed but not yet taken by the transport, [o_pos, o_len):
+ *       the HTTP answer, and (plain sockets only) each outgoing frame.
+ *       Engine bytes are read to ob + FRAME_HEADROOM and the frame header
+ *       is put in front.  Under TLS frames are composed in BearSSL's own
+ *       record buffer instead, so ob stays NULL once the 101 is out.
  * Both are NULL while nothing is in flight.
  */
 struct conn {
     struct cfg *cfg;
     int cfd, efd;
-    int pi_c, pi_e;   /* indices in this turn's pollfd array, -1 = none */
-    uint8_t state;
+    int pi_c, pi_e;       /* indices in this turn's pollfd array, -1 = none */
+    uint8_t phase;        /* enum conn_phase */
+    uint8_t up, down;     /* enum dir_state: client->engine, engine->client */
     unsigned c_rd : 1, c_wr : 1, e_rd : 1, e_wr : 1; /* readiness */
-    unsigned eng_eof : 1, eng_wdead : 1, eng_shut : 1;
+    unsigned c_fin : 1;   /* the client sends nothing more (FIN seen) */
+    unsigned e_fin : 1;   /* the engine sends nothing more (EOF seen) */
+    unsigned e_hup : 1;   /* the engine hung up: no longer polled */
     unsigned close_rcvd : 1, close_sent : 1, drop : 1;
     unsigned ping_due : 1, pong_due : 1, over_limit : 1;
     unsigned i_borrowed : 1; /* ib is the transport's, not the free list's */
     uint32_t i_borrowed_len;
     uint16_t close_code; /* the code we send (0 = empty Close) */
     uint16_t status;     /* HTTP status answered */
-    const char *why;     /* why it ended, for the log */
+    const char *why;     /* why it ended, for the log: the first reason sticks */
     uint64_t id;
-    int64_t t_start, t_rx, t_data, t_ping, t_deadline; /* ms, monotonic */
-    int64_t t_io; /* last poll event on either socket: hot or cold */
+    int64_t t_start, t_rx, t_data, t_ping; /* ms, monotonic */
+    int64_t t_end; /* closing deadline, 0 = none; once set only moves earlier */
+    int64_t t_io;  /* last poll event on either socket: hot or cold */
     uint64_t bytes_in, bytes_out;
     uint8_t *ib, *ob;
     uint32_t i_len, i_pos, i_out, i_wr, o_pos, o_len;
@@ -1016,6 +1038,13 @@ struct conn {
     uint8_t pong_len;
     uint8_t pong[125];
     char name[64]; /* "conn 12 192.0.2.1:51234", for the log */
+};
+
+/* Open connections per client address, from accept: open addressing with
+ * linear probing, n == 0 marks a free slot. */
+struct ip_count {
+    uint8_t ip[16]; /* IPv6, or IPv4-mapped */
+    uint32_t n;
 };
 
 enum { CMD_NONE, CMD_RESTART, CMD_STATUS, CMD_STOP, CMD_REOPEN };
@@ -1044,12 +1073,15 @@ struct ws_proxy {
     struct conn **conns; /* [0, nhot) hot, then cold: see loop_sort */
     size_t nconns, nhot, capconns;
     size_t ndead; /* DEAD connections in conns[], for loop_reap */
+    size_t nrefusing; /* REFUSED ones: answered, they hold no slot */
     struct pollfd *pfd;
     size_t cappfd;
     uint8_t *freebufs; /* free list, linked through the first bytes */
     unsigned nfree;
     uint64_t next_id;
     struct ws_proxy_status st;
+    struct ip_count *ipt; /* per-address counts, ipcap slots (power of 2) */
+    size_t ipcap, ipused;
     struct http_hdr hdrs[WS_PROXY_MAX_HEADERS]; /* parser scratch */
     char health[128];  /* the /health line */
     char why[192];     /* a refusal's reason, formatted */
@@ -1186,18 +1218,59 @@ static int addr_same_ip(const union conn_addr *a, const union conn_addr *b)
                : a->v4.sin_addr.s_addr == b->v4.sin_addr.s_addr;
 }
 
+static void fd_nosigpipe(int fd)
+{
+#ifdef SO_NOSIGPIPE
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
+#endif
+    (void)fd;
+}
+
+/* The portable fallback: flags set after the descriptor exists. */
 static void fd_nonblock(int fd)
 {
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0)
         fcntl(fd, F_SETFL, fl | O_NONBLOCK);
     fcntl(fd, F_SETFD, FD_CLOEXEC);
-#ifdef SO_NOSIGPIPE
-    {
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
+    fd_nosigpipe(fd);
+}
+
+/* A non-blocking stream socket, close-on-exec from birth where the
+ * platform allows, so a host thread that forks and execs cannot leak it. */
+static int sock_open(int family)
+{
+    int fd;
+#if defined(SOCK_CLOEXEC) && defined(SOCK_NONBLOCK)
+    fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd >= 0 || errno != EINVAL) {
+        if (fd >= 0)
+            fd_nosigpipe(fd);
+        return fd;
     }
 #endif
+    fd = socket(family, SOCK_STREAM, 0);
+    if (fd >= 0)
+        fd_nonblock(fd);
+    return fd;
+}
+
+/* The loop's wake-up pipe, non-blocking and close-on-exec from birth
+ * where pipe2() exists (Linux, the BSDs). */
+static int wake_pipe(int fds[2])
+{
+#if defined(__linux__) || defined(__FreeBSD__) || defined(__NetBSD__) || defined(__OpenBSD__)
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0)
+        return 0;
+    if (errno != ENOSYS)
+        return -1;
+#endif
+    if (pipe(fds))
+        return -1;
+    fd_nonblock(fds[0]);
+    fd_nonblock(fds[1]);
+    return 0;
 }
 
 /* Binds and listens, in the manner of redis's anet: errors are reported
@@ -1211,10 +1284,9 @@ static int listen_open(const char *host, int port, int *fd_out,
     if (addr_parse(host, port, &a))
         return err_set(err, errlen, WS_PROXY_EINVAL,
                        "bind_address: not a numeric IPv4 or IPv6 address: %s", host);
-    fd = socket(a.sa.sa_family, SOCK_STREAM, 0);
+    fd = sock_open(a.sa.sa_family);
     if (fd < 0)
         return err_set(err, errlen, WS_PROXY_ESYS, "socket: %s", strerror(errno));
-    fd_nonblock(fd);
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(fd, &a.sa, addr_len(&a)) || listen(fd, SOMAXCONN)) {
         int e = errno;
@@ -1985,6 +2057,29 @@ static int tr_flush(struct conn *c)
     return 0;
 }
 
+/* Moves queued TLS records both ways; -1 once the client's TLS session is
+ * closed (close_notify, EOF or error: nothing more can reach it). */
+static int tr_pump(struct conn *c)
+{
+#ifndef WS_PROXY_NO_TLS
+    if (c->tls)
+        return tls_pump(c) < 0 ? -1 : 0;
+#endif
+    (void)c;
+    return 0;
+}
+
+/* Is the TLS handshake done (always, for a plain socket)? */
+static int tr_up(const struct conn *c)
+{
+#ifndef WS_PROXY_NO_TLS
+    if (c->tls)
+        return c->tls->up;
+#endif
+    (void)c;
+    return 1;
+}
+
 /* Bytes accepted by the transport but not yet on the wire? */
 static int tr_unsent(const struct conn *c)
 {
@@ -2020,15 +2115,179 @@ static void tr_free(struct conn *c)
 
 /* ==== Connections: handshake, relay, close ===============================
  *
- * A connection moves HTTP -> CONNECT -> OPEN -> (DRAIN) -> CLOSING -> DEAD,
- * or HTTP -> REFUSED -> DEAD.  conn_step() does the I/O its state allows,
- * conn_timers() the timeouts, conn_end() is the one place that tears a
- * connection down; the loop frees DEAD connections at the end of its turn.
+ * IMPLEMENTATION NOTES
+ *
+ * A connection moves through phases:
+ *
+ *   TLS -> HTTP -> CONNECT -> OPEN -> CLOSING -> DEAD
+ *                 \-> REFUSED -> DEAD   (any phase before OPEN)
+ *
+ * and, while OPEN, each direction has a state of its own (enum dir_state):
+ *
+ *   up (client -> engine)     FLOW: frames are read, decoded, and their
+ *                             payload written to the engine.
+ *                             DRAIN: the client sent Close, or broke the
+ *                             protocol: the payload decoded before it is
+ *                             still written (RFC 6455 7.1.7), then the
+ *                             engine's write side is shut.
+ *                             SHUT: nothing more goes to the engine.
+ *   down (engine -> client)   FLOW: engine bytes are read into free output
+ *                             space and sent as binary frames.
+ *                             DRAIN: the engine ended (EOF, hang-up or
+ *                             error seen); what it sent before is still
+ *                             delivered, then our Close.
+ *                             SHUT: the engine is done; when up is not
+ *                             DRAIN the connection goes CLOSING.
+ *
+ * Rules, each enforced in one place:
+ *
+ *  1. efd >= 0 exactly in CONNECT and OPEN (conn_close closes it).
+ *  2. Paused is derived: up_paused() while payload waits for the engine,
+ *     down_paused() while output waits for the client.  A paused side is
+ *     not read; nothing else stops reading.
+ *  3. Poll interest is derived from the state on every turn by
+ *     conn_client_events() and conn_engine_events().  Every socket is in
+ *     the poll set in every phase, whatever its interest, so POLLERR and
+ *     POLLHUP (and, on Linux, POLLRDHUP: the peer's FIN) are always seen.
+ *     The one exception is an engine that hung up: its readiness is then
+ *     permanent (reads return data, then EOF or the error), so it leaves
+ *     the set instead of waking every poll.
+ *  4. The client gone (reset, error, TLS closed) ends the connection at
+ *     once: nothing can reach it any more.  A client FIN without Close
+ *     ends it as soon as the bytes sent before it are relayed, and at most
+ *     WS_PROXY_FIN_GRACE_MS later.
+ *  5. The engine's end is noticed even while its output is paused on a
+ *     slow client: its data is still delivered, but for at most
+ *     drain_ms; so is the wait for the engine after the client's Close.
+ *     t_end holds that deadline; it is set once and only moves earlier,
+ *     so no closing exchange takes longer than drain_ms in all.
+ *  6. The first reason to end sticks (why, close_code); conn_end() is the
+ *     one place that tears down, logs the end and releases the slot.
+ *  7. Readiness flags (c_rd, c_wr, e_rd, e_wr) are set by poll events and
+ *     cleared when a call would block; no I/O call is made without one.
+ *  8. A connection paused by its engine is never pinged out: while
+ *     up_paused() the client's frames cannot be read, so its silence
+ *     says nothing (conn_timers).
  */
+
+/* Is the proxy holding client payload the engine has not taken yet? */
+static int up_paused(const struct conn *c)
+{
+    return c->ib && c->i_wr < c->i_out;
+}
+
+static int conn_out_queued(const struct conn *c)
+{
+    return (c->ob && c->o_pos < c->o_len) || tr_unsent(c);
+}
+
+static int down_paused(const struct conn *c)
+{
+    return conn_out_queued(c);
+}
+
+/* Moves t_end earlier (rule 5). */
+static void conn_end_by(struct conn *c, int64_t t)
+{
+    if (!c->t_end || t < c->t_end)
+        c->t_end = t;
+}
+
+/* The first reason sticks (rule 6). */
+static void conn_why(struct conn *c, const char *why)
+{
+    if (!c->why)
+        c->why = why;
+}
+
+/* Key for per-address counting: IPv4 as IPv4-mapped IPv6. */
+static void ip_key(const union conn_addr *a, uint8_t k[16])
+{
+    if (a->sa.sa_family == AF_INET6) {
+        memcpy(k, &a->v6.sin6_addr, 16);
+    } else {
+        memset(k, 0, 10);
+        k[10] = k[11] = 0xFF;
+        memcpy(k + 12, &a->v4.sin_addr, 4);
+    }
+}
+
+static size_t ip_hash(const uint8_t k[16])
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    unsigned i;
+    for (i = 0; i < 16; i++)
+        h = (h ^ k[i]) * 16777619u;
+    return h;
+}
+
+static int ip_grow(ws_proxy *p)
+{
+    size_t cap = p->ipcap ? p->ipcap * 2 : 64, i, j;
+    struct ip_count *t = calloc(cap, sizeof *t);
+    if (!t)
+        return -1;
+    for (i = 0; i < p->ipcap; i++) {
+        if (!p->ipt[i].n)
+            continue;
+        for (j = ip_hash(p->ipt[i].ip) & (cap - 1); t[j].n; j = (j + 1) & (cap - 1)) {
+        }
+        t[j] = p->ipt[i];
+    }
+    free(p->ipt);
+    p->ipt = t;
+    p->ipcap = cap;
+    return 0;
+}
+
+/* Adds delta (+1 or -1) to the count of a's address; returns the new
+ * count, or UINT32_MAX if the table cannot grow (the caller refuses). */
+static uint32_t ip_count(ws_proxy *p, const union conn_addr *a, int delta)
+{
+    struct ip_count *t;
+    uint8_t k[16];
+    size_t i, j, mask;
+    uint32_t n;
+    if (delta > 0 && (p->ipused + 1) * 2 > p->ipcap && ip_grow(p))
+        return UINT32_MAX;
+    if (!p->ipcap)
+        return 0;
+    ip_key(a, k);
+    t = p->ipt;
+    mask = p->ipcap - 1;
+    for (i = ip_hash(k) & mask; t[i].n; i = (i + 1) & mask)
+        if (!memcmp(t[i].ip, k, 16))
+            break;
+    if (!t[i].n) {
+        if (delta < 0)
+            return 0;
+        memcpy(t[i].ip, k, 16);
+        p->ipused++;
+    }
+    n = t[i].n = (uint32_t)((int64_t)t[i].n + delta);
+    if (n)
+        return n;
+    /* Emptied: shift later entries of the run back (no tombstones). */
+    p->ipused--;
+    for (j = i;;) {
+        size_t h;
+        j = (j + 1) & mask;
+        if (!t[j].n)
+            break;
+        h = ip_hash(t[j].ip) & mask;
+        if (i <= j ? (h <= i || h > j) : (h <= i && h > j)) {
+            t[i] = t[j];
+            t[j].n = 0;
+            i = j;
+        }
+    }
+    return 0;
+}
 
 static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
 {
-    if (c->state == CONN_DEAD)
+    int logged = c->status && c->status != 200 && c->status != 101;
+    if (c->phase == PH_DEAD)
         return;
 #ifndef WS_PROXY_NO_TLS
     if (c->tls) {
@@ -2040,15 +2299,19 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
                  : c->tls->ioerr ? "connection error"
                  : c->tls->eof ? "client closed the connection"
                  : c->why ? c->why : "timed out");
+            logged |= !c->tls->up;
         }
     }
 #endif
     if (c->status == 101)
         plog(p, WS_PROXY_LOG_INFO, c,
              "closed %u (%s) after %.3f s, %llu bytes to engine, %llu bytes to client",
-             c->close_code ? c->close_code : 1006, c->why ? c->why : "client gone",
-             (double)(now - c->t_start) / 1000.0, (unsigned long long)c->bytes_in,
-             (unsigned long long)c->bytes_out);
+             c->close_code ? c->close_code : c->close_rcvd || c->close_sent ? 1005 : 1006,
+             c->why ? c->why : "client gone", (double)(now - c->t_start) / 1000.0,
+             (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out);
+    else if (!logged) /* SPEC 6: every connection's end is logged */
+        plog(p, WS_PROXY_LOG_INFO, c, "ended before a WebSocket (%s) after %.3f s",
+             c->why ? c->why : "client closed", (double)(now - c->t_start) / 1000.0);
     c->c_wr = 1; /* close_notify: best effort, without waiting */
     c->c_rd = 0;
     tr_close_notify(c);
@@ -2059,14 +2322,16 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
     tr_in_done(p, c);
     buf_put(p, &c->ob);
     tr_free(c);
-    c->state = CONN_DEAD;
+    ip_count(p, &c->peer, -1);
+    p->nrefusing -= c->phase == PH_REFUSED;
+    c->phase = PH_DEAD;
     p->st.conns_open--;
     p->ndead++;
 }
 
-/* Starts the closing handshake with `code` (0 = empty Close).  The engine
- * connection is closed at once; with `drop` the TCP connection is closed
- * as soon as the Close is out, as RFC 6455 7.1.7 asks of a failure. */
+/* Starts the closing handshake with `code` (0 = empty Close): the engine
+ * is closed at once (rule 1); with `drop` the TCP connection is closed as
+ * soon as the Close is out, as RFC 6455 7.1.7 asks of a failure. */
 static void conn_close(ws_proxy *p, struct conn *c, uint16_t code,
                        const char *why, int drop, int64_t now)
 {
@@ -2075,28 +2340,37 @@ static void conn_close(ws_proxy *p, struct conn *c, uint16_t code,
         c->efd = -1;
     }
     c->close_code = code;
-    c->why = why;
-    c->drop = drop;
+    conn_why(c, why);
+    c->drop |= drop;
     c->ping_due = c->pong_due = 0;
     c->i_wr = c->i_out; /* payload not yet written has nowhere to go */
-    c->state = CONN_CLOSING;
-    c->t_deadline = now + c->cfg->drain_ms;
+    c->up = c->down = DIR_SHUT;
+    c->phase = PH_CLOSING;
+    conn_end_by(c, now + c->cfg->drain_ms);
     (void)p;
 }
 
-/* A protocol violation: Close with the decoder's code, then drop. */
+/* A protocol violation: what was decoded before it still goes to the
+ * engine (up DRAIN), then Close with the decoder's code, then drop. */
 static void conn_fail(ws_proxy *p, struct conn *c, uint16_t code,
                       const char *why, int64_t now)
 {
     p->st.protocol_errors++;
     plog(p, WS_PROXY_LOG_INFO, c, "protocol error: %s, closing %u", why, code);
-    conn_close(p, c, code, why, 1, now);
+    c->close_code = code;
+    conn_why(c, why);
+    c->drop = 1;
     c->i_pos = c->i_len; /* nothing more is decoded */
+    c->up = DIR_DRAIN;
+    c->down = DIR_SHUT;
+    conn_end_by(c, now + c->cfg->drain_ms);
 }
 
-/* Queues a complete HTTP answer, after which the connection lingers. */
+/* Queues a complete HTTP answer, after which the connection lingers.
+ * `detail` (may be NULL) goes to the log only: bodies never tell a client
+ * about the server's insides (socket paths, errno). */
 static void conn_refuse(ws_proxy *p, struct conn *c, struct http_answer *a,
-                        int64_t now)
+                        const char *detail, int64_t now)
 {
     static const int codes[] = {400, 403, 426, 431, 502, 503, 408};
     unsigned i;
@@ -2112,22 +2386,32 @@ static void conn_refuse(ws_proxy *p, struct conn *c, struct http_answer *a,
     c->o_pos = 0;
     c->o_len = (uint32_t)http_write_answer(a, (char *)c->ob, WS_PROXY_BUF_SIZE);
     c->status = (uint16_t)a->status;
-    c->state = CONN_REFUSED;
-    c->t_deadline = now + WS_PROXY_LINGER_MS;
+    p->nrefusing += c->phase != PH_REFUSED;
+    c->phase = PH_REFUSED;
+    c->t_end = now + WS_PROXY_LINGER_MS;
     for (i = 0; i < COUNT_OF(codes); i++)
         if (codes[i] == a->status)
             p->st.refused[i]++;
     if (a->status != 200)
-        plog(p, WS_PROXY_LOG_INFO, c, "refused %d: %s", a->status, a->why);
+        plog(p, WS_PROXY_LOG_INFO, c, "refused %d: %s", a->status, detail ? detail : a->why);
 }
 
 static void conn_refuse_with(ws_proxy *p, struct conn *c, int status,
-                             const char *why, int64_t now)
+                             const char *why, const char *detail, int64_t now)
 {
     struct http_answer a;
     memset(&a, 0, sizeof a);
     http_answer(&a, status, why);
-    conn_refuse(p, c, &a, now);
+    conn_refuse(p, c, &a, detail, now);
+}
+
+/* The engine cannot be reached: the client hears only that. */
+static void conn_engine_down(ws_proxy *p, struct conn *c, const char *call, int e,
+                             int64_t now)
+{
+    snprintf(p->why, sizeof p->why, "engine unavailable: %s(%s): %s", call,
+             c->cfg->c.socket_path, strerror(e));
+    conn_refuse_with(p, c, 502, "engine unavailable", p->why, now);
 }
 
 /* The PROXY protocol header (v1 text or v2 binary) for this client. */
@@ -2181,12 +2465,14 @@ static void conn_engine_ready(ws_proxy *p, struct conn *c, int64_t now)
         /* A new Unix socket's send buffer is empty and far larger than
          * the header, so one write either takes it all or the engine is
          * broken. */
-        if (io_send(c->efd, hdr, n) != (long)n) {
-            conn_refuse_with(p, c, 502, "engine socket: cannot send the PROXY header", now);
+        long w = io_send(c->efd, hdr, n);
+        if (w != (long)n) {
+            conn_engine_down(p, c, "send PROXY header to", w < 0 ? errno : EPIPE, now);
             return;
         }
     }
-    c->state = CONN_OPEN;
+    c->phase = PH_OPEN;
+    c->up = c->down = DIR_FLOW;
     c->status = 101;
     c->t_rx = c->t_data = now;
     c->e_wr = 1;
@@ -2196,38 +2482,22 @@ static void conn_engine_ready(ws_proxy *p, struct conn *c, int64_t now)
 static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
 {
     struct sockaddr_un sun;
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    int fd = sock_open(AF_UNIX);
     memset(&sun, 0, sizeof sun);
     sun.sun_family = AF_UNIX;
     memcpy(sun.sun_path, c->cfg->c.socket_path, strlen(c->cfg->c.socket_path));
     if (fd < 0) {
-        snprintf(p->why, sizeof p->why, "engine socket: socket: %s", strerror(errno));
-        conn_refuse_with(p, c, 502, p->why, now);
+        conn_engine_down(p, c, "socket for", errno, now);
         return;
     }
-    fd_nonblock(fd);
     c->efd = fd;
-    if (connect(fd, (struct sockaddr *)&sun, sizeof sun) == 0) {
+    if (connect(fd, (struct sockaddr *)&sun, sizeof sun) == 0)
         conn_engine_ready(p, c, now);
-    } else if (errno == EINPROGRESS || errno == EINTR) {
-        c->state = CONN_CONNECT;
-    } else {
-        /* EAGAIN here is a full listen backlog: the engine is not keeping
-         * up, which the client should hear about at once. */
-        snprintf(p->why, sizeof p->why, "engine socket: connect(%s): %s",
-                 c->cfg->c.socket_path, strerror(errno));
-        conn_refuse_with(p, c, 502, p->why, now);
-    }
-}
-
-static unsigned conn_count_ip(ws_proxy *p, const struct conn *c)
-{
-    unsigned n = 0;
-    size_t i;
-    for (i = 0; i < p->nconns; i++)
-        if (p->conns[i]->state != CONN_DEAD && addr_same_ip(&p->conns[i]->peer, &c->peer))
-            n++;
-    return n;
+    else if (errno == EINPROGRESS || errno == EINTR)
+        c->phase = PH_CONNECT;
+    else /* EAGAIN here is a full listen backlog: the engine is not keeping
+          * up, which the client should hear about at once. */
+        conn_engine_down(p, c, "connect", errno, now);
 }
 
 /* A complete request head of hlen bytes is in ib. */
@@ -2236,7 +2506,6 @@ static void conn_handshake(ws_proxy *p, struct conn *c, struct http_req *r,
 {
     struct http_answer a;
     const struct cfg *cf = c->cfg;
-    unsigned per_ip = cf->c.max_connections_per_ip;
     http_handshake(r, cf->c.allowed_origins, cf->c.subprotocols, &a);
     if (a.status == 200) {
         snprintf(p->health, sizeof p->health, "wsproxy %s running, %llu connections open",
@@ -2245,10 +2514,8 @@ static void conn_handshake(ws_proxy *p, struct conn *c, struct http_req *r,
     }
     if (a.status == 101 && c->over_limit)
         http_answer(&a, 503, "too many connections");
-    if (a.status == 101 && per_ip && conn_count_ip(p, c) > per_ip)
-        http_answer(&a, 503, "too many connections from this address");
     if (a.status != 101) {
-        conn_refuse(p, c, &a, now);
+        conn_refuse(p, c, &a, NULL, now);
         return;
     }
     /* Bytes behind the request head are the first frames. */
@@ -2264,7 +2531,7 @@ static void conn_handshake(ws_proxy *p, struct conn *c, struct http_req *r,
 
 static void conn_http(ws_proxy *p, struct conn *c, int64_t now)
 {
-    while (tr_readable(c) && c->state == CONN_HTTP) {
+    while (tr_readable(c) && c->phase == PH_HTTP) {
         struct http_req r;
         long n, h;
         if (!c->ib && !(c->ib = buf_get(p))) {
@@ -2278,6 +2545,7 @@ static void conn_http(ws_proxy *p, struct conn *c, int64_t now)
             return;
         }
         if (n <= 0) { /* the client gave up before asking */
+            conn_why(c, n == 0 ? "client closed before its request" : "client connection error");
             conn_end(p, c, now);
             return;
         }
@@ -2292,9 +2560,9 @@ static void conn_http(ws_proxy *p, struct conn *c, int64_t now)
         if (h == HTTP_PARTIAL && c->i_len <= WS_PROXY_MAX_HEADER)
             continue;
         if (h == HTTP_BAD)
-            conn_refuse_with(p, c, 400, "malformed HTTP request", now);
+            conn_refuse_with(p, c, 400, "malformed HTTP request", NULL, now);
         else if (h == HTTP_PARTIAL || h == HTTP_TOO_MANY || h > WS_PROXY_MAX_HEADER)
-            conn_refuse_with(p, c, 431, "request header block too large", now);
+            conn_refuse_with(p, c, 431, "request header block too large", NULL, now);
         else
             conn_handshake(p, c, &r, (size_t)h, now);
     }
@@ -2310,20 +2578,22 @@ static void conn_decode(ws_proxy *p, struct conn *c, int64_t now)
         c->i_out = (uint32_t)out;
         c->t_rx = now;
         c->t_ping = 0;
-        if (c->state == CONN_CLOSING)
+        if (c->up == DIR_SHUT)
             c->i_wr = c->i_out; /* after our Close, data is dropped */
         if (rc == FRAME_MORE)
             break;
         if (rc == FRAME_ERROR) {
-            if (c->state == CONN_CLOSING)
+            if (c->phase == PH_CLOSING) {
+                conn_why(c, c->dec.why);
                 conn_end(p, c, now);
-            else
+            } else {
                 conn_fail(p, c, c->dec.err, c->dec.why, now);
+            }
             return;
         }
-        if (c->dec.op == OP_PING && c->state == CONN_OPEN) {
-            /* 5.5.3: a Pong with the same payload.  Decoding pauses until
-             * it is composed, so every Ping gets its own Pong. */
+        if (c->dec.op == OP_PING && c->phase == PH_OPEN) {
+            /* 5.5.3: a Pong with the same payload.  Decoding, and reading,
+             * pause until it is composed, so every Ping gets its own. */
             memcpy(c->pong, c->dec.ctl, c->dec.ctl_len);
             c->pong_len = c->dec.ctl_len;
             c->pong_due = 1;
@@ -2331,29 +2601,42 @@ static void conn_decode(ws_proxy *p, struct conn *c, int64_t now)
         } else if (c->dec.op == OP_CLOSE) {
             c->close_rcvd = 1;
             c->i_len = c->i_pos; /* 5.5.1: nothing after a Close counts */
-            if (c->state == CONN_CLOSING) {
-                if (!c->ob)
-                    conn_end(p, c, now);
-                return;
-            }
+            if (c->phase == PH_CLOSING)
+                return; /* conn_downstream ends it once our Close is out */
             c->close_code = c->dec.ctl_len >= 2
                                 ? (uint16_t)(c->dec.ctl[0] << 8 | c->dec.ctl[1])
                                 : 0;
-            c->why = "client closed";
-            c->state = CONN_DRAIN;
-            c->t_deadline = now + c->cfg->drain_ms;
+            conn_why(c, "client closed");
+            c->up = DIR_DRAIN;
+            conn_end_by(c, now + c->cfg->drain_ms);
             return;
         }
     }
+}
+
+/* Does the connection's state take client input now? */
+static int conn_reads_client(const struct conn *c)
+{
+    switch (c->phase) {
+    case PH_HTTP:
+        return 1;
+    case PH_REFUSED:
+        return !c->ob && !c->o_len;
+    case PH_OPEN:
+        return c->up == DIR_FLOW && !c->ib && !c->pong_due;
+    case PH_CLOSING:
+        return !c->close_rcvd && !c->drop && !c->ib;
+    }
+    return 0;
 }
 
 /* Client -> engine: write pending payload, then read and decode more. */
 static int conn_upstream(ws_proxy *p, struct conn *c, int64_t now)
 {
     int moved = 0;
-    if (c->ib && c->i_wr < c->i_out) {
-        long n;
-        if (c->efd < 0 || c->eng_wdead || c->eng_shut) {
+    long n;
+    if (up_paused(c)) {
+        if (c->up == DIR_SHUT || c->efd < 0) {
             c->i_wr = c->i_out;
         } else if (!c->e_wr) {
             return 0;
@@ -2371,46 +2654,45 @@ static int conn_upstream(ws_proxy *p, struct conn *c, int64_t now)
         } else {
             /* The engine stopped reading; what it still sends, or its
              * EOF, decides how the connection ends. */
-            c->eng_wdead = 1;
+            c->up = DIR_SHUT;
             c->i_wr = c->i_out;
         }
-        if (c->i_wr < c->i_out)
+        if (up_paused(c))
             return moved;
     }
     if (c->ib && c->i_pos == c->i_len)
         tr_in_done(p, c);
-    if (c->state == CONN_DRAIN && !c->eng_shut && c->efd >= 0) {
-        /* Everything the client sent is out: tell the engine. */
-        shutdown(c->efd, SHUT_WR);
-        c->eng_shut = 1;
+    if (c->up == DIR_DRAIN && !c->ib) {
+        /* Everything the client sent before its Close is out: tell the
+         * engine (after a violation the engine is simply closed). */
+        if (!c->drop && c->efd >= 0)
+            shutdown(c->efd, SHUT_WR);
+        c->up = DIR_SHUT;
+        return 1;
     }
     if (c->ib) {
         /* Undecoded bytes remain: behind the request, or after a Ping
          * whose Pong is not composed yet. */
-        if (c->pong_due || (c->state != CONN_OPEN && c->state != CONN_CLOSING) || c->drop)
+        if (c->pong_due || c->close_rcvd || c->drop ||
+            (c->phase != PH_OPEN && c->phase != PH_CLOSING))
             return moved;
         conn_decode(p, c, now);
         return 1;
     }
-    if (!tr_readable(c) || c->close_rcvd || c->drop ||
-        (c->state != CONN_OPEN && c->state != CONN_CLOSING))
+    if (!conn_reads_client(c) || c->phase == PH_REFUSED || !tr_readable(c))
         return moved;
-    {
-        long n = tr_in(p, c);
-        if (n == IO_AGAIN)
-            return moved;
-        if (n <= 0) { /* client TCP gone: free the engine session */
-            if (!c->why)
-                c->why = n == 0 ? "client disconnected" : "client connection error";
-            conn_end(p, c, now);
-            return 1;
-        }
+    n = tr_in(p, c);
+    if (n == IO_AGAIN)
+        return moved;
+    if (n <= 0) { /* client TCP gone: free the engine session */
+        conn_why(c, n == 0 ? "client disconnected" : "client connection error");
+        conn_end(p, c, now);
+        return 1;
     }
     conn_decode(p, c, now);
     return 1;
 }
 
-/* Composes one frame into a fresh ob. */
 /* Composes one control frame; 0 if there is no room yet. */
 static int conn_frame(ws_proxy *p, struct conn *c, unsigned op,
                       const uint8_t *payload, size_t len)
@@ -2454,7 +2736,7 @@ static void conn_close_frame(ws_proxy *p, struct conn *c)
 static int conn_flush(ws_proxy *p, struct conn *c)
 {
     int moved = 0;
-    if (c->ob && c->o_pos < c->o_len && c->state != CONN_CONNECT) {
+    if (c->ob && c->o_pos < c->o_len && c->phase != PH_CONNECT) {
         long n = tr_write(c, c->ob + c->o_pos, c->o_len - c->o_pos);
         if (n == IO_ERROR)
             return -1;
@@ -2474,11 +2756,6 @@ static int conn_flush(ws_proxy *p, struct conn *c)
     return moved;
 }
 
-static int conn_out_queued(const struct conn *c)
-{
-    return (c->ob && c->o_pos < c->o_len) || tr_unsent(c);
-}
-
 /* Engine -> client: flush, then compose the next frame. */
 static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
 {
@@ -2487,14 +2764,13 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
     long n;
     int moved = conn_flush(p, c);
     if (moved < 0) {
-        if (!c->why)
-            c->why = "client connection error";
+        conn_why(c, "client connection error");
         conn_end(p, c, now);
         return 1;
     }
-    if (conn_out_queued(c) || c->state == CONN_HTTP || c->state == CONN_CONNECT)
+    if (down_paused(c) || c->phase < PH_OPEN)
         return moved;
-    if (c->state == CONN_REFUSED) {
+    if (c->phase == PH_REFUSED) {
         if (c->o_len && tr_close_notify(c))
             return 1; /* shut down once close_notify is out too */
         if (c->o_len) {
@@ -2507,7 +2783,8 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
         return moved;
     }
     if (c->close_sent) {
-        if (c->drop || c->close_rcvd)
+        /* Our Close is on the wire: done unless the client's is due. */
+        if (c->drop || c->close_rcvd || c->c_fin)
             conn_end(p, c, now);
         return moved;
     }
@@ -2519,11 +2796,11 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
         c->ping_due = !conn_frame(p, c, OP_PING, NULL, 0);
         return !c->ping_due;
     }
-    if (c->state == CONN_CLOSING) {
+    if (c->phase == PH_CLOSING) {
         conn_close_frame(p, c);
         return c->close_sent;
     }
-    if (!c->e_rd || c->efd < 0 || !(b = tr_out_buf(p, c, &cap)))
+    if (c->down == DIR_SHUT || !c->e_rd || c->efd < 0 || !(b = tr_out_buf(p, c, &cap)))
         return moved;
     /* Read behind room for the header.  When the space fits a 16-bit
      * length the header takes 4 bytes, or 2 for a payload under 126: then
@@ -2536,21 +2813,22 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
         c->bytes_out += (uint64_t)n;
         p->st.bytes_to_client += (uint64_t)n;
         c->t_data = now;
-        if ((size_t)n < cap - hr)
+        if ((size_t)n < cap - hr && !c->e_hup)
             c->e_rd = 0;
         return 1;
     }
     tr_out_cancel(p, c);
-    if (n == IO_AGAIN) {
+    if (n == IO_AGAIN && !c->e_hup) {
         c->e_rd = 0;
         return moved;
     }
-    if (c->state == CONN_DRAIN) /* answer the client's Close */
-        conn_close(p, c, c->close_code, c->why, 0, now);
-    else if (n == 0)
-        conn_close(p, c, 1000, "engine closed", 0, now);
-    else
-        conn_close(p, c, 1011, "engine connection error", 0, now);
+    /* The engine is done: after the client's Close its code is echoed. */
+    c->e_fin = 1;
+    c->down = DIR_SHUT;
+    if (!c->close_rcvd) {
+        c->close_code = n == 0 ? 1000 : 1011;
+        conn_why(c, n == 0 ? "engine closed" : "engine connection error");
+    }
     return 1;
 }
 
@@ -2573,30 +2851,45 @@ static void conn_linger(ws_proxy *p, struct conn *c, int64_t now)
 static void conn_step(ws_proxy *p, struct conn *c, int64_t now)
 {
     int budget = WS_PROXY_TURN_BUDGET;
-    if (c->state == CONN_HTTP)
+    /* Before the relay, TLS records move here whatever else is wanted: a
+     * first flight larger than the socket buffer goes out on POLLOUT. */
+    if (c->phase <= PH_CONNECT && tr_pump(c) < 0) {
+        conn_why(c, "client closed the connection");
+        conn_end(p, c, now);
+        return;
+    }
+    if (c->phase == PH_TLS && tr_up(c))
+        c->phase = PH_HTTP;
+    if (c->phase == PH_HTTP)
         conn_http(p, c, now);
-    if (c->state == CONN_CONNECT && c->e_wr) {
+    if (c->phase == PH_CONNECT && c->e_wr) {
         int e = 0;
         socklen_t len = sizeof e;
-        if (getsockopt(c->efd, SOL_SOCKET, SO_ERROR, &e, &len) || e) {
-            snprintf(p->why, sizeof p->why, "engine socket: connect(%s): %s",
-                     c->cfg->c.socket_path, strerror(e ? e : errno));
-            conn_refuse_with(p, c, 502, p->why, now);
-        } else {
+        if (getsockopt(c->efd, SOL_SOCKET, SO_ERROR, &e, &len) || e)
+            conn_engine_down(p, c, "connect", e ? e : errno, now);
+        else
             conn_engine_ready(p, c, now);
-        }
     }
-    if (c->state == CONN_REFUSED && !c->ob && !c->o_len) {
+    if (c->phase == PH_REFUSED && !c->ob && !c->o_len) {
         conn_linger(p, c, now);
         return;
     }
-    while (budget-- > 0 && c->state != CONN_DEAD && c->state != CONN_HTTP) {
+    while (budget-- > 0 && c->phase >= PH_CONNECT && c->phase != PH_DEAD) {
         int moved = conn_upstream(p, c, now);
-        if (c->state == CONN_DEAD)
+        if (c->phase == PH_DEAD)
             break;
+        if (c->phase == PH_OPEN && c->down == DIR_SHUT && c->up != DIR_DRAIN) {
+            conn_close(p, c, c->close_code, NULL, 0, now);
+            moved = 1;
+        }
         moved |= conn_downstream(p, c, now);
         if (!moved)
             break;
+    }
+    /* Rule 4: a closed TLS session can carry nothing more either way. */
+    if (c->phase != PH_DEAD && c->phase != PH_TLS && tr_pump(c) < 0) {
+        conn_why(c, "client closed the connection");
+        conn_end(p, c, now);
     }
 }
 
@@ -2605,20 +2898,23 @@ static int64_t conn_deadline(const struct conn *c)
 {
     const struct cfg *cf = c->cfg;
     int64_t t = INT64_MAX;
-    switch (c->state) {
-    case CONN_HTTP:
-    case CONN_CONNECT:
+    switch (c->phase) {
+    case PH_TLS:
+    case PH_HTTP:
+    case PH_CONNECT:
         return c->t_start + cf->handshake_ms;
-    case CONN_OPEN:
-        if (cf->c.ping_interval_ms)
+    case PH_OPEN:
+        if (c->t_end)
+            t = c->t_end;
+        if (cf->c.ping_interval_ms && !up_paused(c) &&
+            (c->t_ping ? c->t_ping : c->t_rx) + cf->c.ping_interval_ms < t)
             t = (c->t_ping ? c->t_ping : c->t_rx) + cf->c.ping_interval_ms;
         if (cf->c.idle_timeout_ms && c->t_data + cf->c.idle_timeout_ms < t)
             t = c->t_data + cf->c.idle_timeout_ms;
         return t;
-    case CONN_DRAIN:
-    case CONN_CLOSING:
-    case CONN_REFUSED:
-        return c->t_deadline;
+    case PH_CLOSING:
+    case PH_REFUSED:
+        return c->t_end;
     }
     return t;
 }
@@ -2626,35 +2922,45 @@ static int64_t conn_deadline(const struct conn *c)
 static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
 {
     const struct cfg *cf = c->cfg;
+    if (c->phase == PH_OPEN && up_paused(c)) {
+        c->t_rx = now; /* rule 8: its frames wait behind ours */
+        c->t_ping = 0;
+    }
     if (now < conn_deadline(c))
         return;
-    switch (c->state) {
-    case CONN_HTTP:
-#ifndef WS_PROXY_NO_TLS
-        if (c->tls && !c->tls->up) {
-            c->why = "handshake timeout";
-            conn_end(p, c, now);
-            break;
-        }
-#endif
-        conn_refuse_with(p, c, 408, "handshake timeout", now);
+    switch (c->phase) {
+    case PH_TLS:
+        conn_why(c, "handshake timeout");
+        conn_end(p, c, now);
         break;
-    case CONN_CONNECT:
-        conn_refuse_with(p, c, 502, "engine socket: connect timed out", now);
+    case PH_HTTP:
+        conn_refuse_with(p, c, 408, "handshake timeout", NULL, now);
         break;
-    case CONN_OPEN:
-        if (cf->c.idle_timeout_ms && now >= c->t_data + cf->c.idle_timeout_ms)
+    case PH_CONNECT:
+        conn_refuse_with(p, c, 502, "engine unavailable",
+                         "engine unavailable: connect timed out", now);
+        break;
+    case PH_OPEN:
+        if (c->t_end && now >= c->t_end) {
+            if (c->c_fin && !c->close_rcvd) {
+                conn_why(c, "client disconnected");
+                conn_end(p, c, now);
+            } else if (c->close_rcvd || c->drop) {
+                if (c->close_rcvd)
+                    c->why = "client closed, engine drain timed out";
+                conn_close(p, c, c->close_code, NULL, c->drop, now);
+            } else {
+                conn_why(c, "engine closed, client not reading");
+                conn_end(p, c, now);
+            }
+        } else if (cf->c.idle_timeout_ms && now >= c->t_data + cf->c.idle_timeout_ms) {
             conn_close(p, c, 1001, "idle timeout", 0, now);
-        else if (c->t_ping)
+        } else if (c->t_ping) {
             conn_close(p, c, 1001, "no answer to ping", 1, now);
-        else {
+        } else {
             c->ping_due = 1;
             c->t_ping = now;
         }
-        break;
-    case CONN_DRAIN:
-        conn_close(p, c, c->close_code, "client closed, engine drain timed out", 0, now);
-        c->close_rcvd = 1;
         break;
     default:
         conn_end(p, c, now);
@@ -2672,49 +2978,83 @@ static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
 
 static void cfg_unref(struct cfg *cf);
 
-/* Does the connection's state take client input now? */
-static int conn_wants_input(const struct conn *c)
-{
-    switch (c->state) {
-    case CONN_HTTP:
-        return 1;
-    case CONN_REFUSED:
-        return !c->ob && !c->o_len;
-    case CONN_OPEN:
-    case CONN_CLOSING:
-        return !c->close_rcvd && !c->drop && !c->ib;
-    }
-    return 0;
-}
+#ifdef POLLRDHUP
+#define POLL_FIN POLLRDHUP /* Linux: the peer's FIN, whatever else is asked */
+#else
+#define POLL_FIN 0
+#endif
 
-static short conn_client_events(const struct conn *c)
+static int conn_client_events(const struct conn *c)
 {
-    short ev = conn_wants_input(c) ? POLLIN : 0;
-    if (c->ob && c->o_pos < c->o_len && c->state != CONN_CONNECT)
+    short ev = conn_reads_client(c) ? POLLIN : 0;
+    if (c->ob && c->o_pos < c->o_len && c->phase != PH_CONNECT)
         ev |= POLLOUT;
-    return c->state == CONN_DEAD ? 0 : tr_events(c, ev);
+    ev = tr_events(c, ev);
+    return c->c_fin ? ev : ev | POLL_FIN;
 }
 
-static short conn_engine_events(const struct conn *c)
+/* -1: not polled (rule 3). */
+static int conn_engine_events(const struct conn *c)
 {
     short ev = 0;
-    if (c->efd < 0)
-        return 0;
-    if (c->state == CONN_CONNECT)
+    if (c->efd < 0 || c->e_hup)
+        return -1;
+    if (c->phase == PH_CONNECT)
         return POLLOUT;
-    if (c->ib && c->i_wr < c->i_out && !c->eng_wdead)
+    if (up_paused(c) && c->up != DIR_SHUT)
         ev |= POLLOUT;
     /* Engine bytes are read only into free output space: a client that
      * does not drain stops the engine side (backpressure). */
-    if (!c->ob && !tr_unsent(c) && (c->state == CONN_OPEN || c->state == CONN_DRAIN))
+    if (c->phase == PH_OPEN && c->down != DIR_SHUT && !down_paused(c))
         ev |= POLLIN;
-    return ev;
+    return c->e_fin ? ev : ev | POLL_FIN;
+}
+
+/* What poll said of the client socket. */
+static void conn_client_revents(ws_proxy *p, struct conn *c, short ev, int64_t now)
+{
+    if (ev & (POLLERR | POLLHUP | POLLNVAL)) { /* rule 4 */
+        conn_why(c, ev & POLLERR ? "client connection reset" : "client disconnected");
+        conn_end(p, c, now);
+        return;
+    }
+    if (ev & POLLIN)
+        c->c_rd = 1;
+    if (ev & POLLOUT)
+        c->c_wr = 1;
+    if ((ev & POLL_FIN) && !c->c_fin) {
+        c->c_fin = c->c_rd = 1;
+        if (c->phase == PH_CONNECT) {
+            conn_why(c, "client disconnected");
+            conn_end(p, c, now);
+        } else if (c->phase == PH_OPEN && !c->close_rcvd) {
+            conn_end_by(c, now + WS_PROXY_FIN_GRACE_MS);
+        }
+    }
+}
+
+/* What poll said of the engine socket (rules 3 and 5). */
+static void conn_engine_revents(struct conn *c, short ev, int64_t now)
+{
+    if (ev & (POLLIN | POLLERR | POLLHUP))
+        c->e_rd = 1;
+    if (ev & (POLLOUT | POLLERR | POLLHUP))
+        c->e_wr = 1;
+    if (ev & (POLLERR | POLLHUP | POLLNVAL))
+        c->e_hup = c->e_rd = c->e_wr = 1;
+    if (ev & (POLL_FIN | POLLERR | POLLHUP)) {
+        c->e_fin = 1;
+        if (c->phase == PH_OPEN && c->down == DIR_FLOW) {
+            c->down = DIR_DRAIN;
+            conn_end_by(c, now + c->cfg->drain_ms);
+        }
+    }
 }
 
 /* Best effort on the way out: finish the frame in flight, send a Close. */
 static void conn_goodbye(ws_proxy *p, struct conn *c, uint16_t code, int64_t now)
 {
-    if (c->state == CONN_OPEN || c->state == CONN_DRAIN || c->state == CONN_CLOSING) {
+    if (c->phase == PH_OPEN || c->phase == PH_CLOSING) {
         c->c_wr = 1;
         if (conn_flush(p, c) >= 0 && !conn_out_queued(c) && !c->close_sent) {
             c->close_code = code;
@@ -2734,7 +3074,7 @@ static void loop_reap(ws_proxy *p)
         return; /* a hot turn must not walk the cold connections */
     for (i = j = 0; i < p->nconns; i++) {
         struct conn *c = p->conns[i];
-        if (c->state == CONN_DEAD) {
+        if (c->phase == PH_DEAD) {
             cfg_unref(c->cfg);
             free(c);
         } else {
@@ -2778,6 +3118,7 @@ static void loop_accept(ws_proxy *p, int64_t now)
         socklen_t len = sizeof a;
         struct conn *c;
         char ip[INET6_ADDRSTRLEN];
+        uint32_t per_ip;
         int fd, one = 1;
 #if defined(__linux__)
         fd = accept4(p->lfd, &a.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -2787,8 +3128,6 @@ static void loop_accept(ws_proxy *p, int64_t now)
             fd_nonblock(fd);
 #endif
         if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
-                continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -2803,8 +3142,17 @@ static void loop_accept(ws_proxy *p, int64_t now)
                 p->accept_pause_until = now + 100;
                 return;
             }
-            loop_fail(p, "accept");
-            return;
+            /* Only a broken listener is fatal.  Everything else concerns
+             * one connection and is skipped: EINTR, ECONNABORTED, EPROTO,
+             * and on Linux a new connection's pending network error
+             * (ENETDOWN, EHOSTUNREACH, ENONET, ...) or EPERM from a
+             * firewall. */
+            if (errno == EBADF || errno == ENOTSOCK || errno == EINVAL || errno == EFAULT) {
+                loop_fail(p, "accept");
+                return;
+            }
+            plog(p, WS_PROXY_LOG_DEBUG, NULL, "accept: %s (skipped)", strerror(errno));
+            continue;
         }
         if (p->nconns == p->capconns) {
             size_t cap = p->capconns ? p->capconns * 2 : 64;
@@ -2841,7 +3189,8 @@ static void loop_accept(ws_proxy *p, int64_t now)
             continue;
         }
 #endif
-        c->over_limit = p->st.conns_open >= c->cfg->max_conns;
+        c->over_limit = p->st.conns_open - p->nrefusing >= c->cfg->max_conns;
+        c->phase = c->tls ? PH_TLS : PH_HTTP;
         snprintf(c->name, sizeof c->name,
                  a.sa.sa_family == AF_INET6 ? "conn %llu [%s]:%d" : "conn %llu %s:%d",
                  (unsigned long long)c->id, addr_ip(&a, ip, sizeof ip), addr_port(&a));
@@ -2850,6 +3199,21 @@ static void loop_accept(ws_proxy *p, int64_t now)
         p->conns[p->nhot++] = c;
         p->st.conns_open++;
         p->st.conns_total++;
+        /* Counted from accept, so unfinished handshakes from one address
+         * cannot fill max_connections; the excess is refused at once
+         * (over TLS, which cannot answer before its handshake, by closing). */
+        per_ip = ip_count(p, &a, 1);
+        if (c->cfg->c.max_connections_per_ip && per_ip > c->cfg->c.max_connections_per_ip) {
+            if (!c->tls) {
+                conn_refuse_with(p, c, 503, "too many connections from this address", NULL, now);
+                continue;
+            }
+            tr_free(c);
+            c->status = 503;
+            p->st.refused[WS_PROXY_REFUSED_503]++;
+            plog(p, WS_PROXY_LOG_INFO, c, "refused 503: too many connections from this address");
+            conn_end(p, c, now);
+        }
     }
 }
 
@@ -2996,16 +3360,16 @@ static int loop_grow_pfd(ws_proxy *p, size_t need)
     return 0;
 }
 
-/* Adds fd to the poll set if anything is wanted of it; returns its index
- * or -1.  Only sockets with interest are listed, so the set never holds
- * more entries than open descriptors (poll() refuses more than
- * RLIMIT_NOFILE), and a hang-up nobody waits for cannot spin the loop. */
-static int loop_add(ws_proxy *p, size_t *n, int fd, short ev)
+/* Adds fd to the poll set, even with no interest (events 0 still reports
+ * POLLERR and POLLHUP); ev < 0 leaves it out.  Returns its index or -1.
+ * Only open sockets are listed, so the set never holds more entries than
+ * open descriptors (poll() refuses more than RLIMIT_NOFILE). */
+static int loop_add(ws_proxy *p, size_t *n, int fd, int ev)
 {
-    if (!ev || fd < 0)
+    if (ev < 0 || fd < 0)
         return -1;
     p->pfd[*n].fd = fd;
-    p->pfd[*n].events = ev;
+    p->pfd[*n].events = (short)ev;
     p->pfd[*n].revents = 0;
     return (int)(*n)++;
 }
@@ -3026,7 +3390,7 @@ static int loop_add(ws_proxy *p, size_t *n, int fd, short ev)
  * full one.  A new connection is hot. */
 static int conn_hot(const struct conn *c, int64_t now)
 {
-    return c->state != CONN_OPEN || now - c->t_io < WS_PROXY_HOT_MS;
+    return c->phase != PH_OPEN || now - c->t_io < WS_PROXY_HOT_MS;
 }
 
 static void loop_sort(ws_proxy *p, int64_t now)
@@ -3098,7 +3462,7 @@ static void loop_turn(ws_proxy *p)
         int64_t d = conn_deadline(c);
         c->pi_c = loop_add(p, &n, c->cfd, conn_client_events(c));
         c->pi_e = loop_add(p, &n, c->efd, conn_engine_events(c));
-        if (tr_buffered(c) && conn_wants_input(c))
+        if (tr_buffered(c) && conn_reads_client(c))
             d = now; /* decrypted bytes wait: do not sleep */
         next = d < next ? d : next;
     }
@@ -3128,20 +3492,17 @@ static void loop_turn(ws_proxy *p)
         struct conn *c = p->conns[i];
         short rc_ev = c->pi_c >= 0 ? p->pfd[c->pi_c].revents : 0;
         short re_ev = c->pi_e >= 0 ? p->pfd[c->pi_e].revents : 0;
-        if (c->state == CONN_DEAD)
+        if (c->phase == PH_DEAD)
             continue;
         if (rc_ev | re_ev)
             c->t_io = now;
-        if (rc_ev & (POLLIN | POLLERR | POLLHUP))
-            c->c_rd = 1;
-        if (rc_ev & (POLLOUT | POLLERR | POLLHUP))
-            c->c_wr = 1;
-        if (re_ev & (POLLIN | POLLERR | POLLHUP))
-            c->e_rd = 1;
-        if (re_ev & (POLLOUT | POLLERR | POLLHUP))
-            c->e_wr = 1;
-        conn_timers(p, c, now);
-        if (c->state != CONN_DEAD)
+        if (re_ev)
+            conn_engine_revents(c, re_ev, now);
+        if (rc_ev)
+            conn_client_revents(p, c, rc_ev, now);
+        if (c->phase != PH_DEAD)
+            conn_timers(p, c, now);
+        if (c->phase != PH_DEAD)
             conn_step(p, c, now);
     }
     loop_reap(p);
@@ -3318,6 +3679,7 @@ static void proxy_free(ws_proxy *p)
     cfg_unref(p->cfg);
     free(p->conns);
     free(p->pfd);
+    free(p->ipt);
     free(p);
 }
 
@@ -3343,15 +3705,13 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
         proxy_free(p);
         return NULL;
     }
-    if (pipe(fds)) {
+    if (wake_pipe(fds)) {
         err_set(err, errlen, WS_PROXY_ESYS, "pipe: %s", strerror(errno));
         proxy_free(p);
         return NULL;
     }
     p->wake_rd = fds[0];
     p->wake_wr = fds[1];
-    fd_nonblock(p->wake_rd);
-    fd_nonblock(p->wake_wr);
     p->lport = p->lfd >= 0 ? addr_port(&p->laddr) : 0;
     p->state = p->lfd >= 0 ? WS_PROXY_RUNNING : WS_PROXY_STOPPED;
     pthread_mutex_init(&p->api_mu, NULL);
