@@ -97,3 +97,9 @@ bench: deps build/wsproxy
 
 clean:
 	rm -rf build
+
+# LD_PRELOAD fault shim for test_faults.py (injected accept errors,
+# descriptors created without close-on-exec).
+build/shim/fault.so: test/shim/fault.c
+	@mkdir -p $(@D)
+	$(CC) $(WARN) $(CFLAGS) -shared -fPIC -o $@ test/shim/fault.c -ldl
