@@ -3649,12 +3649,111 @@ static void cli_log(void *user, int level, const char *line)
     fprintf(stderr, "%s\n", line);
 }
 
+/* ---- systemd's notify protocol (sd_notify(3)), spoken without libsystemd.
+ * With NOTIFY_SOCKET set (a path, or an abstract name written with a leading
+ * '@'), each state change is one datagram of "KEY=value" lines: READY=1 once
+ * listening; RELOADING=1 and MONOTONIC_USEC before a SIGHUP restart, READY=1
+ * after it (whether it worked or not: the old configuration still serves);
+ * STOPPING=1; and STATUS= with the state and open connections, refreshed
+ * every second while it changes.  Without the variable nothing is sent. */
+struct notify {
+    int fd;
+    socklen_t len;
+    int reloading;
+    char status[160];
+    struct sockaddr_un sun;
+};
+
+static void notify_open(struct notify *n)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    size_t len = path ? strlen(path) : 0;
+    memset(n, 0, sizeof *n);
+    n->fd = -1;
+    if (len < 2 || len >= sizeof n->sun.sun_path || (path[0] != '/' && path[0] != '@'))
+        return;
+    n->sun.sun_family = AF_UNIX;
+    memcpy(n->sun.sun_path, path, len);
+    if (path[0] == '@')
+        n->sun.sun_path[0] = 0; /* abstract: the name is exactly len bytes */
+    n->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+    if ((n->fd = socket(AF_UNIX, SOCK_DGRAM, 0)) >= 0)
+        fcntl(n->fd, F_SETFD, FD_CLOEXEC);
+}
+
+static void notify_send(struct notify *n, const char *msg)
+{
+    if (n->fd >= 0 && sendto(n->fd, msg, strlen(msg), SEND_FLAGS,
+                             (struct sockaddr *)&n->sun, n->len) < 0)
+        fprintf(stderr, "wsproxy: NOTIFY_SOCKET: sendto: %s\n", strerror(errno));
+}
+
+/* Sends `what` (may be "") and STATUS= when `what` is set or the status
+ * line changed since the last datagram. */
+static void notify_state(struct notify *n, ws_proxy *p, const char *what)
+{
+    struct ws_proxy_status st;
+    char status[sizeof n->status], msg[sizeof status + 64];
+    if (n->fd < 0 || ws_proxy_status(p, &st))
+        return;
+    if (st.state == WS_PROXY_FAILED)
+        snprintf(status, sizeof status, "FAILED: %.100s", st.reason);
+    else if (st.state == WS_PROXY_RUNNING)
+        snprintf(status, sizeof status, "RUNNING %s on port %d, %llu connections open",
+                 st.tls ? "wss://" : "ws://", st.port, (unsigned long long)st.conns_open);
+    else
+        snprintf(status, sizeof status, "STOPPED (no port set), %llu connections open",
+                 (unsigned long long)st.conns_open);
+    if (!*what && !strcmp(status, n->status))
+        return;
+    snprintf(n->status, sizeof n->status, "%s", status);
+    snprintf(msg, sizeof msg, "%s%sSTATUS=%s", what, *what ? "\n" : "", status);
+    notify_send(n, msg);
+}
+
+/* sigwait() that also speaks for the service manager: READY=1 after a
+ * reload, RELOADING=1 before one, STOPPING=1, STATUS= once a second. */
+static int notify_wait(struct notify *n, ws_proxy *p, const sigset_t *set, int *sig)
+{
+    if (n->reloading)
+        notify_state(n, p, "READY=1");
+    n->reloading = 0;
+#ifdef __linux__
+    while (n->fd >= 0) {
+        struct timespec ts = {1, 0};
+        if ((*sig = sigtimedwait(set, NULL, &ts)) < 0) {
+            notify_state(n, p, "");
+            continue;
+        }
+        break;
+    }
+    if (n->fd < 0 && sigwait(set, sig))
+        return -1;
+#else
+    if (sigwait(set, sig))
+        return -1;
+#endif
+    if (*sig == SIGHUP && n->fd >= 0) {
+        struct timespec ts;
+        char msg[64];
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu",
+                 (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+        notify_send(n, msg);
+        n->reloading = 1;
+    }
+    if (*sig == SIGINT || *sig == SIGTERM)
+        notify_send(n, "STOPPING=1\nSTATUS=stopping");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct option lopts[COUNT_OF(cli_opts) + 3];
     struct cli_arg *args = calloc((size_t)argc + 1, sizeof *args);
     const char *file = NULL;
     struct cli cur, next;
+    struct notify nt;
     struct rlimit rl;
     sigset_t set;
     ws_proxy *p;
@@ -3733,8 +3832,10 @@ int main(int argc, char **argv)
         free(args);
         return 1;
     }
+    notify_open(&nt);
+    notify_state(&nt, p, "READY=1");
     for (;;) {
-        if (sigwait(&set, &sig))
+        if (notify_wait(&nt, p, &set, &sig))
             continue;
         if (sig == SIGINT || sig == SIGTERM)
             break;
@@ -3758,6 +3859,8 @@ int main(int argc, char **argv)
         cur = next;
     }
     ws_proxy_stop(p);
+    if (nt.fd >= 0)
+        close(nt.fd);
     cli_free(&cur);
     free(args);
     return 0;
