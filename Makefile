@@ -110,7 +110,8 @@ MANDIR     ?= $(PREFIX)/share/man
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 PATHS_SED   = -e 's|/usr/local/bin/wsproxy|$(BINDIR)/wsproxy|g' \
               -e 's|/etc/wsproxy/|$(SYSCONFDIR)/wsproxy/|g' \
-              -e 's|/etc/logrotate.d/|$(SYSCONFDIR)/logrotate.d/|g'
+              -e 's|/etc/logrotate.d/|$(SYSCONFDIR)/logrotate.d/|g' \
+              -e 's|/usr/local/lib/systemd/system/|$(UNITDIR)/|g'
 CONF        = $(DESTDIR)$(SYSCONFDIR)/wsproxy/wsproxy.conf
 
 install: build/wsproxy
