@@ -3108,7 +3108,8 @@ static void log_config(ws_proxy *p, const char *verb)
              cf->c.metrics_path && *cf->c.metrics_path ? cf->c.metrics_path : "(off)",
              cf->c.metrics_path && *cf->c.metrics_path ? " metrics_allow=" : "",
              !cf->c.metrics_path || !*cf->c.metrics_path ? ""
-             : cf->c.metrics_allow && *cf->c.metrics_allow ? cf->c.metrics_allow : METRICS_LOOPBACK);
+             : cf->c.metrics_allow && *cf->c.metrics_allow ? cf->c.metrics_allow
+             : METRICS_LOOPBACK);
     else
         plog(p, WS_PROXY_LOG_INFO, NULL, "%s: no port configured, not listening", verb);
 #ifndef WS_PROXY_NO_TLS
@@ -3989,7 +3990,8 @@ static int notify_wait(struct notify *n, ws_proxy *p, const sigset_t *set, int *
         char msg[64];
         clock_gettime(CLOCK_MONOTONIC, &ts);
         snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu",
-                 (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+                 (unsigned long long)ts.tv_sec * 1000000ull +
+                     (unsigned long long)ts.tv_nsec / 1000);
         notify_send(n, msg);
         n->reloading = 1;
     }
