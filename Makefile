@@ -6,6 +6,7 @@
 #   make BEARSSL_INC=/path/to/bearssl/inc BEARSSL_LIB=/path/to/libbearssl.a
 #                        use a vendored BearSSL instead of Debian's
 #   make test | run | bench | clean
+#   make install | uninstall   PREFIX=/usr/local DESTDIR= SYSCONFDIR=/etc
 
 CC      ?= cc
 CFLAGS  ?= -O2 -g
@@ -26,7 +27,7 @@ SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 ALL_CFLAGS = $(WARN) $(CFLAGS) $(TLSFLAGS) -pthread
 SRC     := wsproxy.c wsproxy.h
 
-.PHONY: all test unit run bench clean deps check-symbols
+.PHONY: all test unit run bench clean deps check-symbols install uninstall
 
 all: build/wsproxy build/wsproxy.o build/asan/wsproxy build/notls/wsproxy
 
@@ -103,3 +104,39 @@ clean:
 build/shim/fault.so: test/shim/fault.c
 	@mkdir -p $(@D)
 	$(CC) $(WARN) $(CFLAGS) -shared -fPIC -o $@ test/shim/fault.c -ldl
+
+# Install the program, header, manual page, systemd unit, logrotate rules and
+# an example configuration (never overwriting one that exists).  The unit
+# and the manual page name the installed paths.
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+BINDIR     ?= $(PREFIX)/bin
+INCLUDEDIR ?= $(PREFIX)/include
+MANDIR     ?= $(PREFIX)/share/man
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+PATHS_SED   = -e 's|/usr/local/bin/wsproxy|$(BINDIR)/wsproxy|g' \
+              -e 's|/etc/wsproxy/|$(SYSCONFDIR)/wsproxy/|g' \
+              -e 's|/etc/logrotate.d/|$(SYSCONFDIR)/logrotate.d/|g' \
+              -e 's|/usr/local/lib/systemd/system/|$(UNITDIR)/|g'
+CONF        = $(DESTDIR)$(SYSCONFDIR)/wsproxy/wsproxy.conf
+
+install: build/wsproxy
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(MANDIR)/man1 \
+	    $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/wsproxy $(DESTDIR)$(SYSCONFDIR)/logrotate.d
+	install -m 755 build/wsproxy $(DESTDIR)$(BINDIR)/wsproxy
+	install -m 644 wsproxy.h $(DESTDIR)$(INCLUDEDIR)/wsproxy.h
+	sed $(PATHS_SED) dist/wsproxy.1 > $(DESTDIR)$(MANDIR)/man1/wsproxy.1
+	sed $(PATHS_SED) dist/wsproxy.service > $(DESTDIR)$(UNITDIR)/wsproxy.service
+	install -m 644 dist/wsproxy.logrotate $(DESTDIR)$(SYSCONFDIR)/logrotate.d/wsproxy
+	chmod 644 $(DESTDIR)$(MANDIR)/man1/wsproxy.1 $(DESTDIR)$(UNITDIR)/wsproxy.service
+	@if [ -e $(CONF) ]; then echo "install: keeping $(CONF) (the example is dist/wsproxy.conf)"; \
+	else echo "install -m 644 dist/wsproxy.conf $(CONF)"; install -m 644 dist/wsproxy.conf $(CONF); fi
+
+# Removes what install put there; the configuration only if unchanged.
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/wsproxy $(DESTDIR)$(INCLUDEDIR)/wsproxy.h \
+	    $(DESTDIR)$(MANDIR)/man1/wsproxy.1 $(DESTDIR)$(UNITDIR)/wsproxy.service \
+	    $(DESTDIR)$(SYSCONFDIR)/logrotate.d/wsproxy
+	@if [ -e $(CONF) ] && ! cmp -s dist/wsproxy.conf $(CONF); then \
+	    echo "uninstall: keeping $(CONF) (changed since install)"; \
+	else rm -f $(CONF); rmdir $(DESTDIR)$(SYSCONFDIR)/wsproxy 2>/dev/null || true; fi

@@ -677,6 +677,201 @@ static size_t http_write_answer(const struct http_answer *a, char *out,
     return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
+/* ---- Metrics: a plain GET on metrics_path, answered with the status
+ * counters in the Prometheus text exposition format, version 0.0.4. */
+
+#define METRICS_LOOPBACK "127.0.0.0/8 ::1"
+
+/* A GET on `path` (query string aside) without an Upgrade header. */
+static int http_plain_get(const struct http_req *r, const char *path)
+{
+    size_t n = strlen(path), i;
+    int nup;
+    if (r->mlen != 3 || memcmp(r->method, "GET", 3) || r->major < 1 ||
+        (r->major == 1 && r->minor < 1) || http_find(r, "upgrade", &nup))
+        return 0;
+    for (i = 0; i < r->tlen && r->target[i] != '?'; i++) {
+    }
+    return i == n && !memcmp(r->target, path, n);
+}
+
+/* Is the address ip (4 or 16 bytes, as family says) in the list of
+ * addresses and CIDR blocks?  Returns 1 or 0, or -1 if an element is not
+ * an address or block; with ip NULL it only checks the list. */
+static int cidr_has(const char *list, int family, const uint8_t *ip)
+{
+    size_t pos = 0, len, n = strlen(list);
+    const char *e;
+    int found = 0;
+    while ((e = list_next(list, n, &pos, &len)) != NULL) {
+        char text[INET6_ADDRSTRLEN + 8], *slash, *end;
+        uint8_t net[16];
+        int fam, bits, max;
+        long v;
+        if (len >= sizeof text)
+            return -1;
+        memcpy(text, e, len);
+        text[len] = 0;
+        if ((slash = strchr(text, '/')) != NULL)
+            *slash = 0;
+        fam = strchr(text, ':') ? AF_INET6 : AF_INET;
+        max = fam == AF_INET6 ? 128 : 32;
+        if (inet_pton(fam, text, net) != 1)
+            return -1;
+        bits = max;
+        if (slash) {
+            errno = 0;
+            v = strtol(slash + 1, &end, 10);
+            if (!slash[1] || *end || errno || v < 0 || v > max)
+                return -1;
+            bits = (int)v;
+        }
+        if (ip && fam == family && !found) {
+            int i;
+            found = 1;
+            for (i = 0; i < bits && found; i++)
+                if ((ip[i / 8] ^ net[i / 8]) & (0x80 >> (i % 8)))
+                    found = 0;
+        }
+    }
+    return found;
+}
+
+/* Counts a WebSocket's end by its close code (as logged: 1005 for a Close
+ * without a code, 1006 when no Close was exchanged). */
+static void metrics_close(struct ws_proxy_status *st, unsigned code)
+{
+    st->closes[code >= 1000 && code < 1000 + WS_PROXY_CLOSE_OTHER ? code - 1000
+               : WS_PROXY_CLOSE_OTHER]++;
+}
+
+static const unsigned metrics_bounds[] = WS_PROXY_HANDSHAKE_BUCKETS_MS;
+
+/* Counts a handshake that took ms from accept to its 101. */
+static void metrics_handshake(struct ws_proxy_status *st, int64_t ms)
+{
+    unsigned i = 0;
+    if (ms < 0)
+        ms = 0;
+    while (i < WS_PROXY_HANDSHAKE_BUCKETS && (uint64_t)ms > metrics_bounds[i])
+        i++;
+    st->handshake_ms[i]++;
+    st->handshake_ms_sum += (uint64_t)ms;
+}
+
+struct metrics_out {
+    char *p;
+    size_t len, cap;
+};
+
+static void metrics_put(struct metrics_out *m, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    va_start(ap, fmt);
+    n = vsnprintf(m->p + m->len, m->len < m->cap ? m->cap - m->len : 0, fmt, ap);
+    va_end(ap);
+    m->len += n > 0 ? (size_t)n : 0;
+}
+
+static void metrics_family(struct metrics_out *m, const char *name,
+                           const char *type, const char *help)
+{
+    metrics_put(m, "# HELP wsproxy_%s %s\n# TYPE wsproxy_%s %s\n", name, help, name, type);
+}
+
+/* Writes the complete HTTP answer with the metrics of st; returns its
+ * length, or 0 if it does not fit in cap bytes.  No floating point: the
+ * seconds are integer ms printed with three decimals, so the host's locale
+ * cannot change the decimal point. */
+static size_t metrics_write(const struct ws_proxy_status *st, char *out, size_t cap)
+{
+    static const char *const states[] = {"stopped", "running", "failed"};
+    static const char *const refusals[] = {"400", "403", "426", "431", "502", "503", "408"};
+    /* Close codes always shown: those the proxy chooses itself. */
+    static const unsigned shown[] = {1000, 1001, 1002, 1005, 1006, 1007, 1009, 1011};
+    char head[160];
+    struct metrics_out m;
+    uint64_t n = 0;
+    size_t hlen, i, j;
+    int h;
+    if (cap <= sizeof head)
+        return 0;
+    m.p = out + sizeof head; /* the body first; the head, once its length is known */
+    m.len = 0;
+    m.cap = cap - sizeof head;
+
+    metrics_family(&m, "up", "gauge", "1 while the proxy listens (state running).");
+    metrics_put(&m, "wsproxy_up %d\n", st->state == WS_PROXY_RUNNING);
+    metrics_family(&m, "state", "gauge", "The proxy's state: 1 for the current one.");
+    for (i = 0; i < COUNT_OF(states); i++)
+        metrics_put(&m, "wsproxy_state{state=\"%s\"} %d\n", states[i], st->state == (int)i);
+    metrics_family(&m, "info", "gauge", "Version, scheme and port of the proxy.");
+    metrics_put(&m, "wsproxy_info{version=\"%s\",scheme=\"%s\",port=\"%d\"} 1\n",
+                WS_PROXY_VERSION, st->tls ? "wss" : "ws", st->port);
+    metrics_family(&m, "connections_open", "gauge",
+                   "Client connections open now, handshaking ones included, "
+                   "this scrape excluded.");
+    metrics_put(&m, "wsproxy_connections_open %llu\n", (unsigned long long)st->conns_open);
+    metrics_family(&m, "connections_total", "counter",
+                   "Client connections accepted since start, scrapes included.");
+    metrics_put(&m, "wsproxy_connections_total %llu\n", (unsigned long long)st->conns_total);
+    metrics_family(&m, "bytes_total", "counter", "Payload bytes relayed, by direction.");
+    metrics_put(&m, "wsproxy_bytes_total{direction=\"to_engine\"} %llu\n"
+                    "wsproxy_bytes_total{direction=\"to_client\"} %llu\n",
+                (unsigned long long)st->bytes_to_engine, (unsigned long long)st->bytes_to_client);
+    metrics_family(&m, "refused_total", "counter",
+                   "Requests answered with an HTTP error instead of 101, by status "
+                   "(408: handshake timeout).");
+    for (i = 0; i < WS_PROXY_REFUSED_COUNT_; i++)
+        metrics_put(&m, "wsproxy_refused_total{status=\"%s\"} %llu\n", refusals[i],
+                    (unsigned long long)st->refused[i]);
+    metrics_family(&m, "closes_total", "counter",
+                   "WebSockets ended, by the close code sent (1005: an empty Close, "
+                   "1006: none).");
+    for (i = 0; i <= WS_PROXY_CLOSE_OTHER; i++) {
+        for (j = 0; j < COUNT_OF(shown) && shown[j] != 1000 + i; j++) {
+        }
+        if (i == WS_PROXY_CLOSE_OTHER)
+            metrics_put(&m, "wsproxy_closes_total{code=\"other\"} %llu\n",
+                        (unsigned long long)st->closes[i]);
+        else if (j < COUNT_OF(shown) || st->closes[i])
+            metrics_put(&m, "wsproxy_closes_total{code=\"%u\"} %llu\n", 1000 + (unsigned)i,
+                        (unsigned long long)st->closes[i]);
+    }
+    metrics_family(&m, "tls_failures_total", "counter",
+                   "TLS handshakes or records that failed.");
+    metrics_put(&m, "wsproxy_tls_failures_total %llu\n", (unsigned long long)st->tls_failures);
+    metrics_family(&m, "protocol_errors_total", "counter",
+                   "WebSockets failed for a protocol violation (1002, 1007, 1009).");
+    metrics_put(&m, "wsproxy_protocol_errors_total %llu\n",
+                (unsigned long long)st->protocol_errors);
+    metrics_family(&m, "handshake_duration_seconds", "histogram",
+                   "Time from accept to the 101 answer.");
+    for (i = 0; i <= WS_PROXY_HANDSHAKE_BUCKETS; i++) {
+        n += st->handshake_ms[i];
+        if (i < WS_PROXY_HANDSHAKE_BUCKETS)
+            metrics_put(&m, "wsproxy_handshake_duration_seconds_bucket{le=\"%u.%03u\"} %llu\n",
+                        metrics_bounds[i] / 1000, metrics_bounds[i] % 1000,
+                        (unsigned long long)n);
+    }
+    metrics_put(&m, "wsproxy_handshake_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
+                    "wsproxy_handshake_duration_seconds_sum %llu.%03u\n"
+                    "wsproxy_handshake_duration_seconds_count %llu\n",
+                (unsigned long long)n, (unsigned long long)(st->handshake_ms_sum / 1000),
+                (unsigned)(st->handshake_ms_sum % 1000), (unsigned long long)n);
+    if (m.len >= m.cap)
+        return 0;
+    h = snprintf(head, sizeof head,
+                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                 "Content-Length: %u\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n",
+                 (unsigned)m.len);
+    hlen = (size_t)h;
+    memmove(out + hlen, m.p, m.len);
+    memcpy(out, head, hlen);
+    return hlen + m.len;
+}
+
 /* ==== Frames: the decoder and the encoder (RFC 6455 section 5) ===========
  *
  * The decoder does no I/O.  It consumes whatever raw client bytes arrived,
@@ -2303,13 +2498,17 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
         }
     }
 #endif
-    if (c->status == 101)
+    if (c->status == 101) {
+        /* The code of the Close exchanged: 1005 if it had none, 1006 if
+         * there was none (RFC 6455 7.1.5). */
+        unsigned code = !c->close_sent && !c->close_rcvd ? 1006
+                        : c->close_code ? c->close_code : 1005;
+        metrics_close(&p->st, code);
         plog(p, WS_PROXY_LOG_INFO, c,
              "closed %u (%s) after %.3f s, %llu bytes to engine, %llu bytes to client",
-             c->close_code ? c->close_code : c->close_rcvd || c->close_sent ? 1005 : 1006,
-             c->why ? c->why : "client gone", (double)(now - c->t_start) / 1000.0,
+             code, c->why ? c->why : "client gone", (double)(now - c->t_start) / 1000.0,
              (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out);
-    else if (!logged) /* SPEC 6: every connection's end is logged */
+    } else if (!logged) /* SPEC 6: every connection's end is logged */
         plog(p, WS_PROXY_LOG_INFO, c, "ended before a WebSocket (%s) after %.3f s",
              c->why ? c->why : "client closed", (double)(now - c->t_start) / 1000.0);
     c->c_wr = 1; /* close_notify: best effort, without waiting */
@@ -2474,6 +2673,7 @@ static void conn_engine_ready(ws_proxy *p, struct conn *c, int64_t now)
     c->phase = PH_OPEN;
     c->up = c->down = DIR_FLOW;
     c->status = 101;
+    metrics_handshake(&p->st, now - c->t_start);
     c->t_rx = c->t_data = now;
     c->e_wr = 1;
     plog(p, WS_PROXY_LOG_DEBUG, c, "open");
@@ -2500,12 +2700,43 @@ static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
         conn_engine_down(p, c, "connect", errno, now);
 }
 
+/* A plain GET on metrics_path: the figures of ws_proxy_status(), or 403
+ * for a client metrics_allow does not list. */
+static void conn_metrics(ws_proxy *p, struct conn *c, int64_t now)
+{
+    const char *allow = c->cfg->c.metrics_allow;
+    const union conn_addr *a = &c->peer;
+    struct ws_proxy_status st = p->st;
+    size_t n;
+    if (cidr_has(allow && *allow ? allow : METRICS_LOOPBACK, a->sa.sa_family,
+                 a->sa.sa_family == AF_INET6 ? (const uint8_t *)&a->v6.sin6_addr
+                 : (const uint8_t *)&a->v4.sin_addr) != 1) {
+        conn_refuse_with(p, c, 403, "metrics: client address not in metrics_allow", NULL, now);
+        return;
+    }
+    conn_refuse_with(p, c, 200, "metrics", NULL, now); /* queues an answer, then lingers */
+    if (c->phase != PH_REFUSED)
+        return;
+    st.state = p->state;
+    st.port = p->state == WS_PROXY_RUNNING ? p->lport : 0;
+    st.tls = p->state == WS_PROXY_RUNNING && p->cfg->tls;
+    st.conns_open--; /* not this scrape */
+    if ((n = metrics_write(&st, (char *)c->ob, WS_PROXY_BUF_SIZE)) != 0)
+        c->o_len = (uint32_t)n;
+    else
+        conn_refuse_with(p, c, 503, "metrics: larger than WS_PROXY_BUF_SIZE", NULL, now);
+}
+
 /* A complete request head of hlen bytes is in ib. */
 static void conn_handshake(ws_proxy *p, struct conn *c, struct http_req *r,
                            size_t hlen, int64_t now)
 {
     struct http_answer a;
     const struct cfg *cf = c->cfg;
+    if (cf->c.metrics_path && *cf->c.metrics_path && http_plain_get(r, cf->c.metrics_path)) {
+        conn_metrics(p, c, now);
+        return;
+    }
     http_handshake(r, cf->c.allowed_origins, cf->c.subprotocols, &a);
     if (a.status == 200) {
         snprintf(p->health, sizeof p->health, "wsproxy %s running, %llu connections open",
@@ -3227,7 +3458,7 @@ static void log_config(ws_proxy *p, const char *verb)
              "%s: listening on %s://%s%s%s:%d -> unix:%s; max_connections=%u "
              "max_connections_per_ip=%u max_message=%llu handshake_timeout_ms=%u "
              "idle_timeout_ms=%u ping_interval_ms=%u drain_timeout_ms=%u "
-             "proxy_protocol=%s allowed_origins=%s subprotocols=%s",
+             "proxy_protocol=%s allowed_origins=%s subprotocols=%s metrics_path=%s%s%s",
              verb, cf->tls ? "wss" : "ws", p->laddr.sa.sa_family == AF_INET6 ? "[" : "",
              addr_ip(&p->laddr, ip, sizeof ip), p->laddr.sa.sa_family == AF_INET6 ? "]" : "",
              p->lport, cf->c.socket_path, cf->max_conns, cf->c.max_connections_per_ip,
@@ -3235,7 +3466,12 @@ static void log_config(ws_proxy *p, const char *verb)
              cf->c.idle_timeout_ms, cf->c.ping_interval_ms, cf->drain_ms,
              pp[cf->c.proxy_protocol],
              cf->c.allowed_origins && *cf->c.allowed_origins ? cf->c.allowed_origins : "(any)",
-             cf->c.subprotocols ? cf->c.subprotocols : "(none)");
+             cf->c.subprotocols ? cf->c.subprotocols : "(none)",
+             cf->c.metrics_path && *cf->c.metrics_path ? cf->c.metrics_path : "(off)",
+             cf->c.metrics_path && *cf->c.metrics_path ? " metrics_allow=" : "",
+             !cf->c.metrics_path || !*cf->c.metrics_path ? ""
+             : cf->c.metrics_allow && *cf->c.metrics_allow ? cf->c.metrics_allow
+             : METRICS_LOOPBACK);
     else
         plog(p, WS_PROXY_LOG_INFO, NULL, "%s: no port configured, not listening", verb);
 #ifndef WS_PROXY_NO_TLS
@@ -3595,6 +3831,13 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
                        "proxy_protocol must be v2, v1 or off");
     if (in->log_level < 0 || in->log_level > WS_PROXY_LOG_DEBUG)
         return err_set(err, errlen, WS_PROXY_EINVAL, "log_level out of range");
+    if (in->metrics_path && *in->metrics_path && in->metrics_path[0] != '/')
+        return err_set(err, errlen, WS_PROXY_EINVAL, "metrics_path must start with '/': %s",
+                       in->metrics_path);
+    if (in->metrics_allow && cidr_has(in->metrics_allow, 0, NULL) < 0)
+        return err_set(err, errlen, WS_PROXY_EINVAL,
+                       "metrics_allow: not a list of addresses or CIDR blocks: %s",
+                       in->metrics_allow);
 #ifdef WS_PROXY_NO_TLS
     if (in->https_port)
         return err_set(err, errlen, WS_PROXY_ENOTLS,
@@ -3603,7 +3846,8 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
     len = cfg_strlen(in->bind_address) + cfg_strlen(in->socket_path) +
           cfg_strlen(in->cert_file) + cfg_strlen(in->key_file) +
           cfg_strlen(in->log_dir) + cfg_strlen(in->allowed_origins) +
-          cfg_strlen(in->subprotocols) + sizeof "0.0.0.0";
+          cfg_strlen(in->subprotocols) + sizeof "0.0.0.0" +
+          cfg_strlen(in->metrics_path) + cfg_strlen(in->metrics_allow);
     if (!(cf = calloc(1, sizeof *cf + len)))
         return err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
     cf->refs = 1;
@@ -3616,6 +3860,8 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
     cf->c.log_dir = cfg_strcpy(&t, in->log_dir);
     cf->c.allowed_origins = cfg_strcpy(&t, in->allowed_origins);
     cf->c.subprotocols = cfg_strcpy(&t, in->subprotocols);
+    cf->c.metrics_path = cfg_strcpy(&t, in->metrics_path);
+    cf->c.metrics_allow = cfg_strcpy(&t, in->metrics_allow);
     cf->port = port;
     cf->tls = in->https_port != 0;
     cf->max_conns = in->max_connections ? in->max_connections : DEFAULT_MAX_CONNECTIONS;
@@ -3812,6 +4058,8 @@ static const struct cli_opt cli_opts[] = {
     {"ping-interval", T_UINT, CFG_AT(ping_interval_ms), "ping-interval-ms"},
     {"drain-timeout", T_UINT, CFG_AT(drain_timeout_ms), "drain-timeout-ms"},
     {"proxy-protocol", T_PP, CFG_AT(proxy_protocol), NULL},
+    {"metrics-path", T_STR, CFG_AT(metrics_path), NULL},
+    {"metrics-allow", T_LIST, CFG_AT(metrics_allow), NULL},
     {"config", T_FILE, 0, NULL},
 };
 
@@ -3843,6 +4091,8 @@ static const char cli_usage[] =
     "  --ping-interval MS         default off\n"
     "  --drain-timeout MS         default 5000\n"
     "  --proxy-protocol v2|v1|off PROXY header to the engine (default v2)\n"
+    "  --metrics-path PATH        Prometheus metrics on a plain GET of PATH (default off)\n"
+    "  --metrics-allow CIDR       clients allowed to read them (repeatable; default loopback)\n"
     "  --config FILE              the same settings as 'key = value' lines\n"
     "  --help, --version\n"
     "Signals: SIGHUP re-reads --config and restarts; SIGUSR1 reopens the log;\n"
@@ -4009,12 +4259,112 @@ static void cli_log(void *user, int level, const char *line)
     fprintf(stderr, "%s\n", line);
 }
 
+/* ---- systemd's notify protocol (sd_notify(3)), spoken without libsystemd.
+ * With NOTIFY_SOCKET set (a path, or an abstract name written with a leading
+ * '@'), each state change is one datagram of "KEY=value" lines: READY=1 once
+ * listening; RELOADING=1 and MONOTONIC_USEC before a SIGHUP restart, READY=1
+ * after it (whether it worked or not: the old configuration still serves);
+ * STOPPING=1; and STATUS= with the state and open connections, refreshed
+ * every second while it changes.  Without the variable nothing is sent. */
+struct notify {
+    int fd;
+    socklen_t len;
+    int reloading;
+    char status[160];
+    struct sockaddr_un sun;
+};
+
+static void notify_open(struct notify *n)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    size_t len = path ? strlen(path) : 0;
+    memset(n, 0, sizeof *n);
+    n->fd = -1;
+    if (len < 2 || len >= sizeof n->sun.sun_path || (path[0] != '/' && path[0] != '@'))
+        return;
+    n->sun.sun_family = AF_UNIX;
+    memcpy(n->sun.sun_path, path, len);
+    if (path[0] == '@')
+        n->sun.sun_path[0] = 0; /* abstract: the name is exactly len bytes */
+    n->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+    if ((n->fd = socket(AF_UNIX, SOCK_DGRAM, 0)) >= 0)
+        fcntl(n->fd, F_SETFD, FD_CLOEXEC);
+}
+
+static void notify_send(struct notify *n, const char *msg)
+{
+    if (n->fd >= 0 && sendto(n->fd, msg, strlen(msg), SEND_FLAGS,
+                             (struct sockaddr *)&n->sun, n->len) < 0)
+        fprintf(stderr, "wsproxy: NOTIFY_SOCKET: sendto: %s\n", strerror(errno));
+}
+
+/* Sends `what` (may be "") and STATUS= when `what` is set or the status
+ * line changed since the last datagram. */
+static void notify_state(struct notify *n, ws_proxy *p, const char *what)
+{
+    struct ws_proxy_status st;
+    char status[sizeof n->status], msg[sizeof status + 64];
+    if (n->fd < 0 || ws_proxy_status(p, &st))
+        return;
+    if (st.state == WS_PROXY_FAILED)
+        snprintf(status, sizeof status, "FAILED: %.100s", st.reason);
+    else if (st.state == WS_PROXY_RUNNING)
+        snprintf(status, sizeof status, "RUNNING %s on port %d, %llu connections open",
+                 st.tls ? "wss://" : "ws://", st.port, (unsigned long long)st.conns_open);
+    else
+        snprintf(status, sizeof status, "STOPPED (no port set), %llu connections open",
+                 (unsigned long long)st.conns_open);
+    if (!*what && !strcmp(status, n->status))
+        return;
+    snprintf(n->status, sizeof n->status, "%s", status);
+    snprintf(msg, sizeof msg, "%s%sSTATUS=%s", what, *what ? "\n" : "", status);
+    notify_send(n, msg);
+}
+
+/* sigwait() that also speaks for the service manager: READY=1 after a
+ * reload, RELOADING=1 before one, STOPPING=1, STATUS= once a second. */
+static int notify_wait(struct notify *n, ws_proxy *p, const sigset_t *set, int *sig)
+{
+    if (n->reloading)
+        notify_state(n, p, "READY=1");
+    n->reloading = 0;
+#ifdef __linux__
+    while (n->fd >= 0) {
+        struct timespec ts = {1, 0};
+        if ((*sig = sigtimedwait(set, NULL, &ts)) < 0) {
+            notify_state(n, p, "");
+            continue;
+        }
+        break;
+    }
+    if (n->fd < 0 && sigwait(set, sig))
+        return -1;
+#else
+    if (sigwait(set, sig))
+        return -1;
+#endif
+    if (*sig == SIGHUP && n->fd >= 0) {
+        struct timespec ts;
+        char msg[64];
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu",
+                 (unsigned long long)ts.tv_sec * 1000000ull +
+                     (unsigned long long)ts.tv_nsec / 1000);
+        notify_send(n, msg);
+        n->reloading = 1;
+    }
+    if (*sig == SIGINT || *sig == SIGTERM)
+        notify_send(n, "STOPPING=1\nSTATUS=stopping");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct option lopts[COUNT_OF(cli_opts) + 3];
     struct cli_arg *args = calloc((size_t)argc + 1, sizeof *args);
     const char *file = NULL;
     struct cli cur, next;
+    struct notify nt;
     struct rlimit rl;
     sigset_t set;
     ws_proxy *p;
@@ -4093,8 +4443,10 @@ int main(int argc, char **argv)
         free(args);
         return 1;
     }
+    notify_open(&nt);
+    notify_state(&nt, p, "READY=1");
     for (;;) {
-        if (sigwait(&set, &sig))
+        if (notify_wait(&nt, p, &set, &sig))
             continue;
         if (sig == SIGINT || sig == SIGTERM)
             break;
@@ -4118,6 +4470,8 @@ int main(int argc, char **argv)
         cur = next;
     }
     ws_proxy_stop(p);
+    if (nt.fd >= 0)
+        close(nt.fd);
     cli_free(&cur);
     free(args);
     return 0;

@@ -146,6 +146,14 @@ struct ws_proxy_config {
     unsigned drain_timeout_ms;
     /* enum ws_proxy_proxy_protocol; 0 = v2. */
     int proxy_protocol;
+    /* Path, starting with '/', on which a plain GET (no Upgrade header)
+     * answers ws_proxy_status()'s figures in the Prometheus text format
+     * (version 0.0.4), e.g. "/metrics"; NULL or "" = no metrics. */
+    const char *metrics_path;
+    /* Clients that may read metrics_path: IPv4/IPv6 addresses or CIDR
+     * blocks separated by commas or spaces ("10.0.0.0/8, ::1"); others get
+     * 403.  NULL or "" = loopback only (127.0.0.0/8 and ::1). */
+    const char *metrics_allow;
 };
 
 typedef struct ws_proxy ws_proxy;
@@ -205,6 +213,14 @@ enum ws_proxy_refusal {
     WS_PROXY_REFUSED_COUNT_
 };
 
+/* ws_proxy_status().closes[] has a counter for each close code from 1000 to
+ * 1014 (closes[code - 1000]) and one for any other (3000-4999). */
+#define WS_PROXY_CLOSE_OTHER 15
+/* Upper bounds, in ms, of ws_proxy_status().handshake_ms[] buckets; one more
+ * bucket takes the longer handshakes. */
+#define WS_PROXY_HANDSHAKE_BUCKETS_MS {1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000}
+#define WS_PROXY_HANDSHAKE_BUCKETS 12
+
 struct ws_proxy_status {
     int state;              /* enum ws_proxy_state */
     int port;               /* bound port while RUNNING, else 0 */
@@ -217,6 +233,13 @@ struct ws_proxy_status {
     uint64_t refused[WS_PROXY_REFUSED_COUNT_];
     uint64_t tls_failures;  /* TLS handshakes or records that failed */
     uint64_t protocol_errors; /* connections closed with 1002/1007/1009 */
+    /* WebSockets (connections answered 101) that ended, by the close code
+     * sent: 1005 for an empty Close, 1006 when none was sent. */
+    uint64_t closes[WS_PROXY_CLOSE_OTHER + 1];
+    /* Handshakes that got their 101, by time from accept to the 101 (not
+     * cumulative: [i] counts those over bound i-1 and up to bound i). */
+    uint64_t handshake_ms[WS_PROXY_HANDSHAKE_BUCKETS + 1];
+    uint64_t handshake_ms_sum; /* sum of those times, ms */
 };
 
 /* Fills *st with the loop's real state.  Returns 0, or a negative code. */

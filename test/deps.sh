@@ -12,6 +12,10 @@ HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 # only recommends it, and recommends are not installed here.
 PKGS="gcc make clang libclang-rt-14-dev libbearssl-dev python3-websockets python3-pytest
 mariadb-server mariadb-client socat chromium openssl"
+# The service pieces, each checked by the tool that reads it: mandoc (man
+# page lint), man-db (man -l), systemd (systemd-analyze), logrotate, and
+# prometheus (promtool and a real server scraping the metrics).
+PKGS="$PKGS mandoc man-db systemd logrotate prometheus"
 
 node_ok() {  # a usable node (>= 18) and npm, from Debian or elsewhere (e.g. NodeSource)
     command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || return 1

@@ -919,6 +919,89 @@ static void test_cycles_leave_nothing(void)
     engine_stop(&e);
 }
 
+/* ---- Metrics: the allow list and the exposition ---- */
+
+static void test_metrics_cidr(void)
+{
+    static const struct {
+        const char *list, *addr;
+        int want;
+    } t[] = {
+        {"127.0.0.0/8 ::1", "127.0.0.1", 1},
+        {"127.0.0.0/8 ::1", "127.255.0.9", 1},
+        {"127.0.0.0/8 ::1", "128.0.0.1", 0},
+        {"127.0.0.0/8 ::1", "::1", 1},
+        {"127.0.0.0/8 ::1", "::2", 0},
+        {"10.0.0.0/8,192.0.2.7", "192.0.2.7", 1},
+        {"10.0.0.0/8,192.0.2.7", "192.0.2.6", 0},
+        {"192.0.2.0/25", "192.0.2.127", 1},
+        {"192.0.2.0/25", "192.0.2.128", 0},
+        {"0.0.0.0/0", "203.0.113.9", 1},
+        {"0.0.0.0/0", "2001:db8::1", 0}, /* families never mix */
+        {"::/0", "2001:db8::1", 1},
+        {"2001:db8::/33", "2001:db8:7fff::1", 1},
+        {"2001:db8::/33", "2001:db8:8000::1", 0},
+        {"10.0.0.0/33", "10.0.0.1", -1},
+        {"::1/129", "::1", -1},
+        {"localhost", "127.0.0.1", -1},
+        {"10.0.0.0/", "10.0.0.1", -1},
+        {"10.0.0.0/8x", "10.0.0.1", -1},
+        {"10.0.0.0/-1", "10.0.0.1", -1},
+        {"", "10.0.0.1", 0},
+    };
+    size_t i;
+    for (i = 0; i < COUNT_OF(t); i++) {
+        uint8_t ip[16];
+        int fam = strchr(t[i].addr, ':') ? AF_INET6 : AF_INET;
+        CHECK(inet_pton(fam, t[i].addr, ip) == 1);
+        if (cidr_has(t[i].list, fam, ip) != t[i].want)
+            FAIL("cidr_has(\"%s\", %s) == %d, expected %d", t[i].list, t[i].addr,
+                 cidr_has(t[i].list, fam, ip), t[i].want);
+        EQ_INT(cidr_has(t[i].list, 0, NULL), t[i].want < 0 ? -1 : 0);
+    }
+}
+
+static void test_metrics_exposition(void)
+{
+    static char out[8192];
+    struct ws_proxy_status st;
+    const char *body;
+    unsigned clen = 0;
+    size_t n;
+    memset(&st, 0, sizeof st);
+    st.state = WS_PROXY_RUNNING;
+    metrics_handshake(&st, 0);    /* <= 1 ms */
+    metrics_handshake(&st, 1);
+    metrics_handshake(&st, 2);    /* <= 5 ms */
+    metrics_handshake(&st, 60000); /* over the last bound */
+    metrics_close(&st, 1000);
+    metrics_close(&st, 1005);    /* an empty Close */
+    metrics_close(&st, 1006);    /* no Close exchanged */
+    metrics_close(&st, 4000);
+    EQ_INT(st.closes[0], 1);
+    EQ_INT(st.closes[5], 1);
+    EQ_INT(st.closes[6], 1);
+    EQ_INT(st.closes[WS_PROXY_CLOSE_OTHER], 1);
+    n = metrics_write(&st, out, sizeof out);
+    CHECK(n > 0 && n < sizeof out);
+    out[n < sizeof out ? n : sizeof out - 1] = 0;
+    body = strstr(out, "\r\n\r\n");
+    CHECK(body != NULL);
+    CHECK(sscanf(strstr(out, "Content-Length: ") + 16, "%u", &clen) == 1);
+    EQ_INT(clen, n - (size_t)(body + 4 - out));
+    CHECK(strstr(out, "\nwsproxy_handshake_duration_seconds_bucket{le=\"0.001\"} 2\n"));
+    CHECK(strstr(out, "\nwsproxy_handshake_duration_seconds_bucket{le=\"0.005\"} 3\n"));
+    CHECK(strstr(out, "\nwsproxy_handshake_duration_seconds_bucket{le=\"10.000\"} 3\n"));
+    CHECK(strstr(out, "\nwsproxy_handshake_duration_seconds_bucket{le=\"+Inf\"} 4\n"));
+    CHECK(strstr(out, "\nwsproxy_handshake_duration_seconds_sum 60.003\n"));
+    CHECK(strstr(out, "\nwsproxy_closes_total{code=\"1005\"} 1\n"));
+    CHECK(strstr(out, "\nwsproxy_closes_total{code=\"other\"} 1\n"));
+    CHECK(strstr(out, "\nwsproxy_up 1\n"));
+    /* Too small a buffer: nothing, never a cut answer. */
+    EQ_INT(metrics_write(&st, out, 1024), 0);
+    EQ_INT(metrics_write(&st, out, 100), 0);
+}
+
 /* ---- Runner ---- */
 
 static const struct {
@@ -942,6 +1025,8 @@ static const struct {
     {"restart_semantics", test_restart_semantics},
     {"failed_stays_failed", test_failed_stays_failed},
     {"cycles_leave_nothing", test_cycles_leave_nothing},
+    {"metrics_cidr", test_metrics_cidr},
+    {"metrics_exposition", test_metrics_exposition},
 };
 
 int main(int argc, char **argv)
