@@ -120,6 +120,14 @@
 #define WS_PROXY_FIN_GRACE_MS 500
 #endif
 
+/* A client that vanishes without FIN or RST (cable pulled, NAT state
+ * dropped) is found within about this many seconds: by TCP keepalive while
+ * the connection is idle, by TCP_USER_TIMEOUT while our data goes
+ * unacknowledged.  0 turns both off; ping_interval_ms finds it sooner. */
+#ifndef WS_PROXY_KEEPALIVE_S
+#define WS_PROXY_KEEPALIVE_S 120
+#endif
+
 /* Certificates in a chain (leaf plus intermediates). */
 #ifndef WS_PROXY_TLS_MAX_CHAIN
 #define WS_PROXY_TLS_MAX_CHAIN 8
@@ -1449,6 +1457,31 @@ static int sock_open(int family)
     if (fd >= 0)
         fd_nonblock(fd);
     return fd;
+}
+
+/* WS_PROXY_KEEPALIVE_S on a client socket: idle for half of it, then six
+ * probes over the other half. */
+static void sock_keepalive(int fd)
+{
+    int on = WS_PROXY_KEEPALIVE_S > 0;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    if (!on)
+        return;
+#if defined(TCP_KEEPIDLE) && defined(TCP_KEEPINTVL) && defined(TCP_KEEPCNT)
+    {
+        int idle = WS_PROXY_KEEPALIVE_S / 2, cnt = 6;
+        int intvl = WS_PROXY_KEEPALIVE_S / 12 > 0 ? WS_PROXY_KEEPALIVE_S / 12 : 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    }
+#endif
+#ifdef TCP_USER_TIMEOUT
+    {
+        unsigned ms = WS_PROXY_KEEPALIVE_S * 1000u;
+        setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+    }
+#endif
 }
 
 /* The loop's wake-up pipe, non-blocking and close-on-exec from birth
@@ -3400,6 +3433,7 @@ static void loop_accept(ws_proxy *p, int64_t now)
             continue;
         }
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        sock_keepalive(fd);
         addr_unmap(&a);
         c->cfd = fd;
         c->efd = -1;

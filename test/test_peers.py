@@ -138,7 +138,12 @@ def test_client_gone_while_paused(proxy, engine, certs, tls, how, reads):
         # pauses) and wait until all of it is acknowledged.
         c.sock.sendall(bytes([0x82, 0xFF]) + struct.pack("!Q", 64 * MIB) + bytes(4)
                        + bytes((232 if tls else 256) * 1024))
-        wait_until(lambda: unacked(c.sock) == 0, p.t(5), what="data acknowledged")
+        try:
+            wait_until(lambda: unacked(c.sock) == 0, p.t(5), what="data acknowledged")
+        except AssertionError:
+            import fcntl, termios
+            q = struct.unpack("i", fcntl.ioctl(e.conn(0).sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+            raise AssertionError("unacked %d, engine queue %d" % (unacked(c.sock), q))
     assert e.wait_conns(1)
     s = raw_socket(c, tls)
     if how == "rst":
@@ -432,7 +437,7 @@ def test_drain_timeout_bounds_closing_once(proxy, engine):
     """The client's Close while the engine keeps sending and the client does
     not read: both sockets are released about drain_timeout_ms later, not
     twice that."""
-    e = engine("source", source_bytes=256 * MIB)
+    e = engine("source", source_bytes=64 * MIB)
     p = proxy("--drain-timeout", "1000", engine=e)
     base = nfds(p)
     c = client(p, False, None, rcvbuf=4096)
@@ -442,3 +447,19 @@ def test_drain_timeout_bounds_closing_once(proxy, engine):
     wait_fds(p, base, 1.6, "closing with a stalled client")
     print("released %.2f s after the Close" % (time.monotonic() - t0))
     c.sock.close()
+
+
+def test_vanished_client_found_by_keepalive(proxy, engine):
+    """A client that vanishes without FIN or RST is found in about 2 minutes
+    by default: the proxy's side of every client connection runs TCP
+    keepalive (idle 60 s, then probes) with a 120 s user timeout."""
+    import subprocess
+    p = proxy(engine=engine("echo"))
+    c = client(p, False, None)
+    out = subprocess.run(["ss", "-tnoH", "state", "established",
+                          "( sport = :%d )" % p.port], capture_output=True, text=True,
+                         timeout=10).stdout
+    assert "timer:(keepalive," in out, out
+    idle = int(out.split("timer:(keepalive,")[1].split("sec")[0].split("min")[0])
+    assert 30 <= idle <= 60, out
+    c.close()
