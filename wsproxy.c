@@ -3274,6 +3274,110 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
     return 0;
 }
 
+/*
+ * The registry of live handles.  Every call looks its handle up here first,
+ * so a call that races ws_proxy_stop(), or comes after it, finds the handle
+ * missing or stopping and returns WS_PROXY_ESTOPPED instead of posting to a
+ * loop that has exited (it would wait forever).  Each entry counts the calls
+ * in flight; stop marks the entry stopping, waits for that count to reach
+ * zero, and only then stops the loop and frees; the entry goes last, so a
+ * second stop of the same handle waits for the first and returns.  The
+ * table is process-wide, but proxies still share nothing else: its lock is
+ * held only for lookups and the final free, never across a call.  A handle
+ * is in the table at most once (stop frees it and drops its entry under the
+ * lock); serial tells it from a later one that malloc placed at the same
+ * address.
+ */
+struct api_entry {
+    ws_proxy *p;
+    uint64_t serial;
+    unsigned inflight;
+    int stopping;
+};
+
+static pthread_mutex_t api_reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t api_reg_cv = PTHREAD_COND_INITIALIZER;
+static struct api_entry *api_reg;
+static size_t api_nreg, api_capreg;
+static uint64_t api_serial;
+
+/* The entry of p, or NULL; api_reg_mu held. */
+static struct api_entry *api_find(const ws_proxy *p)
+{
+    size_t i;
+    for (i = 0; i < api_nreg; i++)
+        if (api_reg[i].p == p)
+            return &api_reg[i];
+    return NULL;
+}
+
+static int api_register(ws_proxy *p)
+{
+    int rc = 0;
+    pthread_mutex_lock(&api_reg_mu);
+    if (api_nreg == api_capreg) {
+        size_t cap = api_capreg ? 2 * api_capreg : 8;
+        struct api_entry *n = realloc(api_reg, cap * sizeof *n);
+        if (n)
+            api_reg = n, api_capreg = cap;
+        else
+            rc = WS_PROXY_ENOMEM;
+    }
+    if (!rc) {
+        struct api_entry *e = &api_reg[api_nreg++];
+        e->p = p;
+        e->serial = ++api_serial;
+        e->inflight = 0;
+        e->stopping = 0;
+    }
+    pthread_mutex_unlock(&api_reg_mu);
+    return rc;
+}
+
+/* Drops p's entry and wakes whoever waits for it to go; api_reg_mu held. */
+static void api_unregister_locked(const ws_proxy *p)
+{
+    struct api_entry *e = api_find(p);
+    if (e)
+        *e = api_reg[--api_nreg];
+    if (!api_nreg) { /* the last proxy is gone: keep nothing allocated */
+        free(api_reg);
+        api_reg = NULL;
+        api_capreg = 0;
+    }
+    pthread_cond_broadcast(&api_reg_cv);
+}
+
+/* Admits one call on p: 0, or WS_PROXY_ESTOPPED if p is not a live handle
+ * (never started, stopped, or being stopped). */
+static int api_enter(ws_proxy *p)
+{
+    struct api_entry *e;
+    int rc = WS_PROXY_ESTOPPED;
+    pthread_mutex_lock(&api_reg_mu);
+    if ((e = api_find(p)) != NULL && !e->stopping) {
+        e->inflight++;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&api_reg_mu);
+    return rc;
+}
+
+static void api_leave(ws_proxy *p)
+{
+    struct api_entry *e;
+    pthread_mutex_lock(&api_reg_mu);
+    /* The entry is there: stop waits for inflight == 0 before removing it. */
+    if ((e = api_find(p)) != NULL && --e->inflight == 0 && e->stopping)
+        pthread_cond_broadcast(&api_reg_cv);
+    pthread_mutex_unlock(&api_reg_mu);
+}
+
+static int api_stopped(char *err, size_t errlen)
+{
+    return err_set(err, errlen, WS_PROXY_ESTOPPED, "the proxy is stopped or stopping");
+}
+
 /* Hands a command to the loop thread and waits until it has run. */
 static int api_call(ws_proxy *p, int cmd, void *arg, char *err, size_t errlen)
 {
@@ -3358,8 +3462,21 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     log_config(p, "started");
+    /* Registered before the thread exists: no other thread knows p yet, so
+     * undoing either step below races nothing. */
+    if (api_register(p)) {
+        err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
+        pthread_mutex_destroy(&p->api_mu);
+        pthread_mutex_destroy(&p->mu);
+        pthread_cond_destroy(&p->cv);
+        proxy_free(p);
+        return NULL;
+    }
     if (pthread_create(&p->thread, NULL, loop_main, p)) {
         err_set(err, errlen, WS_PROXY_ESYS, "pthread_create failed");
+        pthread_mutex_lock(&api_reg_mu);
+        api_unregister_locked(p);
+        pthread_mutex_unlock(&api_reg_mu);
         pthread_mutex_destroy(&p->api_mu);
         pthread_mutex_destroy(&p->mu);
         pthread_cond_destroy(&p->cv);
@@ -3378,37 +3495,82 @@ int ws_proxy_restart(ws_proxy *p, const struct ws_proxy_config *config,
         err[0] = 0;
     if (!p)
         return err_set(err, errlen, WS_PROXY_EINVAL, "no proxy");
-    if ((rc = cfg_new(config, &cf, err, errlen)) != 0)
-        return rc;
-    if ((rc = api_call(p, CMD_RESTART, cf, err, errlen)) != 0)
+    if (api_enter(p))
+        return api_stopped(err, errlen);
+    if ((rc = cfg_new(config, &cf, err, errlen)) == 0 &&
+        (rc = api_call(p, CMD_RESTART, cf, err, errlen)) != 0)
         cfg_unref(cf); /* the loop did not take it */
+    api_leave(p);
     return rc;
 }
 
 int ws_proxy_reopen_log(ws_proxy *p, char *err, size_t errlen)
 {
+    int rc;
+    if (err && errlen)
+        err[0] = 0;
     if (!p)
         return err_set(err, errlen, WS_PROXY_EINVAL, "no proxy");
-    return api_call(p, CMD_REOPEN, NULL, err, errlen);
+    if (api_enter(p))
+        return api_stopped(err, errlen);
+    rc = api_call(p, CMD_REOPEN, NULL, err, errlen);
+    api_leave(p);
+    return rc;
 }
 
 int ws_proxy_status(ws_proxy *p, struct ws_proxy_status *st)
 {
+    int rc;
     if (!p || !st)
         return WS_PROXY_EINVAL;
-    return api_call(p, CMD_STATUS, st, NULL, 0);
+    if (api_enter(p))
+        return WS_PROXY_ESTOPPED;
+    rc = api_call(p, CMD_STATUS, st, NULL, 0);
+    api_leave(p);
+    return rc;
 }
 
 void ws_proxy_stop(ws_proxy *p)
 {
+    struct api_entry *e;
+    uint64_t serial;
     if (!p)
         return;
+    pthread_mutex_lock(&api_reg_mu);
+    if (!(e = api_find(p))) { /* not a live handle: nothing to do */
+        pthread_mutex_unlock(&api_reg_mu);
+        return;
+    }
+    serial = e->serial;
+    if (e->stopping) {
+        /* Another thread is stopping p: return once it has finished, as a
+         * stop returns only when no callback can run any more.  (The
+         * address may meanwhile belong to a newer handle: the serial tells
+         * them apart.) */
+        while ((e = api_find(p)) != NULL && e->serial == serial)
+            pthread_cond_wait(&api_reg_cv, &api_reg_mu);
+        pthread_mutex_unlock(&api_reg_mu);
+        return;
+    }
+    /* Admit no new call, and wait for those in flight: each is answered by
+     * the loop, which is still running. */
+    e->stopping = 1;
+    while ((e = api_find(p)) != NULL && e->inflight)
+        pthread_cond_wait(&api_reg_cv, &api_reg_mu);
+    pthread_mutex_unlock(&api_reg_mu);
+    /* No other thread can be in api_call now: the mutexes are unlocked and
+     * nobody waits on cv when they are destroyed. */
     api_call(p, CMD_STOP, NULL, NULL, 0);
     pthread_join(p->thread, NULL);
     pthread_mutex_destroy(&p->api_mu);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
+    /* Freed under the registry lock: until the entry is gone, no start can
+     * register a new handle that malloc placed at the same address. */
+    pthread_mutex_lock(&api_reg_mu);
     proxy_free(p);
+    api_unregister_locked(p);
+    pthread_mutex_unlock(&api_reg_mu);
 }
 
 /* ==== The wsproxy program ================================================

@@ -919,6 +919,123 @@ static void test_cycles_leave_nothing(void)
     engine_stop(&e);
 }
 
+/* ---- ws_proxy_stop racing every other call ---- */
+
+/* A stop race that deadlocks must fail the case, not hang the run. */
+static void watchdog_fired(int sig)
+{
+    static const char msg[] = "unit: watchdog: the case did not finish "
+                              "(a call racing ws_proxy_stop hangs)\n";
+    (void)sig;
+    if (write(2, msg, sizeof msg - 1) < 0) {
+    }
+    _exit(3);
+}
+
+struct hammer {
+    ws_proxy *p;
+    const struct ws_proxy_config *c;
+    int which;       /* 0 status, 1 restart, 2 reopen_log, 3 a second stop */
+    int calls, bad;  /* calls that returned 0; calls with another code */
+    char bad_err[256];
+};
+
+static void *hammer_main(void *arg)
+{
+    struct hammer *h = arg;
+    unsigned seed = (unsigned)(uintptr_t)h;
+    int i;
+    if (h->which == 3) {
+        usleep((useconds_t)(rand_r(&seed) % 500));
+        ws_proxy_stop(h->p);
+        return NULL;
+    }
+    /* Bounded: the stop comes within a few ms. */
+    for (i = 0; i < 1000000; i++) {
+        struct ws_proxy_status st;
+        char err[256] = "";
+        int rc = h->which == 0   ? ws_proxy_status(h->p, &st)
+                 : h->which == 1 ? ws_proxy_restart(h->p, h->c, err, sizeof err)
+                                 : ws_proxy_reopen_log(h->p, err, sizeof err);
+        if (rc == WS_PROXY_ESTOPPED) {
+            if (h->which && strcmp(err, "the proxy is stopped or stopping"))
+                snprintf(h->bad_err, sizeof h->bad_err, "ESTOPPED with \"%s\"", err),
+                    h->bad++;
+            return NULL;
+        }
+        if (rc) {
+            snprintf(h->bad_err, sizeof h->bad_err, "%s: %s", ws_proxy_strerror(rc), err);
+            h->bad++;
+        } else
+            h->calls++;
+    }
+    return NULL;
+}
+
+/* Threads hammer status, restart and reopen_log (two of each) while the
+ * main thread stops the proxy, in some rounds together with a second stop:
+ * every call returns 0 or WS_PROXY_ESTOPPED, stop returns, nothing hangs
+ * (watchdog), nothing leaks (ASan) and nothing races (TSan). */
+static void test_stop_races_every_call(void)
+{
+    enum { NH = 7 };
+    struct engine e;
+    struct ws_proxy_config c;
+    struct ws_proxy_status st;
+    char err[256], dir[] = "/tmp/wsproxy-unit-XXXXXX", path[300];
+    int round, i, rounds = getenv("WSPROXY_STOP_ROUNDS") ? atoi(getenv("WSPROXY_STOP_ROUNDS")) : 300;
+    long total = 0;
+    unsigned seed = 12345;
+    int before;
+    signal(SIGALRM, watchdog_fired);
+    alarm(120);
+    engine_start(&e);
+    CHECK(mkdtemp(dir) != NULL);
+    before = count_fds();
+    for (round = 0; round < rounds && !failures; round++) {
+        struct hammer h[NH];
+        pthread_t th[NH];
+        int n = round % 4 == 3 ? NH : NH - 1; /* every 4th round: a second stop */
+        ws_proxy *p;
+        local_config(&c, &e);
+        c.log_dir = dir;
+        if (!(p = ws_proxy_start(&c, err, sizeof err))) {
+            FAIL("round %d: start: %s", round, err);
+            break;
+        }
+        c.http_port = port_of(p); /* restarts keep the listener */
+        for (i = 0; i < n; i++) {
+            memset(&h[i], 0, sizeof h[i]);
+            h[i].p = p, h[i].c = &c, h[i].which = i < 6 ? i % 3 : 3;
+            pthread_create(&th[i], NULL, hammer_main, &h[i]);
+        }
+        /* From "before any call ran" to "after many": every interleaving. */
+        usleep((useconds_t)(rand_r(&seed) % 3000));
+        ws_proxy_stop(p);
+        /* A late call on the stopped handle (the caller's error, but
+         * defined while the address is not reused; nothing started since). */
+        EQ_INT(ws_proxy_status(p, &st), WS_PROXY_ESTOPPED);
+        EQ_INT(ws_proxy_reopen_log(p, err, sizeof err), WS_PROXY_ESTOPPED);
+        EQ_INT(ws_proxy_restart(p, &c, err, sizeof err), WS_PROXY_ESTOPPED);
+        EQ_STR(err, "the proxy is stopped or stopping");
+        ws_proxy_stop(p); /* harmless */
+        for (i = 0; i < n; i++) {
+            pthread_join(th[i], NULL);
+            if (h[i].bad)
+                FAIL("round %d: thread %d (call %d): %s", round, i, h[i].which, h[i].bad_err);
+            total += h[i].calls;
+        }
+    }
+    alarm(0);
+    EQ_INT(count_fds(), before);
+    printf("stop_races_every_call: %d rounds, %ld calls completed before a stop\n", round,
+           total);
+    snprintf(path, sizeof path, "%s/websocket_proxy.log", dir);
+    unlink(path);
+    rmdir(dir);
+    engine_stop(&e);
+}
+
 /* ---- Runner ---- */
 
 static const struct {
@@ -942,6 +1059,7 @@ static const struct {
     {"restart_semantics", test_restart_semantics},
     {"failed_stays_failed", test_failed_stays_failed},
     {"cycles_leave_nothing", test_cycles_leave_nothing},
+    {"stop_races_every_call", test_stop_races_every_call},
 };
 
 int main(int argc, char **argv)
