@@ -1349,7 +1349,9 @@ struct bvec {
 static void bvec_add(void *ctx, const void *src, size_t len)
 {
     struct bvec *v = ctx;
-    if (v->oom)
+    /* An empty PEM block hands over no bytes and maybe a NULL src:
+     * memcpy(NULL, NULL, 0) is undefined. */
+    if (v->oom || !len)
         return;
     if (v->n + len > v->cap) {
         size_t cap = (v->n + len) * 2;
@@ -1434,6 +1436,7 @@ struct tls_load {
     size_t off[WS_PROXY_TLS_MAX_CHAIN];
     br_skey_decoder_context sk;
     int have_key, key_err, too_many, encrypted;
+    int empty; /* a CERTIFICATE or key block with nothing inside */
 };
 
 static int tls_take_cert(void *ctx, const char *name, const uint8_t *der, size_t n)
@@ -1441,6 +1444,10 @@ static int tls_take_cert(void *ctx, const char *name, const uint8_t *der, size_t
     struct tls_load *l = ctx;
     if (strcmp(name, "CERTIFICATE") && strcmp(name, "X509 CERTIFICATE"))
         return 0;
+    if (!n) {
+        l->empty = 1;
+        return -1;
+    }
     if (l->cr->chain_len == WS_PROXY_TLS_MAX_CHAIN) {
         l->too_many = 1;
         return -1;
@@ -1461,6 +1468,10 @@ static int tls_take_key(void *ctx, const char *name, const uint8_t *der, size_t 
     if (l->have_key || (strcmp(name, "RSA PRIVATE KEY") && strcmp(name, "EC PRIVATE KEY") &&
                         strcmp(name, "PRIVATE KEY")))
         return 0;
+    if (!n) {
+        l->empty = 1;
+        return -1;
+    }
     br_skey_decoder_init(&l->sk);
     br_skey_decoder_push(&l->sk, der, n);
     l->key_err = br_skey_decoder_last_error(&l->sk);
@@ -1544,10 +1555,13 @@ static int tls_key_matches(const struct tls_creds *cr, const br_x509_pkey *pk)
     }
 }
 
-/* Loads and checks a certificate chain and its key; each failure names
- * the file and the problem. */
-static int tls_creds_load(const char *cert_file, const char *key_file,
-                          struct tls_creds **out, char *err, size_t errlen)
+/* Builds the certificate chain and key from the PEM text of cert_file
+ * (cert_text) and of key_file (key_text; NULL: read key_file once the
+ * certificates are good); checks them; each failure names the file and the
+ * problem.  Takes no ownership of the texts. */
+static int tls_creds_parse(const struct bvec *cert_text, const struct bvec *key_text,
+                           const char *cert_file, const char *key_file,
+                           struct tls_creds **out, char *err, size_t errlen)
 {
     struct tls_load l;
     struct bvec text, dn;
@@ -1560,14 +1574,12 @@ static int tls_creds_load(const char *cert_file, const char *key_file,
     memset(&l, 0, sizeof l);
     if (!(cr = l.cr = calloc(1, sizeof *cr)))
         return err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
-    if ((rc = tls_read_file("cert_file", cert_file, &text, err, errlen)) != 0) {
-        free(cr);
-        return rc;
-    }
-    n = tls_pem_each(&text, tls_take_cert, &l);
-    free(text.p);
+    n = tls_pem_each(cert_text, tls_take_cert, &l);
     if (n == -2 || (n >= 0 && n == 0))
         rc = err_set(err, errlen, WS_PROXY_ETLS, "cert_file %s: not a PEM file", cert_file);
+    else if (l.empty)
+        rc = err_set(err, errlen, WS_PROXY_ETLS,
+                     "cert_file %s: an empty CERTIFICATE block", cert_file);
     else if (l.too_many)
         rc = err_set(err, errlen, WS_PROXY_ETLS, "cert_file %s: more than %d certificates",
                      cert_file, WS_PROXY_TLS_MAX_CHAIN);
@@ -1576,13 +1588,19 @@ static int tls_creds_load(const char *cert_file, const char *key_file,
     else if (!cr->chain_len)
         rc = err_set(err, errlen, WS_PROXY_ETLS, "cert_file %s: holds no CERTIFICATE", cert_file);
     cr->der = l.certs.p;
-    for (i = 0; i < cr->chain_len; i++)
+    for (i = 0; cr->der && i < cr->chain_len; i++)
         cr->chain[i].data = cr->der + l.off[i];
-    if (!rc && !(rc = tls_read_file("key_file", key_file, &text, err, errlen))) {
-        n = tls_pem_each(&text, tls_take_key, &l);
+    text.p = NULL;
+    if (!rc && !key_text && !(rc = tls_read_file("key_file", key_file, &text, err, errlen)))
+        key_text = &text;
+    if (!rc) {
+        n = tls_pem_each(key_text, tls_take_key, &l);
         free(text.p);
         if (n == -2 || n == 0)
             rc = err_set(err, errlen, WS_PROXY_ETLS, "key_file %s: not a PEM file", key_file);
+        else if (l.empty)
+            rc = err_set(err, errlen, WS_PROXY_ETLS,
+                         "key_file %s: an empty private key block", key_file);
         else if (l.encrypted)
             rc = err_set(err, errlen, WS_PROXY_ETLS,
                          "key_file %s: encrypted private keys are not supported", key_file);
@@ -1650,6 +1668,20 @@ static int tls_creds_load(const char *cert_file, const char *key_file,
     br_ssl_session_cache_lru_init(&cr->cache, cr->cache_store, sizeof cr->cache_store);
     *out = cr;
     return 0;
+}
+
+/* Loads and checks a certificate chain and its key from their files. */
+static int tls_creds_load(const char *cert_file, const char *key_file,
+                          struct tls_creds **out, char *err, size_t errlen)
+{
+    struct bvec text;
+    int rc;
+    *out = NULL;
+    if ((rc = tls_read_file("cert_file", cert_file, &text, err, errlen)) != 0)
+        return rc;
+    rc = tls_creds_parse(&text, NULL, cert_file, key_file, out, err, errlen);
+    free(text.p);
+    return rc;
 }
 
 struct tls_conn {

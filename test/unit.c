@@ -919,6 +919,70 @@ static void test_cycles_leave_nothing(void)
     engine_stop(&e);
 }
 
+/* ---- Certificate and key files (the PEM and key parsing is ours) ---- */
+
+#ifndef WS_PROXY_NO_TLS
+/* A self-signed P-256 certificate (CN=fuzz.example, until 2126) and its
+ * PKCS#8 key: test data only. */
+static const char unit_cert_pem[] =
+    "-----BEGIN CERTIFICATE-----\n"
+    "MIIBhDCCASugAwIBAgIUJO28DPKurhTa9S2jX5hn83zNsQ0wCgYIKoZIzj0EAwIw\n"
+    "FzEVMBMGA1UEAwwMZnV6ei5leGFtcGxlMCAXDTI2MTIwMzA2NTg0MFoYDzIxMjYx\n"
+    "MTA5MDY1ODQwWjAXMRUwEwYDVQQDDAxmdXp6LmV4YW1wbGUwWTATBgcqhkjOPQIB\n"
+    "BggqhkjOPQMBBwNCAATe9yOxAUFSls+tphGMOyM/zGu1h9BF3ygIq1osEo+yGc2Q\n"
+    "iA+UbrtFscWcG2PdSuZd/QlHQVQQMt0ewEaZTTo4o1MwUTAdBgNVHQ4EFgQUWcg3\n"
+    "I0Ykcv1fO4iyXv3cDYK4r+QwHwYDVR0jBBgwFoAUWcg3I0Ykcv1fO4iyXv3cDYK4\n"
+    "r+QwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNHADBEAiBmvguTUPxH/7Xd\n"
+    "pRPNdWYsB77QR4qX6e2YNQ0jyVcXcgIgRulUlJ9NYOTGe5Kq3C6CG5VWy5mz9Yme\n"
+    "f1ywd8HqSOw=\n"
+    "-----END CERTIFICATE-----\n";
+static const char unit_key_pem[] =
+    "-----BEGIN PRIVATE KEY-----\n"
+    "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg4kR/TefTAe4JUWrg\n"
+    "1uxvXN5jLDDrJK8uGwrseZBGgq+hRANCAATe9yOxAUFSls+tphGMOyM/zGu1h9BF\n"
+    "3ygIq1osEo+yGc2QiA+UbrtFscWcG2PdSuZd/QlHQVQQMt0ewEaZTTo4\n"
+    "-----END PRIVATE KEY-----\n";
+
+static int tls_parse_text(const char *cert, const char *key, char *err, size_t errlen)
+{
+    struct bvec c, k;
+    struct tls_creds *cr = NULL;
+    int rc;
+    memset(&c, 0, sizeof c), memset(&k, 0, sizeof k);
+    c.p = (uint8_t *)cert, c.n = strlen(cert);
+    k.p = (uint8_t *)key, k.n = strlen(key);
+    err[0] = 0;
+    rc = tls_creds_parse(&c, &k, "c.pem", "k.pem", &cr, err, errlen);
+    CHECK(rc ? cr == NULL : cr != NULL);
+    tls_creds_free(cr);
+    return rc;
+}
+
+/* An empty PEM block is refused by name (it once made bvec_add call
+ * memcpy(NULL, NULL, 0): UBSan in build/asan/unit). */
+static void test_tls_pem_blocks(void)
+{
+    static const char empty_cert[] = "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n";
+    static const char empty_key[] = "-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n";
+    char err[256], both[4096];
+    EQ_INT(tls_parse_text(unit_cert_pem, unit_key_pem, err, sizeof err), 0);
+    EQ_INT(tls_parse_text(empty_cert, unit_key_pem, err, sizeof err), WS_PROXY_ETLS);
+    EQ_STR(err, "cert_file c.pem: an empty CERTIFICATE block");
+    snprintf(both, sizeof both, "%s%s", unit_cert_pem, empty_cert);
+    EQ_INT(tls_parse_text(both, unit_key_pem, err, sizeof err), WS_PROXY_ETLS);
+    EQ_STR(err, "cert_file c.pem: an empty CERTIFICATE block");
+    EQ_INT(tls_parse_text(unit_cert_pem, empty_key, err, sizeof err), WS_PROXY_ETLS);
+    EQ_STR(err, "key_file k.pem: an empty private key block");
+    EQ_INT(tls_parse_text("", unit_key_pem, err, sizeof err), WS_PROXY_ETLS);
+    EQ_STR(err, "cert_file c.pem: not a PEM file");
+    EQ_INT(tls_parse_text(unit_cert_pem, "", err, sizeof err), WS_PROXY_ETLS);
+    EQ_STR(err, "key_file k.pem: not a PEM file");
+    /* One file holding both, as operators often write it. */
+    snprintf(both, sizeof both, "%s%s", unit_key_pem, unit_cert_pem);
+    EQ_INT(tls_parse_text(both, both, err, sizeof err), 0);
+}
+#endif
+
 /* ---- ws_proxy_stop racing every other call ---- */
 
 /* A stop race that deadlocks must fail the case, not hang the run. */
@@ -1060,6 +1124,9 @@ static const struct {
     {"failed_stays_failed", test_failed_stays_failed},
     {"cycles_leave_nothing", test_cycles_leave_nothing},
     {"stop_races_every_call", test_stop_races_every_call},
+#ifndef WS_PROXY_NO_TLS
+    {"tls_pem_blocks", test_tls_pem_blocks},
+#endif
 };
 
 int main(int argc, char **argv)
