@@ -3518,6 +3518,41 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
     return p;
 }
 
+/*
+ * A restart onto another address with the same port (0.0.0.0:P to
+ * 127.0.0.1:P, or back) fails with EADDRINUSE: the kernel refuses to bind an
+ * address overlapping our own listener, and the new listener must be bound
+ * before the old one closes.  SO_REUSEPORT would allow the overlap, but it
+ * would also let any process of the same user bind that address and port
+ * and silently take a share of the connections, for as long as the listener
+ * lives (Linux's bind fast path keeps allowing it even after the option is
+ * cleared).  So the restart fails, changes nothing, and says whose the
+ * address is and how to move: this appends that to the bind error.
+ */
+static void api_explain_overlap(ws_proxy *p, const struct cfg *cf, char *err, size_t errlen)
+{
+    struct ws_proxy_status st;
+    union conn_addr want, have;
+    char old[INET6_ADDRSTRLEN + 1];
+    size_t n;
+    if (!err || !errlen || !cf->port || !strstr(err, strerror(EADDRINUSE)) ||
+        api_call(p, CMD_STATUS, &st, NULL, 0) || st.state != WS_PROXY_RUNNING ||
+        st.port != cf->port)
+        return;
+    /* p->cfg changes only inside a command, and commands need api_mu. */
+    pthread_mutex_lock(&p->api_mu);
+    snprintf(old, sizeof old, "%s", p->cfg->c.bind_address);
+    pthread_mutex_unlock(&p->api_mu);
+    if (addr_parse(old, st.port, &have) || addr_parse(cf->c.bind_address, st.port, &want) ||
+        addr_same_ip(&have, &want))
+        return;
+    n = strlen(err);
+    snprintf(err + n, errlen - n,
+             " (by this proxy, on %s%s%s:%d: one port cannot be held on two overlapping "
+             "addresses; restart with no port first, then with the new address)",
+             strchr(old, ':') ? "[" : "", old, strchr(old, ':') ? "]" : "", st.port);
+}
+
 int ws_proxy_restart(ws_proxy *p, const struct ws_proxy_config *config,
                      char *err, size_t errlen)
 {
@@ -3530,8 +3565,11 @@ int ws_proxy_restart(ws_proxy *p, const struct ws_proxy_config *config,
     if (api_enter(p))
         return api_stopped(err, errlen);
     if ((rc = cfg_new(config, &cf, err, errlen)) == 0 &&
-        (rc = api_call(p, CMD_RESTART, cf, err, errlen)) != 0)
+        (rc = api_call(p, CMD_RESTART, cf, err, errlen)) != 0) {
+        if (rc == WS_PROXY_EBIND)
+            api_explain_overlap(p, cf, err, errlen);
         cfg_unref(cf); /* the loop did not take it */
+    }
     api_leave(p);
     return rc;
 }

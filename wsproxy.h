@@ -170,11 +170,21 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *cfg, char *err,
  *  - same address and port: the listening socket is kept, so no connection
  *    is refused during the restart;
  *  - a new port: it is bound before the old one is closed;
+ *  - the same port on another address that overlaps the old one (0.0.0.0:P
+ *    and 127.0.0.1:P, or the reverse; :: overlaps every address): the new
+ *    listener cannot be bound while the old one lives, so the restart fails
+ *    with WS_PROXY_EBIND, changes nothing, and err names the conflict and
+ *    the way out: restart with no port, then with the new address (a short
+ *    time without a listener; connections survive both).  The library does
+ *    not use SO_REUSEPORT to overlap them, because it would let any process
+ *    of the same user bind that address and port too and take a share of
+ *    the connections;
  *  - no port set: listening stops (state STOPPED), connections go on.
  * Established connections always survive and keep the settings they began
  * with; the certificate and key files are re-read and the new ones serve
  * new connections; the log file is reopened.  This is also the only way out
- * of the FAILED state: the proxy never restarts itself.
+ * of the FAILED state: the proxy never restarts itself.  Returns
+ * WS_PROXY_ESTOPPED if p is being stopped (see ws_proxy_stop()).
  */
 int ws_proxy_restart(ws_proxy *p, const struct ws_proxy_config *cfg,
                      char *err, size_t errlen);

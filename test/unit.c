@@ -838,6 +838,70 @@ static void test_restart_semantics(void)
     engine_stop(&e);
 }
 
+/* A restart onto another address with the same port: the addresses
+ * overlap, so the new listener cannot be bound while the old one lives.
+ * The restart fails, changes nothing, and names the conflict and the way
+ * out; following it works.  (127.0.0.1 and ::ffff:127.0.0.1 overlap as
+ * 0.0.0.0 and 127.0.0.1 do, and keep the test on loopback.) */
+static void test_restart_same_port_other_address(void)
+{
+    static const char *const addrs[][2] = {{"127.0.0.1", "::ffff:127.0.0.1"},
+                                           {"::ffff:127.0.0.1", "127.0.0.1"}};
+    struct engine e;
+    struct ws_proxy_config c;
+    struct ws_proxy_status st;
+    char err[256], want[256];
+    size_t i;
+    engine_start(&e);
+    for (i = 0; i < COUNT_OF(addrs); i++) {
+        ws_proxy *p;
+        int port, fd, fd2;
+        const char *from = addrs[i][0], *to = addrs[i][1];
+        local_config(&c, &e);
+        c.bind_address = from;
+        if (!(p = ws_proxy_start(&c, err, sizeof err))) {
+            FAIL("start on %s: %s", from, err);
+            continue;
+        }
+        port = port_of(p);
+        fd = ws_open(port);
+        CHECK(fd >= 0);
+        c.http_port = port, c.bind_address = to;
+        EQ_INT(ws_proxy_restart(p, &c, err, sizeof err), WS_PROXY_EBIND);
+        snprintf(want, sizeof want,
+                 "%s%s%s:%d): Address already in use (by this proxy, on %s%s%s:%d: one port "
+                 "cannot be held on two overlapping addresses; restart with no port first, "
+                 "then with the new address)",
+                 strchr(to, ':') ? "bind([" : "bind(", to, strchr(to, ':') ? "]" : "", port,
+                 strchr(from, ':') ? "[" : "", from, strchr(from, ':') ? "]" : "", port);
+        EQ_STR(err, want);
+        /* Nothing changed. */
+        EQ_INT(port_of(p), port);
+        EQ_INT(ws_echo(fd, "still here"), 0);
+        fd2 = ws_open(port);
+        CHECK(fd2 >= 0);
+        if (fd2 >= 0)
+            close(fd2);
+        /* The way out: no port, then the new address; connections go on. */
+        c.http_port = 0;
+        EQ_INT(ws_proxy_restart(p, &c, err, sizeof err), 0);
+        EQ_INT(ws_proxy_status(p, &st), 0);
+        EQ_INT(st.state, WS_PROXY_STOPPED);
+        c.http_port = port;
+        EQ_INT(ws_proxy_restart(p, &c, err, sizeof err), 0);
+        EQ_INT(port_of(p), port);
+        EQ_INT(ws_echo(fd, "moved"), 0);
+        fd2 = ws_open(port);
+        CHECK(fd2 >= 0);
+        if (fd2 >= 0)
+            close(fd2);
+        if (fd >= 0)
+            close(fd);
+        ws_proxy_stop(p);
+    }
+    engine_stop(&e);
+}
+
 /* A fatal loop error leaves the proxy FAILED until a restart. */
 static void test_failed_stays_failed(void)
 {
@@ -1121,6 +1185,7 @@ static const struct {
     {"frame_unmask", test_frame_unmask},
     {"config_validation", test_config_validation},
     {"restart_semantics", test_restart_semantics},
+    {"restart_same_port_other_address", test_restart_same_port_other_address},
     {"failed_stays_failed", test_failed_stays_failed},
     {"cycles_leave_nothing", test_cycles_leave_nothing},
     {"stop_races_every_call", test_stop_races_every_call},
