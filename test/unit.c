@@ -1065,7 +1065,7 @@ struct hammer {
     const struct ws_proxy_config *c;
     int which;       /* 0 status, 1 restart, 2 reopen_log, 3 a second stop */
     int calls, bad;  /* calls that returned 0; calls with another code */
-    char bad_err[256];
+    char bad_err[320]; /* room for a whole err[256] and a prefix */
 };
 
 static void *hammer_main(void *arg)
@@ -1086,9 +1086,10 @@ static void *hammer_main(void *arg)
                  : h->which == 1 ? ws_proxy_restart(h->p, h->c, err, sizeof err)
                                  : ws_proxy_reopen_log(h->p, err, sizeof err);
         if (rc == WS_PROXY_ESTOPPED) {
-            if (h->which && strcmp(err, "the proxy is stopped or stopping"))
-                snprintf(h->bad_err, sizeof h->bad_err, "ESTOPPED with \"%s\"", err),
-                    h->bad++;
+            if (h->which && strcmp(err, "the proxy is stopped or stopping")) {
+                snprintf(h->bad_err, sizeof h->bad_err, "ESTOPPED with \"%s\"", err);
+                h->bad++;
+            }
             return NULL;
         }
         if (rc) {
