@@ -3343,7 +3343,18 @@ static struct api_entry *api_find(const ws_proxy *p)
     return NULL;
 }
 
-static int api_register(ws_proxy *p)
+/* The entry with this serial, or NULL; api_reg_mu held.  Used once p may
+ * have been freed, so that p's value is never used after free. */
+static struct api_entry *api_find_serial(uint64_t serial)
+{
+    size_t i;
+    for (i = 0; i < api_nreg; i++)
+        if (api_reg[i].serial == serial)
+            return &api_reg[i];
+    return NULL;
+}
+
+static int api_register(ws_proxy *p, uint64_t *serial)
 {
     int rc = 0;
     pthread_mutex_lock(&api_reg_mu);
@@ -3358,7 +3369,7 @@ static int api_register(ws_proxy *p)
     if (!rc) {
         struct api_entry *e = &api_reg[api_nreg++];
         e->p = p;
-        e->serial = ++api_serial;
+        e->serial = *serial = ++api_serial;
         e->inflight = 0;
         e->stopping = 0;
     }
@@ -3366,10 +3377,10 @@ static int api_register(ws_proxy *p)
     return rc;
 }
 
-/* Drops p's entry and wakes whoever waits for it to go; api_reg_mu held. */
-static void api_unregister_locked(const ws_proxy *p)
+/* Drops an entry and wakes whoever waits for it to go; api_reg_mu held. */
+static void api_unregister_locked(uint64_t serial)
 {
-    struct api_entry *e = api_find(p);
+    struct api_entry *e = api_find_serial(serial);
     if (e)
         *e = api_reg[--api_nreg];
     if (!api_nreg) { /* the last proxy is gone: keep nothing allocated */
@@ -3462,6 +3473,7 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
 {
     ws_proxy *p;
     struct cfg *cf;
+    uint64_t serial;
     int fds[2];
     if (err && errlen)
         err[0] = 0;
@@ -3496,7 +3508,7 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
     log_config(p, "started");
     /* Registered before the thread exists: no other thread knows p yet, so
      * undoing either step below races nothing. */
-    if (api_register(p)) {
+    if (api_register(p, &serial)) {
         err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
         pthread_mutex_destroy(&p->api_mu);
         pthread_mutex_destroy(&p->mu);
@@ -3507,7 +3519,7 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
     if (pthread_create(&p->thread, NULL, loop_main, p)) {
         err_set(err, errlen, WS_PROXY_ESYS, "pthread_create failed");
         pthread_mutex_lock(&api_reg_mu);
-        api_unregister_locked(p);
+        api_unregister_locked(serial);
         pthread_mutex_unlock(&api_reg_mu);
         pthread_mutex_destroy(&p->api_mu);
         pthread_mutex_destroy(&p->mu);
@@ -3617,7 +3629,7 @@ void ws_proxy_stop(ws_proxy *p)
          * stop returns only when no callback can run any more.  (The
          * address may meanwhile belong to a newer handle: the serial tells
          * them apart.) */
-        while ((e = api_find(p)) != NULL && e->serial == serial)
+        while (api_find_serial(serial))
             pthread_cond_wait(&api_reg_cv, &api_reg_mu);
         pthread_mutex_unlock(&api_reg_mu);
         return;
@@ -3625,8 +3637,10 @@ void ws_proxy_stop(ws_proxy *p)
     /* Admit no new call, and wait for those in flight: each is answered by
      * the loop, which is still running. */
     e->stopping = 1;
-    while ((e = api_find(p)) != NULL && e->inflight)
+    while (e->inflight) {
         pthread_cond_wait(&api_reg_cv, &api_reg_mu);
+        e = api_find_serial(serial); /* the table may have moved */
+    }
     pthread_mutex_unlock(&api_reg_mu);
     /* No other thread can be in api_call now: the mutexes are unlocked and
      * nobody waits on cv when they are destroyed. */
@@ -3639,7 +3653,7 @@ void ws_proxy_stop(ws_proxy *p)
      * register a new handle that malloc placed at the same address. */
     pthread_mutex_lock(&api_reg_mu);
     proxy_free(p);
-    api_unregister_locked(p);
+    api_unregister_locked(serial);
     pthread_mutex_unlock(&api_reg_mu);
 }
 
