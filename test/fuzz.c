@@ -97,19 +97,57 @@ static struct bvec fuzz_text(const uint8_t *data, size_t size, int nl)
     return v;
 }
 
+/* One PEM block of the given DER, in 64-column lines, as text. */
+static struct bvec fuzz_pem(const char *label, const uint8_t *der, size_t n)
+{
+    struct bvec v;
+    char *b64 = malloc(4 * (n / 3 + 1) + 1), line[80];
+    size_t len = b64_encode(der, n, b64), i;
+    memset(&v, 0, sizeof v);
+    snprintf(line, sizeof line, "-----BEGIN %s-----\n", label);
+    bvec_add(&v, line, strlen(line));
+    for (i = 0; i < len; i += 64) {
+        bvec_add(&v, b64 + i, len - i < 64 ? len - i : 64);
+        bvec_add(&v, "\n", 1);
+    }
+    snprintf(line, sizeof line, "-----END %s-----\n", label);
+    bvec_add(&v, line, strlen(line));
+    free(b64);
+    return v;
+}
+
 /* The certificate and key files, through what tls_creds_load() runs on
- * their text.  arg bit 0: add the final newline; bit 1: one file holds
- * both (cert_file == key_file); otherwise the key file's text is what
- * follows the first NUL byte. */
+ * their text.  arg bit 2 clear: the input is text; bit 0 adds the final
+ * newline; bit 1: one file holds both (cert_file == key_file), otherwise
+ * the key file's text is what follows the first NUL byte.  Bit 2 set: the
+ * input is DER, wrapped here in PEM so that mutations reach the DER
+ * decoders and our use of their output: a 2-byte big-endian length, the
+ * certificate's DER, then the key's, labelled by arg / 8 % 3 as PKCS#8,
+ * PKCS#1 or SEC1. */
 static void fuzz_tls(uint8_t arg, const uint8_t *data, size_t size)
 {
+    static const char *const labels[] = {"PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"};
     const uint8_t *nul = arg & 2 ? NULL : memchr(data, 0, size);
     size_t ncert = nul ? (size_t)(nul - data) : size;
-    struct bvec cert = fuzz_text(data, ncert, arg & 1), key;
+    struct bvec cert, key;
     struct tls_creds *cr = NULL;
     char err[256] = "";
     int rc;
-    key = arg & 2 ? cert : fuzz_text(nul ? nul + 1 : data, nul ? size - ncert - 1 : 0, arg & 1);
+    if (arg & 4) {
+        if (size < 2)
+            return;
+        ncert = (size_t)data[0] << 8 | data[1];
+        data += 2, size -= 2;
+        if (ncert > size)
+            ncert = size;
+        cert = fuzz_pem("CERTIFICATE", data, ncert);
+        key = fuzz_pem(labels[arg / 8 % 3], data + ncert, size - ncert);
+        arg &= (uint8_t)~2;
+    } else {
+        cert = fuzz_text(data, ncert, arg & 1);
+        key = arg & 2 ? cert
+                      : fuzz_text(nul ? nul + 1 : data, nul ? size - ncert - 1 : 0, arg & 1);
+    }
     rc = tls_creds_parse(&cert, &key, "c.pem", "k.pem", &cr, err, sizeof err);
     FUZZ_ASSERT(rc == 0 || rc == WS_PROXY_ETLS || rc == WS_PROXY_ENOMEM);
     if (rc == 0) {

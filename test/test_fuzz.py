@@ -4,6 +4,7 @@ chunks, UTF-8, base64, certificate and key files), seeded with valid
 requests, frame streams and PEM files (made with openssl: EC and RSA,
 PKCS#8, PKCS#1 and SEC1 keys).  Any crash, sanitizer report or broken
 invariant fails the test.  Run with /usr/bin/python3 (Debian's pytest)."""
+import base64
 import os
 import struct
 import subprocess
@@ -42,6 +43,13 @@ def pem_files(tmp):
     return out
 
 
+def der(pem):
+    """The DER of a PEM file's first block, and the block's label."""
+    lines = pem.decode().strip().splitlines()
+    return base64.b64decode("".join(lines[1:lines.index(lines[0].replace("BEGIN", "END"))])), \
+        lines[0][11:-5]
+
+
 def seeds(pems=()):
     req = (b"GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
@@ -61,6 +69,12 @@ def seeds(pems=()):
         yield b"\x03" + bytes([i % 2]) + cert + b"\x00" + key
         yield b"\x03" + bytes([2 + i % 2]) + key + cert
     yield b"\x03\x01-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"
+    # The same as DER, which the target wraps in PEM (arg bit 2, label arg/8).
+    labels = ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"]
+    for cert, key in pems:
+        (cder, _), (kder, label) = der(cert), der(key)
+        yield (b"\x03" + bytes([4 + 8 * labels.index(label)]) + struct.pack(">H", len(cder))
+               + cder + kder)
 
 
 def test_fuzz_parsers(tmp_path):
