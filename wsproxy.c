@@ -1649,7 +1649,9 @@ struct bvec {
 static void bvec_add(void *ctx, const void *src, size_t len)
 {
     struct bvec *v = ctx;
-    if (v->oom)
+    /* An empty PEM block hands over no bytes and maybe a NULL src:
+     * memcpy(NULL, NULL, 0) is undefined. */
+    if (v->oom || !len)
         return;
     if (v->n + len > v->cap) {
         size_t cap = (v->n + len) * 2;
@@ -1734,6 +1736,7 @@ struct tls_load {
     size_t off[WS_PROXY_TLS_MAX_CHAIN];
     br_skey_decoder_context sk;
     int have_key, key_err, too_many, encrypted;
+    int empty; /* a CERTIFICATE or key block with nothing inside */
 };
 
 static int tls_take_cert(void *ctx, const char *name, const uint8_t *der, size_t n)
@@ -1741,6 +1744,10 @@ static int tls_take_cert(void *ctx, const char *name, const uint8_t *der, size_t
     struct tls_load *l = ctx;
     if (strcmp(name, "CERTIFICATE") && strcmp(name, "X509 CERTIFICATE"))
         return 0;
+    if (!n) {
+        l->empty = 1;
+        return -1;
+    }
     if (l->cr->chain_len == WS_PROXY_TLS_MAX_CHAIN) {
         l->too_many = 1;
         return -1;
@@ -1761,6 +1768,10 @@ static int tls_take_key(void *ctx, const char *name, const uint8_t *der, size_t 
     if (l->have_key || (strcmp(name, "RSA PRIVATE KEY") && strcmp(name, "EC PRIVATE KEY") &&
                         strcmp(name, "PRIVATE KEY")))
         return 0;
+    if (!n) {
+        l->empty = 1;
+        return -1;
+    }
     br_skey_decoder_init(&l->sk);
     br_skey_decoder_push(&l->sk, der, n);
     l->key_err = br_skey_decoder_last_error(&l->sk);
@@ -1844,10 +1855,13 @@ static int tls_key_matches(const struct tls_creds *cr, const br_x509_pkey *pk)
     }
 }
 
-/* Loads and checks a certificate chain and its key; each failure names
- * the file and the problem. */
-static int tls_creds_load(const char *cert_file, const char *key_file,
-                          struct tls_creds **out, char *err, size_t errlen)
+/* Builds the certificate chain and key from the PEM text of cert_file
+ * (cert_text) and of key_file (key_text; NULL: read key_file once the
+ * certificates are good); checks them; each failure names the file and the
+ * problem.  Takes no ownership of the texts. */
+static int tls_creds_parse(const struct bvec *cert_text, const struct bvec *key_text,
+                           const char *cert_file, const char *key_file,
+                           struct tls_creds **out, char *err, size_t errlen)
 {
     struct tls_load l;
     struct bvec text, dn;
@@ -1860,14 +1874,12 @@ static int tls_creds_load(const char *cert_file, const char *key_file,
     memset(&l, 0, sizeof l);
     if (!(cr = l.cr = calloc(1, sizeof *cr)))
         return err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
-    if ((rc = tls_read_file("cert_file", cert_file, &text, err, errlen)) != 0) {
-        free(cr);
-        return rc;
-    }
-    n = tls_pem_each(&text, tls_take_cert, &l);
-    free(text.p);
+    n = tls_pem_each(cert_text, tls_take_cert, &l);
     if (n == -2 || (n >= 0 && n == 0))
         rc = err_set(err, errlen, WS_PROXY_ETLS, "cert_file %s: not a PEM file", cert_file);
+    else if (l.empty)
+        rc = err_set(err, errlen, WS_PROXY_ETLS,
+                     "cert_file %s: an empty CERTIFICATE block", cert_file);
     else if (l.too_many)
         rc = err_set(err, errlen, WS_PROXY_ETLS, "cert_file %s: more than %d certificates",
                      cert_file, WS_PROXY_TLS_MAX_CHAIN);
@@ -1876,13 +1888,19 @@ static int tls_creds_load(const char *cert_file, const char *key_file,
     else if (!cr->chain_len)
         rc = err_set(err, errlen, WS_PROXY_ETLS, "cert_file %s: holds no CERTIFICATE", cert_file);
     cr->der = l.certs.p;
-    for (i = 0; i < cr->chain_len; i++)
+    for (i = 0; cr->der && i < cr->chain_len; i++)
         cr->chain[i].data = cr->der + l.off[i];
-    if (!rc && !(rc = tls_read_file("key_file", key_file, &text, err, errlen))) {
-        n = tls_pem_each(&text, tls_take_key, &l);
+    text.p = NULL;
+    if (!rc && !key_text && !(rc = tls_read_file("key_file", key_file, &text, err, errlen)))
+        key_text = &text;
+    if (!rc) {
+        n = tls_pem_each(key_text, tls_take_key, &l);
         free(text.p);
         if (n == -2 || n == 0)
             rc = err_set(err, errlen, WS_PROXY_ETLS, "key_file %s: not a PEM file", key_file);
+        else if (l.empty)
+            rc = err_set(err, errlen, WS_PROXY_ETLS,
+                         "key_file %s: an empty private key block", key_file);
         else if (l.encrypted)
             rc = err_set(err, errlen, WS_PROXY_ETLS,
                          "key_file %s: encrypted private keys are not supported", key_file);
@@ -1950,6 +1968,20 @@ static int tls_creds_load(const char *cert_file, const char *key_file,
     br_ssl_session_cache_lru_init(&cr->cache, cr->cache_store, sizeof cr->cache_store);
     *out = cr;
     return 0;
+}
+
+/* Loads and checks a certificate chain and its key from their files. */
+static int tls_creds_load(const char *cert_file, const char *key_file,
+                          struct tls_creds **out, char *err, size_t errlen)
+{
+    struct bvec text;
+    int rc;
+    *out = NULL;
+    if ((rc = tls_read_file("cert_file", cert_file, &text, err, errlen)) != 0)
+        return rc;
+    rc = tls_creds_parse(&text, NULL, cert_file, key_file, out, err, errlen);
+    free(text.p);
+    return rc;
 }
 
 struct tls_conn {
@@ -3915,6 +3947,121 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
     return 0;
 }
 
+/*
+ * The registry of live handles.  Every call looks its handle up here first,
+ * so a call that races ws_proxy_stop(), or comes after it, finds the handle
+ * missing or stopping and returns WS_PROXY_ESTOPPED instead of posting to a
+ * loop that has exited (it would wait forever).  Each entry counts the calls
+ * in flight; stop marks the entry stopping, waits for that count to reach
+ * zero, and only then stops the loop and frees; the entry goes last, so a
+ * second stop of the same handle waits for the first and returns.  The
+ * table is process-wide, but proxies still share nothing else: its lock is
+ * held only for lookups and the final free, never across a call.  A handle
+ * is in the table at most once (stop frees it and drops its entry under the
+ * lock); serial tells it from a later one that malloc placed at the same
+ * address.
+ */
+struct api_entry {
+    ws_proxy *p;
+    uint64_t serial;
+    unsigned inflight;
+    int stopping;
+};
+
+static pthread_mutex_t api_reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t api_reg_cv = PTHREAD_COND_INITIALIZER;
+static struct api_entry *api_reg;
+static size_t api_nreg, api_capreg;
+static uint64_t api_serial;
+
+/* The entry of p, or NULL; api_reg_mu held. */
+static struct api_entry *api_find(const ws_proxy *p)
+{
+    size_t i;
+    for (i = 0; i < api_nreg; i++)
+        if (api_reg[i].p == p)
+            return &api_reg[i];
+    return NULL;
+}
+
+/* The entry with this serial, or NULL; api_reg_mu held.  Used once p may
+ * have been freed, so that p's value is never used after free. */
+static struct api_entry *api_find_serial(uint64_t serial)
+{
+    size_t i;
+    for (i = 0; i < api_nreg; i++)
+        if (api_reg[i].serial == serial)
+            return &api_reg[i];
+    return NULL;
+}
+
+static int api_register(ws_proxy *p, uint64_t *serial)
+{
+    int rc = 0;
+    pthread_mutex_lock(&api_reg_mu);
+    if (api_nreg == api_capreg) {
+        size_t cap = api_capreg ? 2 * api_capreg : 8;
+        struct api_entry *n = realloc(api_reg, cap * sizeof *n);
+        if (n)
+            api_reg = n, api_capreg = cap;
+        else
+            rc = WS_PROXY_ENOMEM;
+    }
+    if (!rc) {
+        struct api_entry *e = &api_reg[api_nreg++];
+        e->p = p;
+        e->serial = *serial = ++api_serial;
+        e->inflight = 0;
+        e->stopping = 0;
+    }
+    pthread_mutex_unlock(&api_reg_mu);
+    return rc;
+}
+
+/* Drops an entry and wakes whoever waits for it to go; api_reg_mu held. */
+static void api_unregister_locked(uint64_t serial)
+{
+    struct api_entry *e = api_find_serial(serial);
+    if (e)
+        *e = api_reg[--api_nreg];
+    if (!api_nreg) { /* the last proxy is gone: keep nothing allocated */
+        free(api_reg);
+        api_reg = NULL;
+        api_capreg = 0;
+    }
+    pthread_cond_broadcast(&api_reg_cv);
+}
+
+/* Admits one call on p: 0, or WS_PROXY_ESTOPPED if p is not a live handle
+ * (never started, stopped, or being stopped). */
+static int api_enter(ws_proxy *p)
+{
+    struct api_entry *e;
+    int rc = WS_PROXY_ESTOPPED;
+    pthread_mutex_lock(&api_reg_mu);
+    if ((e = api_find(p)) != NULL && !e->stopping) {
+        e->inflight++;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&api_reg_mu);
+    return rc;
+}
+
+static void api_leave(ws_proxy *p)
+{
+    struct api_entry *e;
+    pthread_mutex_lock(&api_reg_mu);
+    /* The entry is there: stop waits for inflight == 0 before removing it. */
+    if ((e = api_find(p)) != NULL && --e->inflight == 0 && e->stopping)
+        pthread_cond_broadcast(&api_reg_cv);
+    pthread_mutex_unlock(&api_reg_mu);
+}
+
+static int api_stopped(char *err, size_t errlen)
+{
+    return err_set(err, errlen, WS_PROXY_ESTOPPED, "the proxy is stopped or stopping");
+}
+
 /* Hands a command to the loop thread and waits until it has run. */
 static int api_call(ws_proxy *p, int cmd, void *arg, char *err, size_t errlen)
 {
@@ -3968,6 +4115,7 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
 {
     ws_proxy *p;
     struct cfg *cf;
+    uint64_t serial;
     int fds[2];
     if (err && errlen)
         err[0] = 0;
@@ -3998,8 +4146,21 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     log_config(p, "started");
+    /* Registered before the thread exists: no other thread knows p yet, so
+     * undoing either step below races nothing. */
+    if (api_register(p, &serial)) {
+        err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
+        pthread_mutex_destroy(&p->api_mu);
+        pthread_mutex_destroy(&p->mu);
+        pthread_cond_destroy(&p->cv);
+        proxy_free(p);
+        return NULL;
+    }
     if (pthread_create(&p->thread, NULL, loop_main, p)) {
         err_set(err, errlen, WS_PROXY_ESYS, "pthread_create failed");
+        pthread_mutex_lock(&api_reg_mu);
+        api_unregister_locked(serial);
+        pthread_mutex_unlock(&api_reg_mu);
         pthread_mutex_destroy(&p->api_mu);
         pthread_mutex_destroy(&p->mu);
         pthread_cond_destroy(&p->cv);
@@ -4007,6 +4168,41 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
         return NULL;
     }
     return p;
+}
+
+/*
+ * A restart onto another address with the same port (0.0.0.0:P to
+ * 127.0.0.1:P, or back) fails with EADDRINUSE: the kernel refuses to bind an
+ * address overlapping our own listener, and the new listener must be bound
+ * before the old one closes.  SO_REUSEPORT would allow the overlap, but it
+ * would also let any process of the same user bind that address and port
+ * and silently take a share of the connections, for as long as the listener
+ * lives (Linux's bind fast path keeps allowing it even after the option is
+ * cleared).  So the restart fails, changes nothing, and says whose the
+ * address is and how to move: this appends that to the bind error.
+ */
+static void api_explain_overlap(ws_proxy *p, const struct cfg *cf, char *err, size_t errlen)
+{
+    struct ws_proxy_status st;
+    union conn_addr want, have;
+    char old[INET6_ADDRSTRLEN + 1];
+    size_t n;
+    if (!err || !errlen || !cf->port || !strstr(err, strerror(EADDRINUSE)) ||
+        api_call(p, CMD_STATUS, &st, NULL, 0) || st.state != WS_PROXY_RUNNING ||
+        st.port != cf->port)
+        return;
+    /* p->cfg changes only inside a command, and commands need api_mu. */
+    pthread_mutex_lock(&p->api_mu);
+    snprintf(old, sizeof old, "%s", p->cfg->c.bind_address);
+    pthread_mutex_unlock(&p->api_mu);
+    if (addr_parse(old, st.port, &have) || addr_parse(cf->c.bind_address, st.port, &want) ||
+        addr_same_ip(&have, &want))
+        return;
+    n = strlen(err);
+    snprintf(err + n, errlen - n,
+             " (by this proxy, on %s%s%s:%d: one port cannot be held on two overlapping "
+             "addresses; restart with no port first, then with the new address)",
+             strchr(old, ':') ? "[" : "", old, strchr(old, ':') ? "]" : "", st.port);
 }
 
 int ws_proxy_restart(ws_proxy *p, const struct ws_proxy_config *config,
@@ -4018,37 +4214,87 @@ int ws_proxy_restart(ws_proxy *p, const struct ws_proxy_config *config,
         err[0] = 0;
     if (!p)
         return err_set(err, errlen, WS_PROXY_EINVAL, "no proxy");
-    if ((rc = cfg_new(config, &cf, err, errlen)) != 0)
-        return rc;
-    if ((rc = api_call(p, CMD_RESTART, cf, err, errlen)) != 0)
+    if (api_enter(p))
+        return api_stopped(err, errlen);
+    if ((rc = cfg_new(config, &cf, err, errlen)) == 0 &&
+        (rc = api_call(p, CMD_RESTART, cf, err, errlen)) != 0) {
+        if (rc == WS_PROXY_EBIND)
+            api_explain_overlap(p, cf, err, errlen);
         cfg_unref(cf); /* the loop did not take it */
+    }
+    api_leave(p);
     return rc;
 }
 
 int ws_proxy_reopen_log(ws_proxy *p, char *err, size_t errlen)
 {
+    int rc;
+    if (err && errlen)
+        err[0] = 0;
     if (!p)
         return err_set(err, errlen, WS_PROXY_EINVAL, "no proxy");
-    return api_call(p, CMD_REOPEN, NULL, err, errlen);
+    if (api_enter(p))
+        return api_stopped(err, errlen);
+    rc = api_call(p, CMD_REOPEN, NULL, err, errlen);
+    api_leave(p);
+    return rc;
 }
 
 int ws_proxy_status(ws_proxy *p, struct ws_proxy_status *st)
 {
+    int rc;
     if (!p || !st)
         return WS_PROXY_EINVAL;
-    return api_call(p, CMD_STATUS, st, NULL, 0);
+    if (api_enter(p))
+        return WS_PROXY_ESTOPPED;
+    rc = api_call(p, CMD_STATUS, st, NULL, 0);
+    api_leave(p);
+    return rc;
 }
 
 void ws_proxy_stop(ws_proxy *p)
 {
+    struct api_entry *e;
+    uint64_t serial;
     if (!p)
         return;
+    pthread_mutex_lock(&api_reg_mu);
+    if (!(e = api_find(p))) { /* not a live handle: nothing to do */
+        pthread_mutex_unlock(&api_reg_mu);
+        return;
+    }
+    serial = e->serial;
+    if (e->stopping) {
+        /* Another thread is stopping p: return once it has finished, as a
+         * stop returns only when no callback can run any more.  (The
+         * address may meanwhile belong to a newer handle: the serial tells
+         * them apart.) */
+        while (api_find_serial(serial))
+            pthread_cond_wait(&api_reg_cv, &api_reg_mu);
+        pthread_mutex_unlock(&api_reg_mu);
+        return;
+    }
+    /* Admit no new call, and wait for those in flight: each is answered by
+     * the loop, which is still running. */
+    e->stopping = 1;
+    while (e->inflight) {
+        pthread_cond_wait(&api_reg_cv, &api_reg_mu);
+        e = api_find_serial(serial); /* the table may have moved */
+    }
+    pthread_mutex_unlock(&api_reg_mu);
+    /* No other thread can be in api_call now: the mutexes are unlocked and
+     * nobody waits on cv when they are destroyed. */
     api_call(p, CMD_STOP, NULL, NULL, 0);
     pthread_join(p->thread, NULL);
     pthread_mutex_destroy(&p->api_mu);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
+    /* Freed under the registry lock: until the entry is gone, no start can
+     * register a new handle that malloc placed at the same address. */
+    pthread_mutex_lock(&api_reg_mu);
     proxy_free(p);
+    api_unregister_locked(serial);
+    pthread_mutex_unlock(&api_reg_mu);
 }
 
 /* ==== The wsproxy program ================================================

@@ -8,7 +8,8 @@
  * that proxy and runs one poll() loop.  All ws_proxy_* calls are thread-safe
  * and may come from any thread; calls that change or read state are handed to
  * the loop thread and return once it has acted.  Several proxies may run in
- * one process; they share nothing.
+ * one process; they share nothing but one process-wide table of live handles
+ * (see ws_proxy_stop()), locked only briefly.
  *
  * Ownership.  start() and restart() copy everything they need from the
  * configuration, strings included: the caller may free or reuse it as soon
@@ -54,13 +55,14 @@ extern "C" {
     X(ENOTLS, -4, "built without TLS support")                               \
     X(ENOMEM, -5, "out of memory")                                           \
     X(ESYS, -6, "system call failed")                                        \
-    X(ELOG, -7, "cannot open the log file")
+    X(ELOG, -7, "cannot open the log file")                                  \
+    X(ESTOPPED, -8, "the proxy is stopped or stopping")
 
 enum {
 #define WS_PROXY_ENUM_(name, code, msg) WS_PROXY_##name = code,
     WS_PROXY_ERRORS(WS_PROXY_ENUM_)
 #undef WS_PROXY_ENUM_
-    WS_PROXY_ERR_MIN_ = -7
+    WS_PROXY_ERR_MIN_ = -8
 };
 
 const char *ws_proxy_strerror(int code);
@@ -176,23 +178,46 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *cfg, char *err,
  *  - same address and port: the listening socket is kept, so no connection
  *    is refused during the restart;
  *  - a new port: it is bound before the old one is closed;
+ *  - the same port on another address that overlaps the old one (0.0.0.0:P
+ *    and 127.0.0.1:P, or the reverse; :: overlaps every address): the new
+ *    listener cannot be bound while the old one lives, so the restart fails
+ *    with WS_PROXY_EBIND, changes nothing, and err names the conflict and
+ *    the way out: restart with no port, then with the new address (a short
+ *    time without a listener; connections survive both).  The library does
+ *    not use SO_REUSEPORT to overlap them, because it would let any process
+ *    of the same user bind that address and port too and take a share of
+ *    the connections;
  *  - no port set: listening stops (state STOPPED), connections go on.
  * Established connections always survive and keep the settings they began
  * with; the certificate and key files are re-read and the new ones serve
  * new connections; the log file is reopened.  This is also the only way out
- * of the FAILED state: the proxy never restarts itself.
+ * of the FAILED state: the proxy never restarts itself.  Returns
+ * WS_PROXY_ESTOPPED if p is being stopped (see ws_proxy_stop()).
  */
 int ws_proxy_restart(ws_proxy *p, const struct ws_proxy_config *cfg,
                      char *err, size_t errlen);
 
 /*
  * Sends Close 1001 to every client (best effort, bounded), closes every
- * socket, joins the thread and frees everything.  p must not be used after.
- * ws_proxy_stop(NULL) does nothing.
+ * socket, joins the thread and frees everything.  It always returns, also
+ * while other threads call into p:
+ *  - a call on p that is already running when stop begins completes
+ *    normally (stop waits for it; each takes at most as long as a restart);
+ *  - a call on p that begins after stop began returns WS_PROXY_ESTOPPED
+ *    ("the proxy is stopped or stopping") and touches nothing; status()
+ *    then leaves *st unchanged;
+ *  - another ws_proxy_stop(p) at the same time waits until the first one
+ *    has finished, then returns; ws_proxy_stop(NULL) does nothing.
+ * No callback runs after stop returns.  Using p after stop has returned is
+ * the caller's error; as long as no later ws_proxy_start() returned the same
+ * address, such a call returns WS_PROXY_ESTOPPED (or does nothing, for
+ * stop) rather than touching freed memory.
  */
 void ws_proxy_stop(ws_proxy *p);
 
-/* Reopens the log file (for rotation) without touching connections. */
+/* Reopens the log file (for rotation) without touching connections.
+ * Returns 0, or a negative code: WS_PROXY_ELOG, or WS_PROXY_ESTOPPED (see
+ * ws_proxy_stop()). */
 int ws_proxy_reopen_log(ws_proxy *p, char *err, size_t errlen);
 
 enum ws_proxy_state {
@@ -242,7 +267,8 @@ struct ws_proxy_status {
     uint64_t handshake_ms_sum; /* sum of those times, ms */
 };
 
-/* Fills *st with the loop's real state.  Returns 0, or a negative code. */
+/* Fills *st with the loop's real state.  Returns 0, WS_PROXY_EINVAL (p or
+ * st NULL), or WS_PROXY_ESTOPPED (see ws_proxy_stop()). */
 int ws_proxy_status(ws_proxy *p, struct ws_proxy_status *st);
 
 #ifdef __cplusplus
