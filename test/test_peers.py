@@ -32,6 +32,21 @@ def nfds(p):
     return len(os.listdir("/proc/%d/fd" % p.proc.pid))
 
 
+def settled_fds(p, settle=0.3):
+    """The proxy's descriptor count once it has not changed for `settle`
+    seconds (the readiness probe's connection may still be closing)."""
+    last, since = nfds(p), time.monotonic()
+    deadline = since + p.t(5)
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        n = nfds(p)
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= settle:
+            break
+    return last
+
+
 def wait_fds(p, want, within, what):
     """The proxy's descriptors drop to `want` within `within` seconds."""
     t0 = time.monotonic()
@@ -109,6 +124,36 @@ def unacked(sock):
     return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
 
 
+def engine_queued(e):
+    """Bytes waiting in the engine's socket (the proxy wrote, it did not read)."""
+    import fcntl
+    import termios
+    conn = e.conn(0)
+    return struct.unpack("i", fcntl.ioctl(conn.sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
+def pause_with_all_acked(c, e, p):
+    """Sends one large frame piece by piece until the proxy pauses reading
+    this client (the engine's socket stops filling) while every byte sent
+    is acknowledged: a FIN sent now reaches the proxy at once (one queued
+    behind unsent data could not)."""
+    c.sock.sendall(bytes([0x82, 0xFF]) + struct.pack("!Q", 64 * MIB) + bytes(4))
+    assert e.wait_conns(1)
+    chunk = bytes(8192)
+    last, flat = -1, 0
+    for _ in range(256):
+        c.sock.sendall(chunk)
+        wait_until(lambda: unacked(c.sock) == 0, p.t(5),
+                   what="data acknowledged before the proxy paused")
+        time.sleep(0.01)
+        q = engine_queued(e)
+        flat = flat + 1 if q == last else 0
+        last = q
+        if flat >= 6:       # 48 KiB more sent, none of it reached the engine
+            return
+    raise AssertionError("the proxy never paused (engine queue %d)" % last)
+
+
 def rst(sock):
     raw = sock
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -126,24 +171,14 @@ def test_client_gone_while_paused(proxy, engine, certs, tls, how, reads):
     gate = threading.Event()
     e = engine("sink", gate=gate)
     p = start(proxy, e, tls, certs)
-    base = nfds(p)
+    base = settled_fds(p)
     if reads:
         gate.set()
     c = client(p, tls, certs)
     if how == "rst":
         fill_until_blocked(c, secs=1.0)
     else:
-        # A FIN queued behind unsent data cannot reach the proxy: send what
-        # the path takes (more than the engine socket holds, so the proxy
-        # pauses) and wait until all of it is acknowledged.
-        c.sock.sendall(bytes([0x82, 0xFF]) + struct.pack("!Q", 64 * MIB) + bytes(4)
-                       + bytes((232 if tls else 256) * 1024))
-        try:
-            wait_until(lambda: unacked(c.sock) == 0, p.t(5), what="data acknowledged")
-        except AssertionError:
-            import fcntl, termios
-            q = struct.unpack("i", fcntl.ioctl(e.conn(0).sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
-            raise AssertionError("unacked %d, engine queue %d" % (unacked(c.sock), q))
+        pause_with_all_acked(c, e, p)
     assert e.wait_conns(1)
     s = raw_socket(c, tls)
     if how == "rst":
@@ -157,11 +192,11 @@ def test_client_gone_while_paused(proxy, engine, certs, tls, how, reads):
     gate.set()
 
 
-def test_client_rst_during_engine_connect_and_http(proxy, engine, tmp_path):
+def test_client_rst_in_http_phase(proxy, engine, tmp_path):
     """A client reset in the HTTP phase is noticed although nothing is read."""
     e = engine("echo")
     p = proxy(engine=e)
-    base = nfds(p)
+    base = settled_fds(p)
     socks = []
     for _ in range(20):
         s = socket.create_connection((p.host, p.port))
@@ -226,7 +261,7 @@ def test_engine_gone_client_never_reads(proxy, proxyset, certs, tls, reset):
         class E:
             path = fe.path
         p = start(proxy, E, tls, certs, "--drain-timeout", "1000")
-        base = nfds(p)
+        base = settled_fds(p)
         c = client(p, tls, certs, rcvbuf=4096)
         wait_until(lambda: fe.closed_at is not None, p.t(25), what="engine done")
         t0 = time.monotonic()
@@ -364,7 +399,7 @@ def test_per_ip_limit_counts_unfinished_handshakes(proxy, engine):
 def test_wss_close_orders_release_promptly(proxy, engine, certs, order, slow):
     e = engine("echo", tail=b"bye" if slow else b"", tail_delay=0.3 if slow else 0.0)
     p = start(proxy, e, True, certs, "--drain-timeout", "10000")
-    base = nfds(p)
+    base = settled_fds(p)
     c = client(p, True, certs)
     c.echo(b"hello")
     steps = order.split("+")
@@ -439,7 +474,7 @@ def test_drain_timeout_bounds_closing_once(proxy, engine):
     twice that."""
     e = engine("source", source_bytes=64 * MIB)
     p = proxy("--drain-timeout", "1000", engine=e)
-    base = nfds(p)
+    base = settled_fds(p)
     c = client(p, False, None, rcvbuf=4096)
     time.sleep(0.3)
     c.send_frame(OP_CLOSE, close_payload(1000))
