@@ -138,14 +138,28 @@ static unsigned opt_handshake_timeout_ms, opt_idle_timeout_ms, opt_ping_interval
     opt_drain_timeout_ms;
 static my_bool opt_restart;
 
+/* MariaDB's update of a PLUGIN_VAR_MEMALLOC string copies the new value
+ * with the server's allocator and frees the old one; this does the same
+ * (my_strdup/my_free of mysys, looked up in mariadbd) under g_cfg_mu. */
+typedef char *(*my_strdup_fn)(unsigned key, const char *from, unsigned long flags);
+typedef void (*my_free_fn)(void *ptr);
+
 static void str_update(MYSQL_THD thd, struct st_mysql_sys_var *var, void *var_ptr,
                        const void *save)
 {
+    my_strdup_fn dup = (my_strdup_fn)(uintptr_t)dlsym(RTLD_DEFAULT, "my_strdup");
+    my_free_fn fre = (my_free_fn)(uintptr_t)dlsym(RTLD_DEFAULT, "my_free");
+    const char *value = *(char *const *)save;
+    char *old, *copy = NULL;
     (void)thd;
     (void)var;
+    if (!dup || !fre || (value && !(copy = dup(0, value, 0))))
+        return; /* keeps the old value */
     pthread_mutex_lock(&g_cfg_mu);
-    *(char **)var_ptr = *(char *const *)save;
+    old = *(char **)var_ptr;
+    *(char **)var_ptr = copy;
     pthread_mutex_unlock(&g_cfg_mu);
+    fre(old);
 }
 
 static int restart_check(MYSQL_THD thd, struct st_mysql_sys_var *var, void *save,
