@@ -642,3 +642,132 @@ def test_failed_stays_failed_until_restart(server_factory):
     s.restart()
     assert s.status()["Wsproxy_state"] == "RUNNING"
     assert query(port, "SELECT 5 AS x") == (0, [{"x": 5}])
+
+
+# ---------------------------------------------------------------------------
+# lifecycle: INSTALL / UNINSTALL at runtime, server shutdown
+# ---------------------------------------------------------------------------
+
+RELAY_UID_MIN = 2147483646 - 256
+
+
+def relay_threads(pid):
+    """Threads of mariadbd with the relay's effective uid."""
+    n = 0
+    for t in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/status" % (pid, t)) as f:
+                eff = int(re.search(r"^Uid:\s+\d+\s+(\d+)", f.read(), re.M).group(1))
+        except (OSError, AttributeError):
+            continue
+        n += eff >= RELAY_UID_MIN
+    return n
+
+
+class Hammer:
+    """Other sessions running SHOW STATUS and SET GLOBAL wsproxy_restart in a
+    loop (errors such as "unknown variable" while uninstalled are expected)."""
+
+    def __init__(self, s, n=2):
+        self.s, self.stop_ev, self.runs = s, threading.Event(), 0
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def run(self):
+        sql = "SHOW GLOBAL STATUS LIKE 'wsproxy%'; SET GLOBAL wsproxy_restart = ON"
+        while not self.stop_ev.is_set():
+            try:
+                subprocess.run([self.s.client, "--no-defaults", "--socket=" + self.s.sock,
+                                "-uroot", "--force", "-e", sql], capture_output=True,
+                               timeout=30, stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                pass
+            self.runs += 1
+
+    def stop(self):
+        self.stop_ev.set()
+        for t in self.threads:
+            t.join(40)
+        assert not any(t.is_alive() for t in self.threads), "a hammer session hung"
+
+
+def installed(s):
+    return s.sql("SELECT COUNT(*) FROM information_schema.plugins "
+                 "WHERE plugin_name = 'wsproxy'") == [["1"]]
+
+
+def install(s, port):
+    """INSTALL SONAME and start serving on `port`.  While another session
+    holds the plugin, MariaDB defers an UNINSTALL until it lets go ("Plugin
+    is busy"), and a new INSTALL is refused meanwhile: retry."""
+    deadline = time.monotonic() + 20
+    while True:
+        rc, _, err = s.sql("INSTALL SONAME 'wsproxy'; SELECT @@wsproxy_http_port",
+                           check=False)
+        if rc == 0:
+            break
+        assert time.monotonic() < deadline, "INSTALL SONAME kept failing: %s" % err
+        time.sleep(0.02)
+    s.sql("SET GLOBAL wsproxy_http_port = %d; SET GLOBAL wsproxy_restart = ON" % port)
+
+
+def uninstall(s):
+    s.sql("UNINSTALL SONAME 'wsproxy'")
+    wait_until(lambda: not installed(s), 20, what="wsproxy uninstalled")
+
+
+def test_install_uninstall_cycles_leave_no_thread_or_descriptor(server_factory):
+    s = server_factory(load=False).start()
+    port = free_port()
+    install(s, port)                   # warm-up: first dlopen, caches
+    uninstall(s)
+    fds0 = s.fds()
+    # a session open at UNINSTALL gets Close 1001
+    install(s, port)
+    live = MySession(port)
+    assert live.query("SELECT 1") == [["1"]]
+    s.sql("UNINSTALL SONAME 'wsproxy'")
+    assert live.close_code() == 1001
+    live.close()
+    assert not port_accepts(port)
+    assert relay_threads(s.pid) == 0
+    hammer = Hammer(s)
+    try:
+        t0 = time.monotonic()
+        for i in range(49):
+            install(s, port)
+            if i % 10 == 0:
+                assert query(port, "SELECT %d AS i" % i) == (0, [{"i": i}])
+            uninstall(s)
+        took = time.monotonic() - t0
+    finally:
+        hammer.stop()
+    assert hammer.runs > 0
+    assert relay_threads(s.pid) == 0
+    assert s.fds() == fds0, "descriptors of mariadbd: %d before, %d after" % (fds0, s.fds())
+    assert not port_accepts(port)
+    print("50 INSTALL/restart/UNINSTALL cycles: %.2f s, %d hammer runs, %d fds"
+          % (took, hammer.runs, fds0))
+
+
+def test_shutdown_with_connections_and_concurrent_status_does_not_hang(server_factory):
+    port = free_port()
+    s = server_factory(cnf={"wsproxy_http_port": port}).start()
+    sessions = [MySession(port) for _ in range(5)]
+    for m in sessions:
+        assert m.query("SELECT 7") == [["7"]]
+    idle = WSClient(port)
+    idle.handshake()
+    hammer = Hammer(s)
+    time.sleep(0.3)
+    took = s.stop(timeout=30)
+    hammer.stop()
+    # MariaDB ends its client sessions before it deinitialises plugins: the
+    # engine closes first (1000), or the plugin's stop does (1001)
+    codes = sorted(m.close_code() for m in sessions)
+    assert set(codes) <= {1000, 1001}, codes
+    assert s.proc.returncode == 0, s.errlog()[-2000:]
+    assert "wsproxy" not in "".join(l for l in s.errlog().splitlines() if "[ERROR]" in l)
+    print("shutdown with 6 WebSockets open and 2 status sessions: %.2f s, Close codes %s"
+          % (took, codes))
