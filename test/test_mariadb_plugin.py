@@ -771,3 +771,16 @@ def test_shutdown_with_connections_and_concurrent_status_does_not_hang(server_fa
     assert "wsproxy" not in "".join(l for l in s.errlog().splitlines() if "[ERROR]" in l)
     print("shutdown with 6 WebSockets open and 2 status sessions: %.2f s, Close codes %s"
           % (took, codes))
+
+
+def test_a_port_below_1024_binds_although_the_relay_is_not_root(main):
+    low = next((p for p in range(1000, 600, -1)
+                if not port_accepts(p) and not port_accepts(p, host="::1")), None)
+    assert low, "no free port in 601..1000"
+    try:
+        main.sql("SET GLOBAL wsproxy_http_port = %d" % low)
+        main.restart()
+        assert main.status()["Wsproxy_port"] == str(low)
+        assert query(low, "SELECT 8 AS x") == (0, [{"x": 8}])
+    finally:
+        back_to(main, main.port)

@@ -48,6 +48,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <linux/capability.h>
+
 #include <mysql/plugin.h>
 #include <mysqld_error.h>
 
@@ -374,6 +376,25 @@ struct spawn {
     char err[PLUGIN_ERRLEN];
 };
 
+/* A non-zero euid clears the thread's effective capabilities (the
+ * permitted ones stay, real and saved uid being 0): take back the one that
+ * binds ports below 1024, for this thread and the loop it starts.  Best
+ * effort: without it such a port fails to bind with a clear reason. */
+static void cap_net_bind_service(void)
+{
+    struct __user_cap_header_struct h;
+    struct __user_cap_data_struct d[2];
+    memset(&h, 0, sizeof h);
+    memset(d, 0, sizeof d);
+    h.version = _LINUX_CAPABILITY_VERSION_3;
+    if (syscall(SYS_capget, &h, d) != 0)
+        return;
+    if (d[0].permitted & (1u << CAP_NET_BIND_SERVICE)) {
+        d[0].effective |= 1u << CAP_NET_BIND_SERVICE;
+        syscall(SYS_capset, &h, d);
+    }
+}
+
 static void *spawn_main(void *arg)
 {
     struct spawn *s = arg;
@@ -391,6 +412,7 @@ static void *spawn_main(void *arg)
             snprintf(s->err, sizeof s->err, "the relay thread's uid did not change");
             return NULL;
         }
+        cap_net_bind_service();
     }
     s->p = ws_proxy_start(s->cfg, s->err, sizeof s->err);
     return NULL;
