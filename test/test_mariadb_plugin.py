@@ -575,6 +575,11 @@ def test_server_as_mysql_refuses_unless_unix_socket_is_off(server_factory):
     assert s.status()["Wsproxy_state"] == "FAILED"
     s.restart()
     assert s.status()["Wsproxy_state"] == "RUNNING"
+    # INSTALL SONAME in a running server knows at once
+    s.sql("UNINSTALL SONAME 'wsproxy'")
+    s.sql("INSTALL SONAME 'wsproxy'; SET GLOBAL wsproxy_http_port = %d; "
+          "SET GLOBAL wsproxy_restart = ON" % port)
+    assert s.status()["Wsproxy_state"] == "RUNNING"
     for addr in ("127.0.0.1", "127.0.0.2"):
         for user in ("root", "mysql"):
             assert_refused(whoami(port, user, "", addr), user,
@@ -623,7 +628,11 @@ def test_both_ports_in_my_cnf_server_starts_proxy_does_not(server_factory):
     rc, err = s.restart(check=False)
     assert rc != 0 and "http_port and https_port are mutually exclusive" in err, err
     assert s.status()["Wsproxy_state"] == "FAILED"
-    s.sql("SET GLOBAL wsproxy_https_port = 0")
+    # https alone, and the server has no certificate
+    s.sql("SET GLOBAL wsproxy_http_port = 0")
+    rc, err = s.restart(check=False)
+    assert rc != 0 and "https_proxy_port requires SSL to be enabled" in err, err
+    s.sql("SET GLOBAL wsproxy_https_port = 0; SET GLOBAL wsproxy_http_port = %d" % a)
     s.restart()
     st = s.status()
     assert (st["Wsproxy_state"], st["Wsproxy_port"]) == ("RUNNING", str(a)), st

@@ -87,7 +87,13 @@ static const char *srv_str_array(const char *name)
 /* plugin_is_ready(const LEX_CSTRING *, int) of sql_plugin.cc (C++). */
 typedef char (*plugin_is_ready_fn)(const MYSQL_CONST_LEX_STRING *, int);
 
-static int g_starting; /* in plugin init: other plugins may not be ready yet */
+/* Whether the server has finished starting: before that, other plugins
+ * (unix_socket among them) may not be ready yet. */
+static int srv_started(void)
+{
+    const int *p = dlsym(RTLD_DEFAULT, "mysqld_server_started");
+    return p && *p;
+}
 
 static int srv_unix_socket_auth_active(void)
 {
@@ -429,8 +435,8 @@ static int identity_check(int *drop, uid_t *uid, char *err, size_t errlen)
         return -1;
     }
     *drop = 0;
-    /* During the server's start unix_socket is not ready yet: count it */
-    if (!g_starting && !srv_unix_socket_auth_active())
+    /* While the server starts, unix_socket is not ready yet: count it */
+    if (srv_started() && !srv_unix_socket_auth_active())
         return 0; /* nothing authenticates by peer credentials */
     if (relay_uid_pick(uid)) {
         snprintf(err, errlen, "found no uid without a passwd entry for the relay");
@@ -627,10 +633,7 @@ static int wsproxy_init(void *p)
     g_proxy = NULL;
     g_state = WS_PROXY_STOPPED;
     g_reason[0] = 0;
-    g_starting = 1;
-    rc = proxy_apply(err, sizeof err);
-    g_starting = 0;
-    if (rc) {
+    if ((rc = proxy_apply(err, sizeof err)) != 0) {
         /* never fail the server's start: the proxy stays FAILED until
          * SET GLOBAL wsproxy_restart = ON */
         g_state = WS_PROXY_FAILED;
