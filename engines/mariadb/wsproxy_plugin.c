@@ -434,26 +434,31 @@ static int identity_check(int *drop, uid_t *uid, char *err, size_t errlen)
                  "(e.g. proxy_protocol_networks = localhost)");
         return -1;
     }
+    if (geteuid() == 0) {
+        /* always, so that enabling unix_socket later cannot change this */
+        if (relay_uid_pick(uid)) {
+            snprintf(err, errlen, "found no uid without a passwd entry for the relay");
+            return -1;
+        }
+        *drop = 1;
+        return 0;
+    }
     *drop = 0;
     /* While the server starts, unix_socket is not ready yet: count it */
     if (srv_started() && !srv_unix_socket_auth_active())
         return 0; /* nothing authenticates by peer credentials */
-    if (relay_uid_pick(uid)) {
-        snprintf(err, errlen, "found no uid without a passwd entry for the relay");
-        return -1;
-    }
-    if (geteuid() != 0) {
-        struct passwd *pw = getpwuid(geteuid());
+    {
+        char buf[4096];
+        struct passwd pwb, *pw = NULL;
+        const char *name = getpwuid_r(geteuid(), &pwb, buf, sizeof buf, &pw) == 0 && pw
+                           ? pw->pw_name : "?";
         snprintf(err, errlen, "mariadbd runs as '%s' (uid %u) and cannot give the "
                  "relay an identity of its own, so unix_socket authentication would "
                  "let WebSocket clients in as '%s': run mariadbd as root (user = root), "
                  "or turn unix_socket authentication off (unix_socket = OFF) and "
-                 "SET GLOBAL wsproxy_restart = ON",
-                 pw ? pw->pw_name : "?", (unsigned)geteuid(), pw ? pw->pw_name : "?");
-        return -1;
+                 "SET GLOBAL wsproxy_restart = ON", name, (unsigned)geteuid(), name);
     }
-    *drop = 1;
-    return 0;
+    return -1;
 }
 
 /* ==== The proxy =========================================================== */
@@ -461,7 +466,7 @@ static int identity_check(int *drop, uid_t *uid, char *err, size_t errlen)
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static ws_proxy *g_proxy;     /* NULL: not started, g_state/g_reason say why */
 static int g_state = WS_PROXY_STOPPED;
-static char g_reason[256];
+static char g_reason[PLUGIN_ERRLEN];
 
 static ws_proxy *proxy_spawn(const struct ws_proxy_config *cfg, char *err, size_t errlen)
 {
@@ -557,7 +562,7 @@ struct show_buf {
     struct st_mysql_show_var vars[20];
     unsigned long long n[16];
     int port;
-    char state[16], scheme[8], reason[256];
+    char state[16], scheme[8], reason[PLUGIN_ERRLEN];
 };
 
 static int show_wsproxy(MYSQL_THD thd, struct st_mysql_show_var *var, void *buff,
@@ -568,6 +573,7 @@ static int show_wsproxy(MYSQL_THD thd, struct st_mysql_show_var *var, void *buff
                                     "refused_timeout"};
     struct show_buf *b = buff;
     struct ws_proxy_status st;
+    const char *reason;
     struct st_mysql_show_var *v;
     int i, k = 0;
     (void)thd;
@@ -576,18 +582,20 @@ static int show_wsproxy(MYSQL_THD thd, struct st_mysql_show_var *var, void *buff
     typedef char buf_fits[sizeof(struct show_buf) <= SHOW_VAR_FUNC_BUFF_SIZE ? 1 : -1];
     (void)sizeof(buf_fits);
     memset(&st, 0, sizeof st);
+    memset(b, 0, sizeof *b);
     pthread_mutex_lock(&g_mu);
     if (!g_proxy || ws_proxy_status(g_proxy, &st) != 0) {
         st.state = g_proxy ? WS_PROXY_FAILED : g_state;
-        str_copy(st.reason, sizeof st.reason, g_proxy ? "ws_proxy_status failed" : g_reason);
+        reason = g_proxy ? "ws_proxy_status failed" : g_reason;
+    } else {
+        reason = st.reason;
     }
+    str_copy(b->reason, sizeof b->reason, reason);
     pthread_mutex_unlock(&g_mu);
-    memset(b, 0, sizeof *b);
     snprintf(b->state, sizeof b->state, "%s", st.state == WS_PROXY_RUNNING ? "RUNNING" :
              st.state == WS_PROXY_FAILED ? "FAILED" : "STOPPED");
     snprintf(b->scheme, sizeof b->scheme, "%s",
              st.state != WS_PROXY_RUNNING ? "" : st.tls ? "wss" : "ws");
-    snprintf(b->reason, sizeof b->reason, "%s", st.reason);
     b->port = st.port;
     v = b->vars;
 #define SV(nm, val, ty) (v->name = (nm), v->value = (void *)(val), v->type = (ty), v++)
