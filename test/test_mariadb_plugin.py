@@ -793,3 +793,39 @@ def test_a_port_below_1024_binds_although_the_relay_is_not_root(main):
         assert query(low, "SELECT 8 AS x") == (0, [{"x": 8}])
     finally:
         back_to(main, main.port)
+
+
+def test_log_dir_and_allowed_origins_by_sql(main, tmp_path):
+    logdir = tmp_path / "wslogs"
+    logdir.mkdir()
+    before = int(main.status()["Wsproxy_refused_403"])
+    try:
+        main.sql("SET GLOBAL wsproxy_log_dir = '%s'; "
+                 "SET GLOBAL wsproxy_allowed_origins = 'https://app.example, https://b.example'"
+                 % logdir)
+        main.restart()
+        ws = WSClient(main.port)
+        ws.handshake(headers=[("Origin", "https://evil.example")], expect=403)
+        ws.abort()
+        ws = WSClient(main.port)
+        ws.handshake(headers=[("Origin", "https://B.example")])
+        ws.abort()
+        assert int(main.status()["Wsproxy_refused_403"]) == before + 1
+        wait_until(lambda: "403" in (logdir / "websocket_proxy.log").read_text(), 5,
+                   what="the 403 in the new log")
+    finally:
+        main.sql("SET GLOBAL wsproxy_log_dir = DEFAULT; SET GLOBAL wsproxy_allowed_origins = ''")
+        back_to(main, main.port)
+
+
+def test_build_refuses_mismatched_dev_headers(tmp_path):
+    fake = tmp_path / "dpkg-query"
+    fake.write_text('#!/bin/sh\ncase "$*" in *libmariadbd-dev*) echo 1:10.11.18-0+deb12u1;; '
+                    '*) echo 1:10.11.19-0+deb12u1;; esac\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH="%s:%s" % (tmp_path, os.environ["PATH"]))
+    cp = subprocess.run(["make", "-s", "-C", ROOT, "mariadb-version-check"], env=env,
+                        capture_output=True, text=True, timeout=30)
+    assert cp.returncode != 0
+    assert "libmariadbd-dev 1:10.11.18-0+deb12u1 does not match mariadb-server " \
+           "1:10.11.19-0+deb12u1" in cp.stdout + cp.stderr, cp.stdout + cp.stderr
