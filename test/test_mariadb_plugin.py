@@ -548,6 +548,8 @@ def test_the_relay_thread_has_a_uid_without_a_passwd_entry(main):
     assert real == "0"
     with pytest.raises(KeyError):
         pwd.getpwuid(int(eff))
+    assert "[Note] mariadbd: wsproxy: engine connections are made as uid %s" % eff \
+        in main.errlog()
 
 
 def test_server_as_mysql_refuses_unless_unix_socket_is_off(server_factory):

@@ -481,8 +481,16 @@ static ws_proxy *proxy_spawn(const struct ws_proxy_config *cfg, char *err, size_
         return NULL;
     }
     pthread_join(t, NULL);
-    if (!s.p)
+    if (!s.p) {
         str_copy(err, errlen, s.err);
+        return NULL;
+    }
+    if (s.drop) {
+        char line[160];
+        snprintf(line, sizeof line, "engine connections are made as uid %u, which has "
+                 "no passwd entry: unix_socket authenticates none of them", (unsigned)s.uid);
+        log_plugin(WS_PROXY_LOG_INFO, line);
+    }
     return s.p;
 }
 
