@@ -205,7 +205,11 @@ class Server:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            pytest.fail("mariadbd did not stop within %ss of SIGTERM" % timeout)
+            pytest.fail("mariadbd did not stop within %ss of SIGTERM:\n%s"
+                        % (timeout, self.errlog()[-3000:]))
+        # a crash at shutdown (plugin deinit, freeing the variables) shows here
+        assert self.proc.returncode == 0 and "got signal" not in self.errlog(), \
+            "mariadbd exited with %s:\n%s" % (self.proc.returncode, self.errlog()[-3000:])
         return time.monotonic() - t0
 
     def kill(self):
