@@ -428,6 +428,13 @@ static void *spawn_main(void *arg)
  * credentials, and whether the relay must take another uid for that. */
 static int identity_check(int *drop, uid_t *uid, char *err, size_t errlen)
 {
+    const char *noacl = dlsym(RTLD_DEFAULT, "opt_noacl");
+    if (noacl && *noacl) {
+        snprintf(err, errlen, "the server runs with skip_grant_tables: every WebSocket "
+                 "client would get in without a password; start it without "
+                 "skip-grant-tables");
+        return -1;
+    }
     if (!srv_proxy_header_allowed()) {
         snprintf(err, errlen, "the server does not accept the PROXY header on its "
                  "Unix socket: add localhost to proxy_protocol_networks "
