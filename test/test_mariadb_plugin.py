@@ -85,7 +85,7 @@ def template(tmp_path_factory):
 class Server:
     """A mariadbd on a private socket with the plugin, configured by my.cnf."""
 
-    def __init__(self, template, user="root", cnf=None, load=True):
+    def __init__(self, template, user="root", cnf=None, load=True, args=()):
         self.dir = tempfile.mkdtemp(prefix="wsplug", dir="/tmp")   # short paths
         os.chmod(self.dir, 0o755)
         self.data = os.path.join(self.dir, "data")
@@ -112,6 +112,7 @@ class Server:
         self.cnf = os.path.join(self.dir, "my.cnf")
         self.write_cnf()
         self.client = _find("mariadb", "mysql")
+        self.args = list(args)
         self.proc = None
         self.rootpw = None   # None: root logs in by unix_socket (we are root)
 
@@ -128,7 +129,7 @@ class Server:
         # keep MariaDB's reverse lookup of 127.0.0.2 short
         env["RES_OPTIONS"] = "timeout:1 attempts:1"
         self.proc = subprocess.Popen(
-            [_find("mariadbd", "mysqld"), "--defaults-file=" + self.cnf],
+            [_find("mariadbd", "mysqld"), "--defaults-file=" + self.cnf] + self.args,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -853,3 +854,38 @@ def test_skip_grant_tables_is_refused(server_factory):
     st = s.status()
     assert st["Wsproxy_state"] == "FAILED" and "skip_grant_tables" in st["Wsproxy_reason"], st
     assert not port_accepts(port)
+
+
+def test_no_port_stops_listening_and_sessions_go_on(main):
+    live = MySession(main.port)
+    try:
+        main.sql("SET GLOBAL wsproxy_http_port = 0")
+        main.restart()
+        st = main.status()
+        assert (st["Wsproxy_state"], st["Wsproxy_port"], st["Wsproxy_reason"]) == (
+            "STOPPED", "0", ""), st
+        assert not port_accepts(main.port) and not port_accepts(main.port, host="::1")
+        assert live.query("SELECT 'on'") == [["on"]]
+    finally:
+        live.close()
+        back_to(main, main.port)
+
+
+def test_command_line_options(server_factory):
+    """The options work on mariadbd's command line too (plugin loaded there)."""
+    port = free_port()
+    s = server_factory(load=False, args=["--plugin-load-add=wsproxy.so",
+                                         "--wsproxy-http-port=%d" % port,
+                                         "--wsproxy-max-connections=2"]).start()
+    st = s.status()
+    assert (st["Wsproxy_state"], st["Wsproxy_port"]) == ("RUNNING", str(port)), st
+    assert s.var("wsproxy_max_connections") == "2"
+    a, b = MySession(port), MySession(port)
+    try:
+        ws = WSClient(port)
+        ws.handshake(expect=503)
+        ws.abort()
+        assert int(s.status()["Wsproxy_refused_503"]) == 1
+    finally:
+        a.close()
+        b.close()
