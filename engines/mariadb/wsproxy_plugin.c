@@ -22,10 +22,12 @@
  * can find no user name and always refuses.  Real and saved uid stay the
  * server's, and the filesystem uid is set back to the server's, so the loop
  * still opens the log file and the server's socket as the server does.
- * A server that cannot do this (not running as root, no CAP_SETUID) gets
- * a FAILED proxy whose reason names the setting to change, unless the
- * unix_socket plugin is not active there.  The PROXY v2 header is always on
- * (MariaDB needs proxy_protocol_networks to include localhost).
+ * A server running as root always does this.  Any other server cannot, and
+ * gets a FAILED proxy whose reason names the settings to change, unless the
+ * unix_socket plugin is known to be off there (known once the server has
+ * started).  The PROXY v2 header is always on (MariaDB needs
+ * proxy_protocol_networks to include localhost), and a server running with
+ * skip-grant-tables is refused as well.
  *
  * Locking.  g_mu serialises every call on the proxy handle (start, restart,
  * status, stop), so ws_proxy_stop() never races another call.  g_cfg_mu
@@ -58,10 +60,6 @@
 #define PLUGIN_ERRLEN 512
 #define PLUGIN_PATHLEN 512
 
-/* ==== Server globals ======================================================
- * mariadbd exports these; they are looked up at run time so that the .so
- * links with -z defs (no undefined symbol but the services). */
-
 /* Copies as much of src as fits, always terminated. */
 static void str_copy(char *dst, size_t size, const char *src)
 {
@@ -71,6 +69,11 @@ static void str_copy(char *dst, size_t size, const char *src)
     memcpy(dst, src, n);
     dst[n] = 0;
 }
+
+/* ==== Server globals ======================================================
+ * mariadbd exports these; they are looked up at run time so that the .so
+ * links with -z defs (no undefined symbol but the services).  The C++
+ * functions are called by their mangled names; their bool is a char. */
 
 static const char *srv_str_ptr(const char *name)
 {
