@@ -140,3 +140,29 @@ uninstall:
 	@if [ -e $(CONF) ] && ! cmp -s dist/wsproxy.conf $(CONF); then \
 	    echo "uninstall: keeping $(CONF) (changed since install)"; \
 	else rm -f $(CONF); rmdir $(DESTDIR)$(SYSCONFDIR)/wsproxy 2>/dev/null || true; fi
+
+# MariaDB daemon plugin (engines/mariadb/README.md).  A daemon plugin's
+# interface version is the exact server version, so it is built against the
+# installed server's headers, and only when libmariadbd-dev matches
+# mariadb-server.  -z defs: a missing service library fails here, not at load.
+MARIADB_INC      ?= /usr/include/mariadb/server
+MARIADB_SERVICES ?= $(firstword $(wildcard /usr/lib/*/libmysqlservices.a) -lmysqlservices)
+
+.PHONY: mariadb-plugin mariadb-version-check
+mariadb-plugin: build/mariadb/wsproxy.so
+
+mariadb-version-check:
+	@dev=$$(dpkg-query -W -f='$${Version}' libmariadbd-dev 2>/dev/null); \
+	srv=$$(dpkg-query -W -f='$${Version}' mariadb-server 2>/dev/null); \
+	if [ -z "$$dev" ] || [ -z "$$srv" ]; then \
+	    echo "mariadb-plugin: needs libmariadbd-dev, libmariadb-dev and mariadb-server (test/deps.sh installs them)"; exit 1; fi; \
+	if [ "$$dev" != "$$srv" ]; then \
+	    echo "mariadb-plugin: libmariadbd-dev $$dev does not match mariadb-server $$srv:"; \
+	    echo "  a daemon plugin loads only into the exact server version it was built for;"; \
+	    echo "  install the same version of both (apt-get install libmariadbd-dev=$$srv)"; exit 1; fi
+
+build/mariadb/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb-version-check
+	@mkdir -p $(@D)
+	$(CC) $(WARN) $(CFLAGS) $(TLSFLAGS) -pthread -fPIC -shared -fvisibility=hidden \
+	    -DMYSQL_DYNAMIC_PLUGIN -isystem $(MARIADB_INC) -I. -Wl,-z,defs -Wl,--exclude-libs,libbearssl.a -o $@ \
+	    engines/mariadb/wsproxy_plugin.c wsproxy.c $(TLSLIBS) $(MARIADB_SERVICES)

@@ -9,9 +9,11 @@ set -euo pipefail
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 
 # libclang-rt-14-dev: clang's sanitizer and libFuzzer runtimes (build/fuzz); clang
-# only recommends it, and recommends are not installed here.
+# only recommends it, and recommends are not installed here. libmariadbd-dev and
+# libmariadb-dev: the server plugin headers and libmysqlservices.a (make mariadb-plugin).
 PKGS="gcc make clang libclang-rt-14-dev libbearssl-dev python3-websockets python3-pytest
-mariadb-server mariadb-client socat chromium openssl"
+mariadb-server mariadb-client socat chromium openssl
+libmariadbd-dev libmariadb-dev"
 # The service pieces, each checked by the tool that reads it: mandoc (man
 # page lint), man-db (man -l), systemd (systemd-analyze), logrotate, and
 # prometheus (promtool and a real server scraping the metrics).
