@@ -3981,8 +3981,11 @@ static int cli_directive(struct cli *s, const char *path, int line, char *p,
     rc = dir ? cli_dir(s, full, depth + 1, err, errlen)
              : cli_file(s, full, depth + 1, err, errlen);
     free(full);
-    if (rc == -2) /* it could not be opened: say which line asked for it */
-        return cli_at(path, line, err, errlen);
+    if (rc == -2) { /* it could not be opened: say which line asked for it */
+        char why[512];
+        snprintf(why, sizeof why, "%s", err);
+        return cli_fail(path, line, err, errlen, "!%s %s", dir ? "includedir" : "include", why);
+    }
     return rc ? -1 : 0;
 }
 
