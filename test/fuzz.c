@@ -1,11 +1,14 @@
 /*
  * libFuzzer target over the code that reads network bytes: the HTTP
  * request parser and handshake, the frame decoder (its input split into
- * chunks as a socket would deliver them), UTF-8 and base64.  The first
- * input byte picks the target, the second shapes it.
+ * chunks as a socket would deliver them), UTF-8 and base64, and the
+ * program's --config file reader (WSPROXY_CLI compiles it without main();
+ * !include opens nothing here).  The first input byte picks the target, the
+ * second shapes it.
  *   make build/fuzz && build/fuzz -max_total_time=60 CORPUS_DIR
  * test/test_fuzz.py runs it for a bounded time in `make test`.
  */
+#define WSPROXY_CLI
 #include "../wsproxy.c"
 
 #define FUZZ_ASSERT(c)                                                       \
@@ -75,18 +78,42 @@ static void fuzz_leaf(const uint8_t *data, size_t size)
     }
 }
 
+/* Any text: 0, or an error that names the file and line. */
+static void fuzz_config(uint8_t arg, const uint8_t *data, size_t size)
+{
+    struct cli s;
+    char err[256];
+    char *text = malloc(size + 1); /* exact size: ASan sees over-reads */
+    int rc;
+    memcpy(text, data, size);
+    text[size] = 0;
+    memset(&s, 0, sizeof s);
+    s.no_include = 1;
+    s.section = arg & 1 ? "engine" : NULL;
+    err[0] = 0;
+    rc = cli_text(&s, "f.cnf", text, size, 0, err, sizeof err);
+    FUZZ_ASSERT(rc == 0 || (rc == -1 && !strncmp(err, "f.cnf:", 6)));
+    if (rc == 0 && s.cfg.socket_path)
+        FUZZ_ASSERT(strlen(s.cfg.socket_path) < sizeof(((struct sockaddr_un *)0)->sun_path));
+    cli_free(&s);
+    free(text);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
-    switch (data[0] % 3) {
+    switch (data[0] % 4) {
     case 0:
         fuzz_http(data + 2, size - 2);
         break;
     case 1:
         fuzz_frames(data[1], data + 2, size - 2);
+        break;
+    case 3:
+        fuzz_config(data[1], data + 2, size - 2);
         break;
     default:
         fuzz_leaf(data + 2, size - 2);

@@ -1,8 +1,10 @@
 """A bounded libFuzzer run over the parsers that read network bytes
 (test/fuzz.c: HTTP parser and handshake, frame decoder in socket-sized
-chunks, UTF-8, base64), seeded with valid requests and frame streams.  Any
-crash, sanitizer report or broken invariant fails the test.  Run with
-/usr/bin/python3 (Debian's pytest)."""
+chunks, UTF-8, base64) and over the --config file reader, seeded with valid
+requests, frame streams and a configuration file.  Any crash, sanitizer
+report or broken invariant (a configuration error that does not name the
+file and line, for one) fails the test.  Run with /usr/bin/python3 (Debian's
+pytest)."""
 import os
 import struct
 import subprocess
@@ -37,6 +39,11 @@ def seeds():
         yield b"\x01" + bytes([arg]) + frames
     yield b"\x02\x00" + "\u00e9\u4e2d\U0001f600".encode()
     yield b"\x02\x00dGhlIHNhbXBsZSBub25jZQ=="
+    yield (b"\x03\x01# c\nhttp_port = 8080\n[mariadbd]\nport=3306\n[WSProxy]\n"
+           b"bind_address = \"127.0.0.1\"\nsocket = '/run/db.sock' # x\n"
+           b"allowed_origin = a\\sb\\\"c\nloose-x\nskip-allow-root\nallow_root = on\n"
+           b"max_message = 16M\n[engine]\nsubprotocol = mysql\n!include x.cnf\n"
+           b"!includedir d\n[broken\n")
 
 
 def test_fuzz_parsers(tmp_path):
