@@ -3474,6 +3474,7 @@ void ws_proxy_stop(ws_proxy *p)
 #define WSPROXY_CONFIG_MAX (16u << 20)
 #endif
 #define CLI_INCLUDE_DEPTH 10 /* MariaDB's limit too */
+#define CLI_MAX_OPTS 48      /* room in struct cli for cli_opts[] */
 
 enum { T_PORT, T_UINT, T_U64, T_STR, T_LIST, T_PP, T_ADDR, T_BOOL, T_FILE, T_SECTION };
 
@@ -3484,6 +3485,8 @@ struct cli {
     int allow_root;      /* run as root anyway (a warning at every start) */
     const char *section; /* --config-section: read besides [wsproxy] */
     int no_include;      /* the fuzz target: !include opens nothing */
+    const char *from[CLI_MAX_OPTS]; /* "FILE:LINE" that set cli_opts[i]; NULL:
+                                     * not set, or by the command line */
     char **owned;
     size_t nowned, capowned;
 };
@@ -3523,6 +3526,7 @@ static const struct cli_opt cli_opts[] = {
     {"config", T_FILE, 0, NULL, 0},
     {"config-section", T_SECTION, CLI_AT(section), NULL, 0},
 };
+typedef char cli_opts_fit[COUNT_OF(cli_opts) <= CLI_MAX_OPTS ? 1 : -1];
 
 /* Takes ownership of str (NULL on failure, str freed). */
 static char *cli_keep(struct cli *s, char *str)
@@ -3828,7 +3832,16 @@ static int cli_option(struct cli *s, const char *path, int line, char *p,
                             name, name);
         v = "1";
     }
-    return cli_set(s, o, v, name, 0, err, errlen) ? cli_at(path, line, err, errlen) : 0;
+    if (cli_set(s, o, v, name, 0, err, errlen))
+        return cli_at(path, line, err, errlen);
+    cli_drop(s, s->from[o - cli_opts]);
+    s->from[o - cli_opts] = NULL;
+    n = strlen(path) + 24;
+    if ((p = cli_keep(s, malloc(n))) != NULL) {
+        snprintf(p, n, "%s:%d", path, line);
+        s->from[o - cli_opts] = p;
+    }
+    return 0;
 }
 
 /* The whole file in one NUL-terminated buffer; NULL with the reason. */
@@ -4092,7 +4105,31 @@ static int cli_build(struct cli *s, const char *file, const char *section,
         if (cli_set(s, args[i].o, args[i].v, NULL, !seen[k], err, errlen))
             return -1;
         seen[k] = 1;
+        cli_drop(s, s->from[k]);
+        s->from[k] = NULL;
     }
+    return 0;
+}
+
+/* Where an option was set last, for messages about two of them. */
+static const char *cli_from(const struct cli *s, const char *name)
+{
+    const struct cli_opt *o = cli_find(name, strlen(name));
+    return o && s->from[o - cli_opts] ? s->from[o - cli_opts] : "the command line";
+}
+
+/* The library refuses these too; here the message says where each came
+ * from.  Returns 0 or 1 with the reason in err. */
+static int cli_conflict(const struct cli *s, char *err, size_t errlen)
+{
+    const struct ws_proxy_config *c = &s->cfg;
+    if (c->http_port && c->https_port)
+        return err_set(err, errlen, 1, "http_port and https_port are mutually exclusive "
+                       "(http_port from %s, https_port from %s)",
+                       cli_from(s, "http-port"), cli_from(s, "https-port"));
+    if (c->https_port && (!c->cert_file || !*c->cert_file || !c->key_file || !*c->key_file))
+        return err_set(err, errlen, 1, "https_port requires SSL: set cert_file and key_file "
+                       "(https_port from %s)", cli_from(s, "https-port"));
     return 0;
 }
 
@@ -4331,6 +4368,8 @@ int main(int argc, char **argv)
         cli_usage("no engine socket: give --socket PATH (or socket = PATH in the --config file)");
     else if (!cur.cfg.http_port && !cur.cfg.https_port)
         cli_usage("no port to listen on: give --http-port N or --https-port N (1-65535)");
+    else if ((rc = cli_conflict(&cur, err, sizeof err)) != 0)
+        fprintf(stderr, "wsproxy: %s\n", err);
     else if (as_root && !cur.user && !cur.allow_root)
         fputs("wsproxy: refusing to run as root, which would let clients reach the engine "
               "as root (MariaDB's unix_socket trusts the proxy's uid): give --user NAME "
@@ -4386,7 +4425,8 @@ int main(int argc, char **argv)
             cli_note(&cur, WS_PROXY_LOG_ERROR, "reopening the log: %s", err);
         if (sig != SIGHUP)
             continue;
-        if (cli_build(&next, file, section, args, nargs, err, sizeof err)) {
+        if (cli_build(&next, file, section, args, nargs, err, sizeof err) ||
+            cli_conflict(&next, err, sizeof err)) {
             cli_note(&cur, WS_PROXY_LOG_ERROR, "reload failed, configuration unchanged: %s",
                      err);
             cli_free(&next);

@@ -387,3 +387,20 @@ def test_origin_removed_on_the_command_line_loses_access(proxy, engine, tmp_path
     p.signal(signal.SIGHUP)
     line = p.wait_log(r"restarted: listening", start=log0)
     assert "max_message=77" in line and "allowed_origins=https://new.example,https://also.example" in line
+
+
+def test_conflicts_say_where_each_setting_came_from(wsproxy_bin, tmp_path):
+    cfg = tmp_path / "c.cnf"
+    cfg.write_text("[wsproxy]\nhttp_port = %d\nsocket = /tmp/x.sock\n[engine]\nhttps_port = %d\n"
+                   % (free_port(), free_port()))
+    cp = run_bin(wsproxy_bin, ["--config", cfg, "--config-section", "engine"])
+    assert cp.returncode == 1, cp
+    assert cp.stderr == ("wsproxy: http_port and https_port are mutually exclusive "
+                         "(http_port from %s:2, https_port from %s:5)\n" % (cfg, cfg)), cp.stderr
+    cp = run_bin(wsproxy_bin, ["--config", cfg, "--config-section", "engine", "--http-port", "0"])
+    assert cp.returncode == 1, cp
+    assert cp.stderr == ("wsproxy: https_port requires SSL: set cert_file and key_file "
+                         "(https_port from %s:5)\n" % cfg), cp.stderr
+    cp = run_bin(wsproxy_bin, ["--config", cfg, "--config-section", "engine",
+                               "--https-port", str(free_port())])
+    assert "https_port from the command line" in cp.stderr, cp.stderr
