@@ -27,8 +27,11 @@ def oracle(path, *groups):
                         capture_output=True, text=True, timeout=30)
     assert cp.returncode == 0, "my_print_defaults failed: %s" % cp.stderr
     out = []
-    for line in cp.stdout.splitlines():
-        assert line.startswith("--"), line
+    for line in cp.stdout.split("\n")[:-1]:
+        if not line.startswith("--"):    # a value holding "\n"
+            assert out and out[-1][1] is not None, cp.stdout
+            out[-1] = (out[-1][0], out[-1][1] + "\n" + line)
+            continue
         name, eq, value = line[2:].partition("=")
         out.append((name, value if eq else None))
     return out
@@ -404,3 +407,54 @@ def test_conflicts_say_where_each_setting_came_from(wsproxy_bin, tmp_path):
     cp = run_bin(wsproxy_bin, ["--config", cfg, "--config-section", "engine",
                                "--https-port", str(free_port())])
     assert "https_port from the command line" in cp.stderr, cp.stderr
+
+
+def test_random_files_read_as_mariadb_reads_them(tmp_path):
+    """Differential test: 400 random files of allowed_origin lines (quotes,
+    backslashes, '#', ';', '=', blanks, comments, sections) read by
+    wsproxy's reader (test/config_dump.c) and by MariaDB's.  SEED=n NFILES=n
+    run others."""
+    import random
+    here = os.path.dirname(os.path.abspath(__file__))
+    exe = tmp_path / "config_dump"
+    cp = subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-DWSPROXY_CLI",
+                         "-DWS_PROXY_NO_TLS", "-pthread", "-o", str(exe),
+                         os.path.join(here, "config_dump.c")], capture_output=True, text=True,
+                        timeout=300)
+    assert cp.returncode == 0, cp.stderr
+    rnd = random.Random(int(os.environ.get("SEED", "12")))
+    alphabet = ["a", "b", " ", "\t", '"', "'", "\\", "#", ";", "n", "s", "=", "t"]
+    files = []
+    for i in range(int(os.environ.get("NFILES", "400"))):
+        lines = ["[wsproxy]"]
+        for _ in range(rnd.randint(1, 6)):
+            kind = rnd.random()
+            if kind < 0.1:
+                lines.append(rnd.choice(["# c", "; c", "", "  \t", "[other]", "[wsproxy]",
+                                         "[WSPROXY]  # x", "loose-x = 1"]))
+                continue
+            key = rnd.choice(["allowed_origin", "allowed-origin", "allowed_origins"])
+            value = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 9)))
+            lines.append(rnd.choice(["", " ", "\t"]) + key + rnd.choice(["", " ", "\t "]) +
+                         "=" + value)
+        f = tmp_path / ("r%03d.cnf" % i)
+        f.write_text("\n".join(lines) + "\n")
+        files.append(f)
+    out = subprocess.run([str(exe)] + [str(f) for f in files], capture_output=True,
+                         text=True, timeout=120).stdout.splitlines()
+    assert len(out) == len(files)
+    compared = 0
+    for f, got in zip(files, out):
+        values = []
+        for k, v in oracle(f):
+            if k.replace("-", "_") in ("allowed_origin", "allowed_origins"):
+                values = [] if v == "" else values + [v]
+            else:
+                assert k == "loose-x", k
+        if any("," in v for v in values):
+            continue
+        want = ",".join(values)
+        assert got.startswith("ok "), (f.read_text(), got)
+        assert bytes.fromhex(got[3:]).decode() == want, (f.read_text(), got, values)
+        compared += 1
+    assert compared > len(files) * 0.85, compared
