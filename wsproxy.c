@@ -3442,16 +3442,17 @@ void ws_proxy_stop(ws_proxy *p)
  * of any length, lines before the first [section] taken as [wsproxy], and
  * every doubtful line an error naming the file and line, never skipped.
  *
- * Started as root, the program takes the --user account before its loop
- * runs (on Linux by keeping only the capabilities that binding and reading
- * the key need), binds, reads its key files and opens its log, then drops
- * root for good (setuid) and checks that it cannot get it back.
+ * Started as root, the program needs --user NAME (or --allow-root).  It
+ * takes NAME's groups, and on Linux its uid with only the capabilities to
+ * bind a low port and read root's files, before the loop thread exists;
+ * binds, opens its log and reads its key files; then drops root for good in
+ * every thread (setresuid/setuid) and checks that it cannot get it back.
  *
  * Exit status: 0 after SIGTERM/SIGINT, 1 when the proxy cannot start, 2 for
  * a usage or configuration error.
  *
  * WSPROXY_CLI alone compiles the configuration reader without main() (for
- * the fuzz target).
+ * test/fuzz.c and test/config_dump.c).
  */
 #if defined(WSPROXY_MAIN) && !defined(WSPROXY_CLI)
 #define WSPROXY_CLI
@@ -3465,13 +3466,12 @@ void ws_proxy_stop(ws_proxy *p)
 #include <sys/resource.h>
 #ifdef __linux__
 #include <linux/capability.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #endif
 
 /* Largest configuration file read, bytes (each !include counts apart). */
-#ifndef WSPROXY_CONFIG_MAX
-#define WSPROXY_CONFIG_MAX (16u << 20)
+#ifndef WS_PROXY_CONFIG_MAX
+#define WS_PROXY_CONFIG_MAX (16u << 20)
 #endif
 #define CLI_INCLUDE_DEPTH 10 /* MariaDB's limit too */
 #define CLI_MAX_OPTS 48      /* room in struct cli for cli_opts[] */
@@ -3858,11 +3858,11 @@ static char *cli_slurp(const char *path, size_t *len, char *err, size_t errlen)
     for (;;) {
         if (n + 1 >= cap) {
             cap = cap ? cap * 2 : 4096;
-            if (cap > (size_t)WSPROXY_CONFIG_MAX + 2)
-                cap = (size_t)WSPROXY_CONFIG_MAX + 2;
+            if (cap > (size_t)WS_PROXY_CONFIG_MAX + 2)
+                cap = (size_t)WS_PROXY_CONFIG_MAX + 2;
             if (n + 1 >= cap) {
                 err_set(err, errlen, -1, "%s: larger than %u bytes", path,
-                        (unsigned)WSPROXY_CONFIG_MAX);
+                        (unsigned)WS_PROXY_CONFIG_MAX);
                 break;
             }
             if (!(nb = realloc(buf, cap))) {

@@ -192,3 +192,48 @@ def test_demo_setup_refuses_passwordless_root_and_mysql(wsproxy_bin, tmp_path, m
     finally:
         problems = ps.finish()
     assert not problems, "\n".join(problems)
+
+
+def test_first_clients_never_reach_the_engine_as_root(wsproxy_bin, engine, tmp_path):
+    """Clients that hammer the port while wsproxy --user starts: even the
+    first connections reach the engine as nobody (on Linux the uid changes
+    before the loop thread exists)."""
+    import threading
+    import time
+    from conftest import WSClient
+    need_root()
+    e = engine("echo")
+    os.chmod(os.path.dirname(e.path), 0o755)
+    os.chmod(e.path, 0o777)
+    port = free_port()
+    clients, stop = [], threading.Event()
+
+    def hammer():
+        deadline = time.monotonic() + 20
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                c = WSClient(port, timeout=10)
+                c.handshake()
+                clients.append(c)
+                return
+            except OSError:
+                time.sleep(0.0005)
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    ps = ProxySet(wsproxy_bin, tmp_path)
+    try:
+        ps.start("--user", "nobody", engine=e, port=port, root_args=False)
+        for t in threads:
+            t.join(30)
+        assert len(clients) == 8, len(clients)
+        conns = e.wait_conns(8)
+        for conn in conns:
+            cred = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            assert struct.unpack("3i", cred)[1] == NOBODY.pw_uid, struct.unpack("3i", cred)
+    finally:
+        stop.set()
+        for c in clients:
+            c.sock.close()
+        problems = ps.finish()
+    assert not problems, "\n".join(problems)
