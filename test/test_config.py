@@ -458,3 +458,12 @@ def test_random_files_read_as_mariadb_reads_them(tmp_path):
         assert bytes.fromhex(got[3:]).decode() == want, (f.read_text(), got, values)
         compared += 1
     assert compared > len(files) * 0.85, compared
+
+
+def test_a_file_over_16_mib_is_refused(wsproxy_bin, tmp_path):
+    cfg = tmp_path / "huge.cnf"
+    with open(cfg, "wb") as f:
+        f.write(b"[wsproxy]\n" + (b"# padding padding padding padding padding\n" * 400000))
+    cp = run_bin(wsproxy_bin, ["--config", str(cfg)])
+    assert cp.returncode == 2
+    assert cp.stderr.startswith("wsproxy: %s: larger than 16777216 bytes" % cfg), cp.stderr

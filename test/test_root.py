@@ -237,3 +237,35 @@ def test_first_clients_never_reach_the_engine_as_root(wsproxy_bin, engine, tmp_p
             c.sock.close()
         problems = ps.finish()
     assert not problems, "\n".join(problems)
+
+
+def test_keys_read_as_root_at_start_and_as_the_user_on_sighup(wsproxy_bin, engine, tmp_path):
+    """The key (0600, root's) is read before the switch; a SIGHUP restart
+    re-reads it as the user, fails, says so in the log, and the old
+    certificate keeps serving (the README documents it)."""
+    import ssl
+    from e2e.certs import make_certs
+    need_root()
+    certs = make_certs(tmp_path / "certs")
+    os.chmod(certs.key, 0o600)
+    e = engine("echo")
+    os.chmod(os.path.dirname(e.path), 0o755)
+    os.chmod(e.path, 0o777)
+    port = free_port()
+    ps = ProxySet(wsproxy_bin, tmp_path)
+    try:
+        p = ps.start("--https-port", port, "--bind", "127.0.0.1", "--socket", e.path,
+                     "--cert", certs.chain, "--key", certs.key, "--user", "nobody",
+                     raw=True, port=port, root_args=False)
+        p.wait_log(r"running as user nobody")
+        n0 = len(p.log())
+        p.signal(signal.SIGHUP)
+        line = p.wait_log(r"ERROR \[proxy\] restart failed, still serving as before", start=n0)
+        assert "Permission denied" in line, line
+        ctx = ssl.create_default_context(cafile=certs.ca)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                assert tls.version() == "TLSv1.2"
+    finally:
+        problems = ps.finish()
+    assert not problems, "\n".join(problems)
