@@ -4073,12 +4073,14 @@ static const char cli_help[] =
     "  --drain-timeout MS         default 5000\n"
     "  --proxy-protocol v2|v1|off PROXY header to the engine (default v2)\n"
     "  --user NAME                started as root: run as NAME once the port is bound\n"
-    "  --allow-root               started as root: stay root (a warning at every start)\n"
+    "  --allow-root               started as root: stay root (a warning at every start);\n"
+    "                             --skip-allow-root undoes allow_root from the file\n"
     "  --config FILE              the same settings as 'key = value' lines, read the\n"
     "                             way MariaDB reads option files ([wsproxy] section)\n"
     "  --config-section NAME      read [NAME] of the --config file too\n"
     "  --help, --version\n"
-    "The command line overrides the file; a list given there replaces the file's.\n"
+    "The command line overrides the file; a list given there replaces the file's,\n"
+    "and an empty value (--log-dir '') unsets the file's.\n"
     "Signals: SIGHUP re-reads --config and restarts; SIGUSR1 reopens the log;\n"
     "SIGTERM/SIGINT stop.  Exit status: 0 stopped by a signal, 1 could not start,\n"
     "2 usage or configuration error.\n";
@@ -4108,6 +4110,11 @@ static int cli_build(struct cli *s, const char *file, const char *section,
         cli_drop(s, s->from[k]);
         s->from[k] = NULL;
     }
+    /* "" unsets (--log-dir "" logs to stderr after all) */
+    if (s->user && !*s->user)
+        s->user = NULL;
+    if (s->cfg.log_dir && !*s->cfg.log_dir)
+        s->cfg.log_dir = NULL;
     return 0;
 }
 
@@ -4292,7 +4299,8 @@ static int cli_root_off(uid_t uid, char *err, size_t errlen)
 
 int main(int argc, char **argv)
 {
-    struct option lopts[COUNT_OF(cli_opts) + 3];
+    struct option lopts[2 * COUNT_OF(cli_opts) + 3];
+    char skip[COUNT_OF(cli_opts)][40]; /* --skip-NAME for each boolean */
     struct cli_arg *args = calloc((size_t)argc + 1, sizeof *args);
     const char *file = NULL, *section = NULL;
     struct cli cur, next;
@@ -4302,7 +4310,7 @@ int main(int argc, char **argv)
     char err[1024];
     uid_t uid = 0;
     int nargs = 0, ch, idx, sig, rc, as_root = geteuid() == 0;
-    size_t i;
+    size_t i, n = 0;
 
     if (!args) {
         fputs("wsproxy: out of memory\n", stderr);
@@ -4310,11 +4318,20 @@ int main(int argc, char **argv)
     }
     memset(&cur, 0, sizeof cur);
     for (i = 0; i < COUNT_OF(cli_opts); i++) {
-        lopts[i].name = cli_opts[i].name;
-        lopts[i].has_arg = cli_opts[i].type == T_BOOL ? no_argument : required_argument;
-        lopts[i].flag = NULL;
-        lopts[i].val = 1000 + (int)i;
+        lopts[n].name = cli_opts[i].name;
+        lopts[n].has_arg = cli_opts[i].type == T_BOOL ? no_argument : required_argument;
+        lopts[n].flag = NULL;
+        lopts[n++].val = 1000 + (int)i;
+        if (cli_opts[i].type != T_BOOL)
+            continue;
+        /* so that the command line can also turn off what the file set */
+        snprintf(skip[i], sizeof skip[i], "skip-%s", cli_opts[i].name);
+        lopts[n].name = skip[i];
+        lopts[n].has_arg = no_argument;
+        lopts[n].flag = NULL;
+        lopts[n++].val = 2000 + (int)i;
     }
+    i = n;
     lopts[i].name = "help", lopts[i].has_arg = no_argument, lopts[i].flag = NULL, lopts[i].val = 'h';
     i++;
     lopts[i].name = "version", lopts[i].has_arg = no_argument, lopts[i].flag = NULL, lopts[i].val = 'V';
@@ -4341,7 +4358,9 @@ int main(int argc, char **argv)
             return 0;
         }
         if (ch == ':' || ch == '?') {
-            if (optopt >= 1000)
+            if (optopt >= 2000)
+                rc = cli_usage("--skip-%s takes no value", cli_opts[optopt - 2000].name);
+            else if (optopt >= 1000)
                 rc = cli_usage(ch == ':' ? "--%s needs a value" : "--%s takes no value",
                                cli_opts[optopt - 1000].name);
             else if (optopt)
@@ -4351,8 +4370,10 @@ int main(int argc, char **argv)
             free(args);
             return rc;
         }
-        o = &cli_opts[ch - 1000];
-        if (o->type == T_FILE)
+        o = &cli_opts[ch >= 2000 ? ch - 2000 : ch - 1000];
+        if (ch >= 2000)
+            args[nargs].o = o, args[nargs++].v = "0";
+        else if (o->type == T_FILE)
             file = optarg;
         else if (o->type == T_SECTION)
             section = optarg;

@@ -467,3 +467,28 @@ def test_a_file_over_16_mib_is_refused(wsproxy_bin, tmp_path):
     cp = run_bin(wsproxy_bin, ["--config", str(cfg)])
     assert cp.returncode == 2
     assert cp.stderr.startswith("wsproxy: %s: larger than 16777216 bytes" % cfg), cp.stderr
+
+
+def test_command_line_unsets_what_the_file_set(wsproxy_bin, proxy, engine, tmp_path):
+    """Every option can be overridden, also back to its default: an empty
+    value unsets a string or a list, --skip-allow-root a boolean."""
+    e = engine("echo")
+    port = free_port()
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    cfg = tmp_path / "u.cnf"
+    cfg.write_text(base(port, e.path) + "log_dir = %s\nallowed_origin = https://a.example\n"
+                   "allow_root\n" % logdir)
+    p = start(proxy, cfg, "--log-dir", "", "--allowed-origin", "", port=port, root_args=False)
+    v = started(p)   # read from stderr: the log went there, not to the file
+    assert v["allowed_origins"] == "(any)", v
+    assert not (logdir / "websocket_proxy.log").exists()
+    c = p.ws(headers=[("Origin", "https://elsewhere.example")])
+    c.close()
+    p.finish()
+    if os.geteuid() == 0:
+        cp = run_bin(wsproxy_bin, ["--config", cfg, "--skip-allow-root"], root_args=False)
+        assert cp.returncode == 1 and "refusing to run as root" in cp.stderr, cp
+    else:   # not root: allow_root means nothing; the flag is still accepted
+        cp = run_bin(wsproxy_bin, ["--config", cfg, "--skip-allow-root", "--http-port", "x"])
+        assert cp.returncode == 2 and "--http-port: not a port" in cp.stderr, cp
