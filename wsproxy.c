@@ -3496,37 +3496,45 @@ struct cli_opt {
     int type;
     size_t off;        /* field of struct cli */
     const char *alias; /* the configuration field's name, if different */
-    unsigned long long max; /* numbers: largest value, strings: longest;
-                             * 0 = the field's range */
 };
 
 #define CFG_AT(f) (offsetof(struct cli, cfg) + offsetof(struct ws_proxy_config, f))
 #define CLI_AT(f) offsetof(struct cli, f)
 static const struct cli_opt cli_opts[] = {
-    {"http-port", T_PORT, CFG_AT(http_port), NULL, 0},
-    {"https-port", T_PORT, CFG_AT(https_port), NULL, 0},
-    {"bind", T_ADDR, CFG_AT(bind_address), "bind-address", 0},
-    {"socket", T_STR, CFG_AT(socket_path), "socket-path",
-     sizeof(((struct sockaddr_un *)0)->sun_path) - 1},
-    {"cert", T_STR, CFG_AT(cert_file), "cert-file", 0},
-    {"key", T_STR, CFG_AT(key_file), "key-file", 0},
-    {"log-dir", T_STR, CFG_AT(log_dir), NULL, 0},
-    {"allowed-origin", T_LIST, CFG_AT(allowed_origins), "allowed-origins", 0},
-    {"subprotocol", T_LIST, CFG_AT(subprotocols), "subprotocols", 0},
-    {"max-connections", T_UINT, CFG_AT(max_connections), NULL, MAX_CONNECTIONS_LIMIT},
-    {"max-connections-per-ip", T_UINT, CFG_AT(max_connections_per_ip), NULL, 0},
-    {"max-message", T_U64, CFG_AT(max_message), NULL, 0},
-    {"handshake-timeout", T_UINT, CFG_AT(handshake_timeout_ms), "handshake-timeout-ms", 0},
-    {"idle-timeout", T_UINT, CFG_AT(idle_timeout_ms), "idle-timeout-ms", 0},
-    {"ping-interval", T_UINT, CFG_AT(ping_interval_ms), "ping-interval-ms", 0},
-    {"drain-timeout", T_UINT, CFG_AT(drain_timeout_ms), "drain-timeout-ms", 0},
-    {"proxy-protocol", T_PP, CFG_AT(proxy_protocol), NULL, 0},
-    {"user", T_STR, CLI_AT(user), NULL, 0},
-    {"allow-root", T_BOOL, CLI_AT(allow_root), NULL, 0},
-    {"config", T_FILE, 0, NULL, 0},
-    {"config-section", T_SECTION, CLI_AT(section), NULL, 0},
+    {"http-port", T_PORT, CFG_AT(http_port), NULL},
+    {"https-port", T_PORT, CFG_AT(https_port), NULL},
+    {"bind", T_ADDR, CFG_AT(bind_address), "bind-address"},
+    {"socket", T_STR, CFG_AT(socket_path), "socket-path"},
+    {"cert", T_STR, CFG_AT(cert_file), "cert-file"},
+    {"key", T_STR, CFG_AT(key_file), "key-file"},
+    {"log-dir", T_STR, CFG_AT(log_dir), NULL},
+    {"allowed-origin", T_LIST, CFG_AT(allowed_origins), "allowed-origins"},
+    {"subprotocol", T_LIST, CFG_AT(subprotocols), "subprotocols"},
+    {"max-connections", T_UINT, CFG_AT(max_connections), NULL},
+    {"max-connections-per-ip", T_UINT, CFG_AT(max_connections_per_ip), NULL},
+    {"max-message", T_U64, CFG_AT(max_message), NULL},
+    {"handshake-timeout", T_UINT, CFG_AT(handshake_timeout_ms), "handshake-timeout-ms"},
+    {"idle-timeout", T_UINT, CFG_AT(idle_timeout_ms), "idle-timeout-ms"},
+    {"ping-interval", T_UINT, CFG_AT(ping_interval_ms), "ping-interval-ms"},
+    {"drain-timeout", T_UINT, CFG_AT(drain_timeout_ms), "drain-timeout-ms"},
+    {"proxy-protocol", T_PP, CFG_AT(proxy_protocol), NULL},
+    {"user", T_STR, CLI_AT(user), NULL},
+    {"allow-root", T_BOOL, CLI_AT(allow_root), NULL},
+    {"config", T_FILE, 0, NULL},
+    {"config-section", T_SECTION, CLI_AT(section), NULL},
 };
 typedef char cli_opts_fit[COUNT_OF(cli_opts) <= CLI_MAX_OPTS ? 1 : -1];
+
+/* The largest number, or the longest string, an option takes; 0 = the
+ * field's own range.  The library would refuse more, without a file:line. */
+static unsigned long long cli_max(const struct cli_opt *o)
+{
+    if (o->off == CFG_AT(max_connections))
+        return MAX_CONNECTIONS_LIMIT;
+    if (o->off == CFG_AT(socket_path))
+        return sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+    return 0;
+}
 
 /* Takes ownership of str (NULL on failure, str freed). */
 static char *cli_keep(struct cli *s, char *str)
@@ -3626,7 +3634,7 @@ static int cli_set(struct cli *s, const struct cli_opt *o, const char *v,
                    const char *key, int replace, char *err, size_t errlen)
 {
     char *field = (char *)s + o->off, name[64];
-    unsigned long long n, max = o->max;
+    unsigned long long n, max = cli_max(o);
     union conn_addr a;
     if (!key) {
         snprintf(name, sizeof name, "--%s", o->name);
