@@ -86,8 +86,14 @@ enum ws_proxy_log_level {
     WS_PROXY_LOG_DEBUG = 4
 };
 
-/* Receives each finished log line (no trailing newline), already formatted
- * as "<UTC timestamp> <LEVEL> <what happened>".  See "Callbacks" above. */
+/* Receives each log event as one line without a trailing newline, and
+ * without the timestamp and level that the log file's lines begin with (the
+ * engine's logger adds its own; level is the enum ws_proxy_log_level):
+ *     "[proxy] started: listening on ws://0.0.0.0:8080 -> unix:/run/db.sock; ..."
+ *     "[conn 7 203.0.113.5:50212] refused 403: origin not allowed"
+ * The same event in websocket_proxy.log reads
+ *     "2026-11-23T21:48:18.121Z INFO [proxy] started: ...".
+ * line is valid only during the call.  See "Callbacks" above. */
 typedef void (*ws_proxy_log_fn)(void *user, int level, const char *line);
 
 /*
@@ -225,6 +231,10 @@ enum ws_proxy_state {
     WS_PROXY_RUNNING = 1, /* listening on st.port */
     WS_PROXY_FAILED = 2   /* a fatal error; st.reason says which */
 };
+
+/* "STOPPED", "RUNNING" or "FAILED" (for a status variable); "UNKNOWN" for
+ * any other value.  Never NULL; the string is static. */
+const char *ws_proxy_state_name(int state);
 
 /* Why handshakes were refused, by the HTTP status sent. */
 enum ws_proxy_refusal {

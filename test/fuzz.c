@@ -3,13 +3,16 @@
  * request parser and handshake, the frame decoder (its input split into
  * chunks as a socket would deliver them), UTF-8 and base64, and the
  * operator's certificate and key files (PEM, the chain, the key, their
- * match).  The first input byte picks the target (0 http, 1 frames, 2 leaf,
- * 3 tls, modulo 4), the second shapes it.
+ * match), and the program's --config file reader (WSPROXY_CLI compiles it
+ * without main(); !include opens nothing here).  The first input byte picks
+ * the target (0 http, 1 frames, 2 leaf, 3 tls, 4 config, modulo 5), the
+ * second shapes it.
  *   make build/fuzz && build/fuzz -max_total_time=60 CORPUS_DIR
- * WSPROXY_FUZZ_TARGET=http|frames|leaf|tls runs every input through that
+ * WSPROXY_FUZZ_TARGET=http|frames|leaf|tls|config runs every input through that
  * target alone (the first byte is then ignored), to fuzz one at a time.
  * test/test_fuzz.py runs it for a bounded time in `make test`.
  */
+#define WSPROXY_CLI
 #include "../wsproxy.c"
 
 #define FUZZ_ASSERT(c)                                                       \
@@ -163,6 +166,27 @@ static void fuzz_tls(uint8_t arg, const uint8_t *data, size_t size)
 }
 #endif
 
+/* Any text: 0, or an error that names the file and line. */
+static void fuzz_config(uint8_t arg, const uint8_t *data, size_t size)
+{
+    struct cli s;
+    char err[256];
+    char *text = malloc(size + 1); /* exact size: ASan sees over-reads */
+    int rc;
+    memcpy(text, data, size);
+    text[size] = 0;
+    memset(&s, 0, sizeof s);
+    s.no_include = 1;
+    s.section = arg & 1 ? "engine" : NULL;
+    err[0] = 0;
+    rc = cli_text(&s, "f.cnf", text, size, 0, err, sizeof err);
+    FUZZ_ASSERT(rc == 0 || (rc == -1 && !strncmp(err, "f.cnf:", 6)));
+    if (rc == 0 && s.cfg.socket_path)
+        FUZZ_ASSERT(strlen(s.cfg.socket_path) < sizeof(((struct sockaddr_un *)0)->sun_path));
+    cli_free(&s);
+    free(text);
+}
+
 static int fuzz_only = -1; /* WSPROXY_FUZZ_TARGET, or -1 for "by byte" */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -170,15 +194,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    static const char *const names[] = {"http", "frames", "leaf", "tls"};
+    static const char *const names[] = {"http", "frames", "leaf", "tls", "config"};
     const char *t = getenv("WSPROXY_FUZZ_TARGET");
     int i;
     (void)argc, (void)argv;
-    for (i = 0; t && i < 4; i++)
+    for (i = 0; t && i < 5; i++)
         if (!strcmp(t, names[i]))
             fuzz_only = i;
     if (t && fuzz_only < 0) {
-        fprintf(stderr, "WSPROXY_FUZZ_TARGET=%s: not http, frames, leaf or tls\n", t);
+        fprintf(stderr, "WSPROXY_FUZZ_TARGET=%s: not http, frames, leaf, tls or config\n", t);
         __builtin_trap();
     }
     return 0;
@@ -188,7 +212,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
-    switch (fuzz_only >= 0 ? fuzz_only : data[0] % 4) {
+    switch (fuzz_only >= 0 ? fuzz_only : data[0] % 5) {
     case 0:
         fuzz_http(data + 2, size - 2);
         break;
@@ -200,6 +224,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fuzz_tls(data[1], data + 2, size - 2);
         break;
 #endif
+    case 4:
+        fuzz_config(data[1], data + 2, size - 2);
+        break;
     default:
         fuzz_leaf(data + 2, size - 2);
     }

@@ -80,6 +80,7 @@ else
 fi
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/wsproxy-demo.XXXXXX")
+chmod 755 "$TMP"   # wsproxy runs as nobody (--user): it must reach the engine socket
 
 # ---- engine -------------------------------------------------------------------------
 if [ -n "$SOCKET" ]; then
@@ -98,7 +99,7 @@ fi
 # ---- wsproxy ------------------------------------------------------------------------
 LOG=$TMP/websocket_proxy.log
 "$BIN" --http-port "$PORT" --bind 127.0.0.1 --socket "$ENGINE_SOCK" \
-    --log-dir "$TMP" --proxy-protocol v2 </dev/null >"$TMP/wsproxy.out" 2>&1 &
+    --log-dir "$TMP" --proxy-protocol v2 --user nobody </dev/null >"$TMP/wsproxy.out" 2>&1 &
 WSPID=$!
 
 wsproxy_failed() {

@@ -1,9 +1,11 @@
 """A bounded libFuzzer run over the parsers that read untrusted bytes
 (test/fuzz.c: HTTP parser and handshake, frame decoder in socket-sized
-chunks, UTF-8, base64, certificate and key files), seeded with valid
-requests, frame streams and PEM files (made with openssl: EC and RSA,
-PKCS#8, PKCS#1 and SEC1 keys).  Any crash, sanitizer report or broken
-invariant fails the test.  Run with /usr/bin/python3 (Debian's pytest)."""
+chunks, UTF-8, base64, certificate and key files) and over the --config
+file reader, seeded with valid requests, frame streams, PEM files (made with
+openssl: EC and RSA, PKCS#8, PKCS#1 and SEC1 keys) and a configuration file.
+Any crash, sanitizer report or broken invariant (a configuration error that
+does not name the file and line, for one) fails the test.  Run with
+/usr/bin/python3 (Debian's pytest)."""
 import base64
 import os
 import struct
@@ -75,6 +77,11 @@ def seeds(pems=()):
         (cder, _), (kder, label) = der(cert), der(key)
         yield (b"\x03" + bytes([4 + 8 * labels.index(label)]) + struct.pack(">H", len(cder))
                + cder + kder)
+    yield (b"\x04\x01# c\nhttp_port = 8080\n[mariadbd]\nport=3306\n[WSProxy]\n"
+           b"bind_address = \"127.0.0.1\"\nsocket = '/run/db.sock' # x\n"
+           b"allowed_origin = a\\sb\\\"c\nloose-x\nskip-allow-root\nallow_root = on\n"
+           b"max_message = 16M\n[engine]\nsubprotocol = mysql\n!include x.cnf\n"
+           b"!includedir d\n[broken\n")
 
 
 def test_fuzz_parsers(tmp_path):
