@@ -6,6 +6,7 @@
 #   make BEARSSL_INC=/path/to/bearssl/inc BEARSSL_LIB=/path/to/libbearssl.a
 #                        use a vendored BearSSL instead of Debian's
 #   make test | run | bench | clean
+#   make run TLS=1       the demo over https: and wss:// with a throwaway CA
 
 CC      ?= cc
 CFLAGS  ?= -O2 -g
@@ -89,7 +90,9 @@ deps:
 test: deps
 	@bash test/run-tests.sh
 
-run: deps build/wsproxy
+# run-demo.sh installs the demo's own dependencies (test/deps.sh demo) and builds
+# build/wsproxy itself; `make run TLS=1` serves the studio over https: and wss://.
+run:
 	@bash test/run-demo.sh
 
 bench: deps build/wsproxy

@@ -242,7 +242,11 @@ function parseOk(payload) {
   const insertId = r.lenenc();
   const status = r.left() >= 2 ? r.u16() : 0;
   const warnings = r.left() >= 2 ? r.u16() : 0;
-  const info = r.left() > 0 ? textDecoder.decode(r.rest()) : '';
+  // info is the rest of the packet, or (MariaDB, session tracking) a
+  // length-encoded string: a first byte that is the exact length is a prefix
+  let info = r.left() > 0 ? r.rest() : new Uint8Array(0);
+  if (info.length > 1 && info[0] === info.length - 1) info = info.subarray(1);
+  info = textDecoder.decode(info);
   return { affectedRows, insertId, status, warnings, info };
 }
 

@@ -19,7 +19,7 @@
 //        rows displayed (the others are in the DOM, display:none)
 //   {"do": "exec", "argv": [...]}    run a command (e.g. stop the engine)
 //   {"do": "waitState", "state": "closed", "timeout"}   wait for #state's data-state
-//   {"do": "shot", "path": FILE}     screenshot of the page
+//   {"do": "shot", "path": FILE, "clip"}   screenshot of the page (or of clip: x, y, width, height)
 // Prints one JSON array (per entry: name, steps' results, console lines, page
 // errors) on stdout.  Exits 1 with "studio: FAIL ..." when the browser cannot be
 // driven; what the page shows is a result, not a failure.
@@ -169,7 +169,7 @@ async function step(page, s, timeout) {
       null, { timeout: 5000, polling: 50 }).catch(() => {});
     return pageText(page);
   case 'shot':
-    await page.screenshot({ path: s.path });
+    await page.screenshot({ path: s.path, clip: s.clip });
     return {};
   default:
     throw new Error(`unknown step ${s.do}`);
