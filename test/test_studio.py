@@ -41,6 +41,7 @@ CHROMIUM = "/usr/bin/chromium"
 SHOTS = os.path.join(str(ROOT), "build")
 ROWS = 10000
 BIG = 100000
+HUGE = 17 * 1024 * 1024   # bytes: more than one 0xFFFFFF-byte packet
 # Longest main-thread task, and longest stall of a 10 ms timer, allowed while
 # 100,000 rows arrive and render (on 2 busy shared cores).  A page that parsed
 # or laid out the result in one go blocks for seconds.
@@ -165,6 +166,9 @@ def studio(mariadb, certs, tmp_path_factory):  # noqa: F811
                  "FROM seq_1_to_%d" % BIG, "cells": [0, -1], "timeout": 90000},
                 shot("100000-rows"),
                 {"do": "scroll", "times": 2},
+                # over 16 MiB both ways: a query and a row of 0xFFFFFF-byte packets
+                {"do": "run", "sqlJs": "`SELECT LENGTH('${'x'.repeat(%d)}') AS n, "
+                 "REPEAT(X'AB', %d) AS b`" % (HUGE, HUGE), "cells": [0], "timeout": 90000},
             ]},
             {"name": "pw", "url": page_a.origin + "/", "steps": [
                 dict(login, password="not the password"), shot("error-1045")]},
@@ -212,7 +216,7 @@ def page(studio, name, nsteps):
 
 
 def test_login_insert_and_select_10000_rows(studio):
-    r = page(studio, "ws", 12)
+    r = page(studio, "ws", 13)
     login, _, insert, select = r[:4]
     assert login["stateKind"] == "connected" and login["state"] == "connected", login
     assert "MariaDB" in login["server"] and login["error"] == "", login
@@ -227,7 +231,7 @@ def test_login_insert_and_select_10000_rows(studio):
 
 
 def test_several_statements_one_block_each(studio):
-    multi = page(studio, "ws", 12)[5]
+    multi = page(studio, "ws", 13)[5]
     assert multi["error"] == "", multi
     assert multi["blocks"] == 3, multi
     # #result is the last result set: the SELECT between INSERT and DELETE
@@ -237,14 +241,14 @@ def test_several_statements_one_block_each(studio):
 
 
 def test_bad_sql_shows_1064(studio):
-    bad = page(studio, "ws", 12)[7]
+    bad = page(studio, "ws", 13)[7]
     assert bad["error"].startswith("ERROR 1064 (42000): "), bad
     assert "SELEKT" in bad["error"], bad
     assert bad["stateKind"] == "connected", "an SQL error leaves the session open"
 
 
 def test_100000_rows_page_stays_responsive(studio):
-    r = page(studio, "ws", 12)
+    r = page(studio, "ws", 13)
     big, scrolled = r[9], r[11]
     assert big["error"] == "" and big["rows"] == "%d rows" % BIG, big
     assert big["trs"] == BIG, big
@@ -261,6 +265,16 @@ def test_100000_rows_page_stays_responsive(studio):
     # all rows are in the table; the first 5,000 displayed, more on scroll
     assert big["displayed"] == 5000, big
     assert scrolled["trs"] == BIG and scrolled["displayed"] in (10000, 15000), scrolled
+
+
+def test_over_16_mib_each_way(studio):
+    """A COM_QUERY of 17 MiB leaves as two packets; a 17 MiB BLOB arrives
+    as two packets and shows as hex, cut, with its length."""
+    r = page(studio, "ws", 13)[12]
+    assert r["error"] == "" and r["rows"] == "1 row", r
+    n, b = r["cells"]["0"]
+    assert n == str(HUGE), r
+    assert b.startswith("0xABABAB") and b.endswith("\u2026 (%d bytes)" % HUGE), b[-80:]
 
 
 def test_wrong_password_shows_1045(studio):
