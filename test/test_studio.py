@@ -27,7 +27,9 @@ import os
 import shutil
 import ssl
 import subprocess
+import tempfile
 import threading
+import time
 
 import pytest
 
@@ -307,3 +309,238 @@ def test_engine_stopped_mid_session_shows_close(studio):
     assert closed["stateKind"] == "closed", closed
     assert closed["state"].startswith("closed 1000") or closed["state"].startswith("closed 1011"), closed
     assert "engine" in closed["error"], closed
+
+
+# ---------------------------------------------------------------------------
+# The protocol's corners, against a scripted MySQL server
+# ---------------------------------------------------------------------------
+
+class FakeMySQL:
+    """A MySQL-protocol server on a Unix socket that does what MariaDB does
+    not do on its own: greets with caching_sha2_password (so the studio's
+    mysql_native_password answer is switched, with a new scramble), asks user
+    "ed" for client_ed25519, writes its greeting one byte per segment and a
+    result set with every length-encoding of strings and integers in one
+    write.  Password of "switch" and "native": sesame."""
+
+    PASSWORD = b"sesame"
+
+    def __init__(self, path):
+        import socket as so
+        self.path = path
+        self.sock = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.stopping = False
+        self.seen = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.stopping = True
+        self.thread.join(5)
+        self.sock.close()
+
+    def _accept(self):
+        import socket as so
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except so.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _exact(c, n):
+        b = b""
+        while len(b) < n:
+            chunk = c.recv(n - len(b))
+            if not chunk:
+                raise EOFError
+            b += chunk
+        return b
+
+    def _packet(self, c):
+        h = self._exact(c, 4)
+        return self._exact(c, h[0] | h[1] << 8 | h[2] << 16), h[3]
+
+    @staticmethod
+    def _pkt(seq, payload):
+        n = len(payload)
+        return bytes([n & 255, n >> 8 & 255, n >> 16, seq & 255]) + payload
+
+    @staticmethod
+    def _lenenc(n):
+        if n < 251:
+            return bytes([n])
+        if n < 1 << 16:
+            return b"\xfc" + n.to_bytes(2, "little")
+        if n < 1 << 24:
+            return b"\xfd" + n.to_bytes(3, "little")
+        return b"\xfe" + n.to_bytes(8, "little")
+
+    def _native(self, scramble):
+        import hashlib
+        h1 = hashlib.sha1(self.PASSWORD).digest()
+        h3 = hashlib.sha1(scramble + hashlib.sha1(h1).digest()).digest()
+        return bytes(a ^ b for a, b in zip(h1, h3))
+
+    def _serve(self, c):
+        import hashlib
+        try:
+            c.settimeout(30)
+            head = self._exact(c, 16)             # PROXY v2 header
+            self._exact(c, int.from_bytes(head[14:16], "big"))
+            s1, s2 = os.urandom(8), os.urandom(12)
+            caps = (0x1 | 0x4 | 0x8 | 0x200 | 0x2000 | 0x8000 | 0x10000 | 0x20000
+                    | 0x80000 | 0x200000)
+            g = (b"\x0a5.5.5-10.99.0-fake\x00" + (7).to_bytes(4, "little") + s1 + b"\x00"
+                 + (caps & 0xffff).to_bytes(2, "little") + b"\x2d\x02\x00"
+                 + (caps >> 16).to_bytes(2, "little") + b"\x15" + b"\x00" * 10
+                 + s2 + b"\x00" + b"caching_sha2_password\x00")
+            for byte in self._pkt(0, g):          # one byte per segment
+                c.sendall(bytes([byte]))
+                time.sleep(0.002)
+            resp, seq = self._packet(c)
+            user = resp[32:resp.index(b"\x00", 32)].decode()
+            at = resp.index(b"\x00", 32) + 1
+            n = resp[at]
+            auth = resp[at + 1:at + 1 + n]
+            plugin = resp[resp.rindex(b"\x00", 0, len(resp) - 1) + 1:-1].decode()
+            self.seen.append((user, plugin))
+            ok = b"\x00\x00\x00\x02\x00\x00\x00"
+            if user == "ed":
+                c.sendall(self._pkt(seq + 1, b"\xfeclient_ed25519\x00" + os.urandom(32)))
+                self._packet(c)                   # never comes: the studio gives up
+                return
+            if user == "switch":
+                s3 = os.urandom(20)
+                c.sendall(self._pkt(seq + 1, b"\xfemysql_native_password\x00" + s3 + b"\x00"))
+                auth, seq = self._packet(c)
+                good = auth == self._native(s3)
+            else:
+                good = auth == self._native(s1 + s2)
+            if not good:
+                c.sendall(self._pkt(seq + 1, b"\xff\x15\x04#28000Access denied (fake)"))
+                return
+            c.sendall(self._pkt(seq + 1, ok))
+            while True:
+                cmd, _ = self._packet(c)
+                if cmd[:1] == b"\x01":
+                    return
+                if cmd[:1] == b"\x0e":
+                    c.sendall(self._pkt(1, ok))
+                    continue
+                c.sendall(self._result(cmd[1:].decode()))
+        except (EOFError, OSError, ValueError):
+            pass
+        finally:
+            c.close()
+
+    def _result(self, sql):
+        if sql != "corners":
+            return self._pkt(1, b"\xff\x7a\x04#42S02Table 'fake.%s' doesn't exist"
+                             % sql.encode()[:40])
+
+        def col(name, charset, ctype):
+            return (b"\x03def\x04fake\x01t\x01t" + self._lenenc(len(name)) + name
+                    + self._lenenc(len(name)) + name + b"\x0c"
+                    + charset.to_bytes(2, "little") + (65535).to_bytes(4, "little")
+                    + bytes([ctype]) + b"\x00\x00\x00\x00\x00")
+        eof = b"\xfe\x00\x00\x0a\x00"             # more results follow
+        rows = [(b"short", b"\x00\x01"), (b"y" * 300, None),
+                ("\U0001F600".encode() * 20000, b"\xff" * 70000)]
+        seq = 1
+        out = self._pkt(seq, b"\x02")
+        for p in (col(b"text", 45, 253), col(b"bytes", 63, 252), eof):
+            seq += 1
+            out += self._pkt(seq, p)
+        for r in rows:
+            seq += 1
+            out += self._pkt(seq, b"".join(b"\xfb" if v is None else self._lenenc(len(v)) + v
+                                           for v in r))
+        seq += 1
+        out += self._pkt(seq, eof)
+        # then an OK: 300 affected rows, insert id 70000, 2 warnings, no more
+        seq += 1
+        out += self._pkt(seq, b"\x00\xfc\x2c\x01\xfd\x70\x11\x01\x02\x00\x02\x00")
+        return out
+
+
+@pytest.fixture(scope="module")
+def corners(tmp_path_factory):
+    """The studio against FakeMySQL, in one browser run."""
+    node = shutil.which("node")
+    b = next((x for x in BINS if not x.slow), BINS[0])
+    tmp = tmp_path_factory.mktemp("corners")
+    sockdir = tempfile.mkdtemp(prefix="wsfake", dir="/tmp")
+    fake = FakeMySQL(os.path.join(sockdir, "fake.sock"))
+    page_a = StudioServer()
+    ps = ProxySet(b, tmp)
+    try:
+        p = ps.start("--allowed-origin", page_a.origin, engine=None,
+                     socket_path=fake.path, log_dir=str(tmp))
+        url = "ws://127.0.0.1:%d/" % p.port
+        login = {"do": "connect", "url": url, "user": "switch", "password": "sesame",
+                 "database": "fake"}
+        plan = [
+            {"name": "switch", "url": page_a.origin + "/", "steps": [
+                login,
+                {"do": "run", "sql": "corners", "cells": [0, 1, 2]}, shot("protocol-corners"),
+                {"do": "run", "sql": "missing", "cells": []}]},
+            {"name": "native", "url": page_a.origin + "/", "steps": [
+                dict(login, user="native"), dict(login, user="native", password="wrong")]},
+            {"name": "ed", "url": page_a.origin + "/", "steps": [
+                dict(login, user="ed"), shot("unsupported-auth")]},
+        ]
+        plan_path = tmp / "plan.json"
+        plan_path.write_text(json.dumps(plan))
+        profile = tmp / "profile"
+        profile.mkdir()
+        cp = subprocess.run([node, DRIVER, "--user-data-dir", str(profile), "--plan",
+                             str(plan_path), "--timeout", "60000"], cwd=HERE,
+                            capture_output=True, text=True, timeout=80,
+                            stdin=subprocess.DEVNULL)
+        assert cp.returncode == 0, "studio.js failed:\n%s\n%s" % (cp.stdout[-3000:], cp.stderr)
+        out = {o["name"]: o for o in json.loads(cp.stdout.strip().splitlines()[-1])}
+        out["_seen"] = fake.seen
+        yield out
+    finally:
+        problems = ps.finish()
+        fake.stop()
+        page_a.stop()
+        shutil.rmtree(sockdir, ignore_errors=True)
+    assert not problems, "\n".join(problems)
+
+
+def test_auth_switch_split_packets_and_length_encodings(corners):
+    login, res, _, err = page(corners, "switch", 4)
+    assert login["stateKind"] == "connected", login
+    assert login["server"].startswith("10.99.0-fake"), login
+    assert ("switch", "mysql_native_password") in corners["_seen"]
+    assert res["error"] == "", res
+    assert res["headers"] == ["text", "bytes"], res
+    assert res["cells"]["0"] == ["short", "0x0001"], res
+    assert res["cells"]["1"] == ["y" * 300, "NULL"], res
+    assert res["cells"]["2"][0] == "\U0001F600" * 20000, res["cells"]["2"][0][:20]
+    assert res["cells"]["2"][1] == "0x" + "FF" * 2048 + "\u2026 (70000 bytes)"
+    assert res["blocks"] == 2 and res["rows"] == "3 rows", res
+    assert res["captions"][1] == ("statement 2: OK, 300 rows affected, last insert id "
+                                  "70000, 2 warning(s)"), res["captions"]
+    assert err["error"] == "ERROR 1146 (42S02): Table 'fake.missing' doesn't exist", err
+    assert err["stateKind"] == "connected", err
+
+
+def test_native_password_right_and_wrong(corners):
+    good, bad = page(corners, "native", 2)
+    assert good["stateKind"] == "connected", good
+    assert bad["error"] == "ERROR 1045 (28000): Access denied (fake)", bad
+
+
+def test_unsupported_auth_method_says_so(corners):
+    r = page(corners, "ed", 2)[0]
+    assert r["stateKind"] in ("failed", "closed"), r
+    assert "client_ed25519" in r["error"] and "mysql_native_password only" in r["error"], r

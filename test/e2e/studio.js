@@ -77,6 +77,7 @@ async function pageText(page) {
       error: t('error'), elapsed: t('elapsed'), server: t('server'),
       trs: document.querySelectorAll('#result tbody tr').length,
       blocks: document.querySelectorAll('#results .block').length,
+      captions: Array.from(document.querySelectorAll('#results .caption'), (c) => c.textContent),
     };
   });
 }
