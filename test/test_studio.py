@@ -34,6 +34,7 @@ import time
 import pytest
 
 from conftest import BINS, ROOT, ProxySet, free_port
+from engine import refuse_path
 from test_e2e_mariadb import MARIADB_SH, mariadb  # noqa: F401  (fixture)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -484,6 +485,11 @@ def corners(tmp_path_factory):
         p = ps.start("--allowed-origin", page_a.origin, engine=None,
                      socket_path=fake.path, log_dir=str(tmp))
         url = "ws://127.0.0.1:%d/" % p.port
+        # one proxy to stop mid-session (1001), one with no engine behind it (502)
+        p_stop = ps.start("--allowed-origin", page_a.origin, engine=None,
+                          socket_path=fake.path)
+        p_none = ps.start("--allowed-origin", page_a.origin, engine=None,
+                          socket_path=refuse_path(sockdir))
         login = {"do": "connect", "url": url, "user": "switch", "password": "sesame",
                  "database": "fake"}
         plan = [
@@ -495,6 +501,12 @@ def corners(tmp_path_factory):
                 dict(login, user="native"), dict(login, user="native", password="wrong")]},
             {"name": "ed", "url": page_a.origin + "/", "steps": [
                 dict(login, user="ed"), shot("unsupported-auth")]},
+            {"name": "proxy-stop", "url": page_a.origin + "/", "steps": [
+                dict(login, url="ws://127.0.0.1:%d/" % p_stop.port),
+                {"do": "exec", "argv": ["kill", "-TERM", str(p_stop.proc.pid)]},
+                {"do": "waitState", "state": "closed"}, shot("proxy-stopped-1001")]},
+            {"name": "no-engine", "url": page_a.origin + "/", "steps": [
+                dict(login, url="ws://127.0.0.1:%d/" % p_none.port), shot("engine-down-502")]},
         ]
         plan_path = tmp / "plan.json"
         plan_path.write_text(json.dumps(plan))
@@ -544,3 +556,15 @@ def test_unsupported_auth_method_says_so(corners):
     r = page(corners, "ed", 2)[0]
     assert r["stateKind"] in ("failed", "closed"), r
     assert "client_ed25519" in r["error"] and "mysql_native_password only" in r["error"], r
+
+
+def test_proxy_stopping_shows_1001(corners):
+    r = page(corners, "proxy-stop", 4)[2]
+    assert r["stateKind"] == "closed" and r["state"].startswith("closed 1001"), r
+    assert "proxy is stopping" in r["error"], r
+
+
+def test_engine_down_names_502(corners):
+    r = page(corners, "no-engine", 2)[0]
+    assert r["stateKind"] == "closed" and r["state"].startswith("closed 1006"), r
+    assert "502 (the engine is not running)" in r["error"], r
