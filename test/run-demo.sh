@@ -94,7 +94,7 @@ engine_start() {
     if [ -n "$SOCKET" ]; then
         ENGINE_SOCK=$SOCKET
         ENGINE_DESC="existing engine on $SOCKET"
-        DEMO_USER= DEMO_PASSWORD= DEMO_DATABASE=
+        DEMO_USER='' DEMO_PASSWORD='' DEMO_DATABASE=''
         return 0
     fi
     ENGINE_STARTED=1
