@@ -176,7 +176,9 @@ async function run() {
   el.progress.textContent = '';
   el.rows.textContent = results.summary();
   if (failure && !(failure instanceof ConnectionClosed)) {
-    showError(errorText(failure));
+    // keep what onClose may have said meanwhile (e.g. 1053, then the close)
+    const said = el.error.textContent;
+    showError(errorText(failure) + (said ? '\n' + said : ''));
   }
   running = false;
   delete document.body.dataset.busy;
