@@ -46,10 +46,12 @@ ROWS = 10000
 BIG = 100000
 HUGE = 17 * 1024 * 1024   # bytes: more than one 0xFFFFFF-byte packet
 # Longest main-thread task, and longest stall of a 10 ms timer, allowed while
-# 100,000 rows arrive and render (on 2 busy shared cores).  A page that parsed
-# or laid out the result in one go blocks for seconds.
+# 100,000 rows arrive and render.  A page that parsed or laid out the result
+# in one go blocks for 5 s or more.  The stall also counts time in which the
+# machine ran something else than Chromium: measured 169-427 ms on 2 cores
+# shared with other jobs, hence the margin.
 LONGEST_TASK_MS = 250
-LONGEST_STALL_MS = 500
+LONGEST_STALL_MS = 1000
 
 
 class StudioServer:
