@@ -16,6 +16,9 @@ const FRAME_MS = 30;
 // browser's work per frame grows with the rows it lays out) until scrolling
 // nears the end of what is displayed.
 const SHOWN_ROWS = 5000;
+// Rows past that cost no layout: they go in longer slices, so that fewer
+// frames (each of which walks the displayed rows) are needed.
+const HIDDEN_BUDGET_MS = 20;
 const HEX_LIMIT = 2048;       // bytes of a binary value shown as hex
 const NUMERIC = new Set([0, 1, 2, 3, 4, 5, 8, 9, 13, 246]);
 
@@ -257,14 +260,17 @@ export class Results {
     }
     const max = this.perRow ? Math.max(16, Math.floor(FRAME_MS / this.perRow)) : 100;
     let done = 0;
+    let displayed = false;
     for (const b of this.blocks) {
       if (b.kind === 'rows' && b.next < b.pending.length) {
-        done = b.render(start + BUDGET_MS, max);
+        displayed = b.shown < b.limit;
+        if (displayed) done = b.render(start + BUDGET_MS, Math.min(max, b.limit - b.shown));
+        else done = b.render(start + HIDDEN_BUDGET_MS, Infinity);
         break;
       }
     }
     if (this.pendingRows()) {
-      if (done) this.last = { start, rows: done };
+      if (done && displayed) this.last = { start, rows: done };
       this.schedule();
     } else {
       const w = this.waiters;

@@ -159,8 +159,14 @@ async function run() {
   el.rows.textContent = '';
   el.elapsed.textContent = '';
   el.progress.textContent = 'running';
+  let shownAt = 0;
   const results = new Results(el.results, {
-    progress: (n) => { el.progress.textContent = `receiving: ${n} rows`; },
+    progress: (n) => {   // at most every 100 ms: each change costs the page a frame
+      const now = performance.now();
+      if (now - shownAt < 100) return;
+      shownAt = now;
+      el.progress.textContent = `receiving: ${n} rows`;
+    },
   });
   const t0 = performance.now();
   let failure = null;
