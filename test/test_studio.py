@@ -47,10 +47,10 @@ BIG = 100000
 HUGE = 17 * 1024 * 1024   # bytes: more than one 0xFFFFFF-byte packet
 # Longest main-thread task, and longest stall of a 10 ms timer, allowed while
 # 100,000 rows arrive and render.  A page that parsed or laid out the result
-# in one go blocks for 5 s or more.  The stall also counts time in which the
-# machine ran something else than Chromium: measured 169-427 ms on 2 cores
-# shared with other jobs, hence the margin.
-LONGEST_TASK_MS = 250
+# in one go blocks for 5 s or more.  Both also count time in which the
+# machine ran something else than Chromium: measured up to 181 ms (task) and
+# 427 ms (stall) on 2 cores shared with other jobs, hence the margins.
+LONGEST_TASK_MS = 500
 LONGEST_STALL_MS = 1000
 
 
@@ -166,6 +166,8 @@ def studio(mariadb, certs, tmp_path_factory):  # noqa: F811
                  "DELETE FROM studio_t WHERE id > %d" % (ROWS + 1, ROWS), "cells": [0]},
                 shot("multi"),
                 {"do": "run", "sql": "SELEKT 1", "cells": []}, shot("error-1064"),
+                {"do": "run", "sql": "SELECT 'before' AS b; SELEKT 2; SELECT 'after'",
+                 "cells": [0], "click": True},
                 {"do": "run", "sql": "SELECT seq AS id, CONCAT('row ', seq) AS label, "
                  "seq * 2 AS twice, IF(seq %% 1000 = 0, NULL, 'x') AS maybe "
                  "FROM seq_1_to_%d" % BIG, "cells": [0, -1], "timeout": 90000},
@@ -221,7 +223,7 @@ def page(studio, name, nsteps):
 
 
 def test_login_insert_and_select_10000_rows(studio):
-    r = page(studio, "ws", 13)
+    r = page(studio, "ws", 14)
     login, _, insert, select = r[:4]
     assert login["stateKind"] == "connected" and login["state"] == "connected", login
     assert "MariaDB" in login["server"] and login["error"] == "", login
@@ -236,7 +238,7 @@ def test_login_insert_and_select_10000_rows(studio):
 
 
 def test_several_statements_one_block_each(studio):
-    multi = page(studio, "ws", 13)[5]
+    multi = page(studio, "ws", 14)[5]
     assert multi["error"] == "", multi
     assert multi["blocks"] == 3, multi
     # #result is the last result set: the SELECT between INSERT and DELETE
@@ -246,15 +248,22 @@ def test_several_statements_one_block_each(studio):
 
 
 def test_bad_sql_shows_1064(studio):
-    bad = page(studio, "ws", 13)[7]
+    bad = page(studio, "ws", 14)[7]
     assert bad["error"].startswith("ERROR 1064 (42000): "), bad
     assert "SELEKT" in bad["error"], bad
     assert bad["stateKind"] == "connected", "an SQL error leaves the session open"
 
 
+def test_error_stops_a_multi_statement_run(studio):
+    r = page(studio, "ws", 14)[9]      # run by clicking #run
+    assert r["error"].startswith("ERROR 1064 (42000): "), r
+    assert r["blocks"] == 1 and r["cells"]["0"] == ["before"] and r["rows"] == "1 row", r
+    assert r["stateKind"] == "connected", r
+
+
 def test_100000_rows_page_stays_responsive(studio):
-    r = page(studio, "ws", 13)
-    big, scrolled = r[9], r[11]
+    r = page(studio, "ws", 14)
+    big, scrolled = r[10], r[12]
     assert big["error"] == "" and big["rows"] == "%d rows" % BIG, big
     assert big["trs"] == BIG, big
     assert big["cells"]["0"] == ["1", "row 1", "2", "x"], big
@@ -275,7 +284,7 @@ def test_100000_rows_page_stays_responsive(studio):
 def test_over_16_mib_each_way(studio):
     """A COM_QUERY of 17 MiB leaves as two packets; a 17 MiB BLOB arrives
     as two packets and shows as hex, cut, with its length."""
-    r = page(studio, "ws", 13)[12]
+    r = page(studio, "ws", 14)[13]
     assert r["error"] == "" and r["rows"] == "1 row", r
     n, b = r["cells"]["0"]
     assert n == str(HUGE), r

@@ -11,6 +11,7 @@
 //        #connect, wait until #state leaves "connecting"
 //   {"do": "run", "sql" | "sqlJs", "cells": [ROW, ...], "timeout"}    type into #sql
 //        (sqlJs: a JS expression the page evaluates to the SQL, for huge ones),
+//        press Ctrl+Enter (or with "click": true click #run),
 //        press Ctrl+Enter, wait until the page is done (rendered); report #rows,
 //        #error, the number of <tr> in #result's <tbody>, the cell texts of the
 //        given rows (negative = from the end), the time to the first row in
@@ -126,8 +127,12 @@ async function step(page, s, timeout) {
         if (window.__firstRow !== null || performance.now() - t0 > 120000) clearInterval(timer);
       }, 10);
     });
-    await page.focus('#sql');
-    await page.keyboard.press('Control+Enter');
+    if (s.click) {
+      await page.click('#run');
+    } else {
+      await page.focus('#sql');
+      await page.keyboard.press('Control+Enter');
+    }
     await page.waitForFunction(() => !document.body.dataset.busy, null,
       { timeout: t, polling: 50 });
     const r = await pageText(page);
