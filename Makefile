@@ -7,6 +7,7 @@
 #                        use a vendored BearSSL instead of Debian's
 #   make test | run | bench | clean
 #   make install | uninstall   PREFIX=/usr/local DESTDIR= SYSCONFDIR=/etc
+#   make run TLS=1       the demo over https: and wss:// with a throwaway CA
 
 CC      ?= cc
 CFLAGS  ?= -O2 -g
@@ -90,7 +91,9 @@ deps:
 test: deps
 	@bash test/run-tests.sh
 
-run: deps build/wsproxy
+# run-demo.sh installs the demo's own dependencies (test/deps.sh demo) and builds
+# build/wsproxy itself; `make run TLS=1` serves the studio over https: and wss://.
+run:
 	@bash test/run-demo.sh
 
 bench: deps build/wsproxy

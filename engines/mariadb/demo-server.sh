@@ -8,6 +8,8 @@
 #       socket DIR/mysqld.sock (no TCP of its own), create database `demo` and
 #       user demo/demo, and print the socket, pid and the proxy's state
 #   engines/mariadb/demo-server.sh stop DIR
+# With WSPROXY_DEMO_CERT and WSPROXY_DEMO_KEY set (PEM files), the proxy serves
+# wss:// on PORT (wsproxy_https_port) with that certificate instead.
 #
 # Needs build/mariadb/wsproxy.so (make mariadb-plugin).  The server runs as
 # root: only then can the plugin give its relay a uid of its own (see
@@ -81,7 +83,13 @@ do_start() {
         echo "proxy_protocol_networks = localhost"
         echo "plugin_dir = $PLUGIN_DIR"
         echo "plugin_load_add = wsproxy"
-        echo "wsproxy_http_port = $port"
+        if [ -n "${WSPROXY_DEMO_CERT:-}" ]; then
+            echo "wsproxy_https_port = $port"
+            echo "wsproxy_ssl_cert = $WSPROXY_DEMO_CERT"
+            echo "wsproxy_ssl_key = $WSPROXY_DEMO_KEY"
+        else
+            echo "wsproxy_http_port = $port"
+        fi
         [ -z "$origins" ] || echo "wsproxy_allowed_origins = $origins"
     } > "$CNF"
     setsid "$MARIADBD" --defaults-file="$CNF" </dev/null >>"$ERRLOG" 2>&1 &
