@@ -6,6 +6,8 @@
 #   make BEARSSL_INC=/path/to/bearssl/inc BEARSSL_LIB=/path/to/libbearssl.a
 #                        use a vendored BearSSL instead of Debian's
 #   make test | run | bench | chaos | clean
+#   make install | uninstall   PREFIX=/usr/local DESTDIR= SYSCONFDIR=/etc
+#   make run TLS=1       the demo over https: and wss:// with a throwaway CA
 
 CC      ?= cc
 CFLAGS  ?= -O2 -g
@@ -26,7 +28,7 @@ SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 ALL_CFLAGS = $(WARN) $(CFLAGS) $(TLSFLAGS) -pthread
 SRC     := wsproxy.c wsproxy.h
 
-.PHONY: all test unit run bench clean deps check-symbols
+.PHONY: all test unit run bench clean deps check-symbols install uninstall
 
 all: build/wsproxy build/wsproxy.o build/asan/wsproxy build/notls/wsproxy
 
@@ -89,7 +91,9 @@ deps:
 test: deps
 	@bash test/run-tests.sh
 
-run: deps build/wsproxy
+# run-demo.sh installs the demo's own dependencies (test/deps.sh demo) and builds
+# build/wsproxy itself; `make run TLS=1` serves the studio over https: and wss://.
+run:
 	@bash test/run-demo.sh
 
 bench: deps build/wsproxy
@@ -104,3 +108,71 @@ chaos: deps build/asan/wsproxy
 
 clean:
 	rm -rf build
+
+# LD_PRELOAD fault shim for test_faults.py (injected accept errors,
+# descriptors created without close-on-exec).
+build/shim/fault.so: test/shim/fault.c
+	@mkdir -p $(@D)
+	$(CC) $(WARN) $(CFLAGS) -shared -fPIC -o $@ test/shim/fault.c -ldl
+
+# Install the program, header, manual page, systemd unit, logrotate rules and
+# an example configuration (never overwriting one that exists).  The unit
+# and the manual page name the installed paths.
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+BINDIR     ?= $(PREFIX)/bin
+INCLUDEDIR ?= $(PREFIX)/include
+MANDIR     ?= $(PREFIX)/share/man
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+PATHS_SED   = -e 's|/usr/local/bin/wsproxy|$(BINDIR)/wsproxy|g' \
+              -e 's|/etc/wsproxy/|$(SYSCONFDIR)/wsproxy/|g' \
+              -e 's|/etc/logrotate.d/|$(SYSCONFDIR)/logrotate.d/|g' \
+              -e 's|/usr/local/lib/systemd/system/|$(UNITDIR)/|g'
+CONF        = $(DESTDIR)$(SYSCONFDIR)/wsproxy/wsproxy.conf
+
+install: build/wsproxy
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(MANDIR)/man1 \
+	    $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/wsproxy $(DESTDIR)$(SYSCONFDIR)/logrotate.d
+	install -m 755 build/wsproxy $(DESTDIR)$(BINDIR)/wsproxy
+	install -m 644 wsproxy.h $(DESTDIR)$(INCLUDEDIR)/wsproxy.h
+	sed $(PATHS_SED) dist/wsproxy.1 > $(DESTDIR)$(MANDIR)/man1/wsproxy.1
+	sed $(PATHS_SED) dist/wsproxy.service > $(DESTDIR)$(UNITDIR)/wsproxy.service
+	install -m 644 dist/wsproxy.logrotate $(DESTDIR)$(SYSCONFDIR)/logrotate.d/wsproxy
+	chmod 644 $(DESTDIR)$(MANDIR)/man1/wsproxy.1 $(DESTDIR)$(UNITDIR)/wsproxy.service
+	@if [ -e $(CONF) ]; then echo "install: keeping $(CONF) (the example is dist/wsproxy.conf)"; \
+	else echo "install -m 644 dist/wsproxy.conf $(CONF)"; install -m 644 dist/wsproxy.conf $(CONF); fi
+
+# Removes what install put there; the configuration only if unchanged.
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/wsproxy $(DESTDIR)$(INCLUDEDIR)/wsproxy.h \
+	    $(DESTDIR)$(MANDIR)/man1/wsproxy.1 $(DESTDIR)$(UNITDIR)/wsproxy.service \
+	    $(DESTDIR)$(SYSCONFDIR)/logrotate.d/wsproxy
+	@if [ -e $(CONF) ] && ! cmp -s dist/wsproxy.conf $(CONF); then \
+	    echo "uninstall: keeping $(CONF) (changed since install)"; \
+	else rm -f $(CONF); rmdir $(DESTDIR)$(SYSCONFDIR)/wsproxy 2>/dev/null || true; fi
+
+# MariaDB daemon plugin (engines/mariadb/README.md).  A daemon plugin's
+# interface version is the exact server version, so it is built against the
+# installed server's headers, and only when libmariadbd-dev matches
+# mariadb-server.  -z defs: a missing service library fails here, not at load.
+MARIADB_INC      ?= /usr/include/mariadb/server
+MARIADB_SERVICES ?= $(firstword $(wildcard /usr/lib/*/libmysqlservices.a) -lmysqlservices)
+
+.PHONY: mariadb-plugin mariadb-version-check
+mariadb-plugin: build/mariadb/wsproxy.so
+
+mariadb-version-check:
+	@dev=$$(dpkg-query -W -f='$${Version}' libmariadbd-dev 2>/dev/null); \
+	srv=$$(dpkg-query -W -f='$${Version}' mariadb-server 2>/dev/null); \
+	if [ -z "$$dev" ] || [ -z "$$srv" ]; then \
+	    echo "mariadb-plugin: needs libmariadbd-dev, libmariadb-dev and mariadb-server (test/deps.sh installs them)"; exit 1; fi; \
+	if [ "$$dev" != "$$srv" ]; then \
+	    echo "mariadb-plugin: libmariadbd-dev $$dev does not match mariadb-server $$srv:"; \
+	    echo "  a daemon plugin loads only into the exact server version it was built for;"; \
+	    echo "  install the same version of both (apt-get install libmariadbd-dev=$$srv)"; exit 1; fi
+
+build/mariadb/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb-version-check
+	@mkdir -p $(@D)
+	$(CC) $(WARN) $(CFLAGS) $(TLSFLAGS) -pthread -fPIC -shared -fvisibility=hidden \
+	    -DMYSQL_DYNAMIC_PLUGIN -isystem $(MARIADB_INC) -I. -Wl,-z,defs -Wl,--exclude-libs,libbearssl.a -o $@ \
+	    engines/mariadb/wsproxy_plugin.c wsproxy.c $(TLSLIBS) $(MARIADB_SERVICES)

@@ -114,6 +114,20 @@
 #define WS_PROXY_LINGER_MS 2000
 #endif
 
+/* A client that sent FIN without a Close: how long the bytes it sent
+ * before may still take to reach the engine, ms (SPEC: within 1 s). */
+#ifndef WS_PROXY_FIN_GRACE_MS
+#define WS_PROXY_FIN_GRACE_MS 500
+#endif
+
+/* A client that vanishes without FIN or RST (cable pulled, NAT state
+ * dropped) is found within about this many seconds: by TCP keepalive while
+ * the connection is idle, by TCP_USER_TIMEOUT while our data goes
+ * unacknowledged.  0 turns both off; ping_interval_ms finds it sooner. */
+#ifndef WS_PROXY_KEEPALIVE_S
+#define WS_PROXY_KEEPALIVE_S 120
+#endif
+
 /* Certificates in a chain (leaf plus intermediates). */
 #ifndef WS_PROXY_TLS_MAX_CHAIN
 #define WS_PROXY_TLS_MAX_CHAIN 8
@@ -671,6 +685,201 @@ static size_t http_write_answer(const struct http_answer *a, char *out,
     return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
+/* ---- Metrics: a plain GET on metrics_path, answered with the status
+ * counters in the Prometheus text exposition format, version 0.0.4. */
+
+#define METRICS_LOOPBACK "127.0.0.0/8 ::1"
+
+/* A GET on `path` (query string aside) without an Upgrade header. */
+static int http_plain_get(const struct http_req *r, const char *path)
+{
+    size_t n = strlen(path), i;
+    int nup;
+    if (r->mlen != 3 || memcmp(r->method, "GET", 3) || r->major < 1 ||
+        (r->major == 1 && r->minor < 1) || http_find(r, "upgrade", &nup))
+        return 0;
+    for (i = 0; i < r->tlen && r->target[i] != '?'; i++) {
+    }
+    return i == n && !memcmp(r->target, path, n);
+}
+
+/* Is the address ip (4 or 16 bytes, as family says) in the list of
+ * addresses and CIDR blocks?  Returns 1 or 0, or -1 if an element is not
+ * an address or block; with ip NULL it only checks the list. */
+static int cidr_has(const char *list, int family, const uint8_t *ip)
+{
+    size_t pos = 0, len, n = strlen(list);
+    const char *e;
+    int found = 0;
+    while ((e = list_next(list, n, &pos, &len)) != NULL) {
+        char text[INET6_ADDRSTRLEN + 8], *slash, *end;
+        uint8_t net[16];
+        int fam, bits, max;
+        long v;
+        if (len >= sizeof text)
+            return -1;
+        memcpy(text, e, len);
+        text[len] = 0;
+        if ((slash = strchr(text, '/')) != NULL)
+            *slash = 0;
+        fam = strchr(text, ':') ? AF_INET6 : AF_INET;
+        max = fam == AF_INET6 ? 128 : 32;
+        if (inet_pton(fam, text, net) != 1)
+            return -1;
+        bits = max;
+        if (slash) {
+            errno = 0;
+            v = strtol(slash + 1, &end, 10);
+            if (!slash[1] || *end || errno || v < 0 || v > max)
+                return -1;
+            bits = (int)v;
+        }
+        if (ip && fam == family && !found) {
+            int i;
+            found = 1;
+            for (i = 0; i < bits && found; i++)
+                if ((ip[i / 8] ^ net[i / 8]) & (0x80 >> (i % 8)))
+                    found = 0;
+        }
+    }
+    return found;
+}
+
+/* Counts a WebSocket's end by its close code (as logged: 1005 for a Close
+ * without a code, 1006 when no Close was exchanged). */
+static void metrics_close(struct ws_proxy_status *st, unsigned code)
+{
+    st->closes[code >= 1000 && code < 1000 + WS_PROXY_CLOSE_OTHER ? code - 1000
+               : WS_PROXY_CLOSE_OTHER]++;
+}
+
+static const unsigned metrics_bounds[] = WS_PROXY_HANDSHAKE_BUCKETS_MS;
+
+/* Counts a handshake that took ms from accept to its 101. */
+static void metrics_handshake(struct ws_proxy_status *st, int64_t ms)
+{
+    unsigned i = 0;
+    if (ms < 0)
+        ms = 0;
+    while (i < WS_PROXY_HANDSHAKE_BUCKETS && (uint64_t)ms > metrics_bounds[i])
+        i++;
+    st->handshake_ms[i]++;
+    st->handshake_ms_sum += (uint64_t)ms;
+}
+
+struct metrics_out {
+    char *p;
+    size_t len, cap;
+};
+
+static void metrics_put(struct metrics_out *m, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    va_start(ap, fmt);
+    n = vsnprintf(m->p + m->len, m->len < m->cap ? m->cap - m->len : 0, fmt, ap);
+    va_end(ap);
+    m->len += n > 0 ? (size_t)n : 0;
+}
+
+static void metrics_family(struct metrics_out *m, const char *name,
+                           const char *type, const char *help)
+{
+    metrics_put(m, "# HELP wsproxy_%s %s\n# TYPE wsproxy_%s %s\n", name, help, name, type);
+}
+
+/* Writes the complete HTTP answer with the metrics of st; returns its
+ * length, or 0 if it does not fit in cap bytes.  No floating point: the
+ * seconds are integer ms printed with three decimals, so the host's locale
+ * cannot change the decimal point. */
+static size_t metrics_write(const struct ws_proxy_status *st, char *out, size_t cap)
+{
+    static const char *const states[] = {"stopped", "running", "failed"};
+    static const char *const refusals[] = {"400", "403", "426", "431", "502", "503", "408"};
+    /* Close codes always shown: those the proxy chooses itself. */
+    static const unsigned shown[] = {1000, 1001, 1002, 1005, 1006, 1007, 1009, 1011};
+    char head[160];
+    struct metrics_out m;
+    uint64_t n = 0;
+    size_t hlen, i, j;
+    int h;
+    if (cap <= sizeof head)
+        return 0;
+    m.p = out + sizeof head; /* the body first; the head, once its length is known */
+    m.len = 0;
+    m.cap = cap - sizeof head;
+
+    metrics_family(&m, "up", "gauge", "1 while the proxy listens (state running).");
+    metrics_put(&m, "wsproxy_up %d\n", st->state == WS_PROXY_RUNNING);
+    metrics_family(&m, "state", "gauge", "The proxy's state: 1 for the current one.");
+    for (i = 0; i < COUNT_OF(states); i++)
+        metrics_put(&m, "wsproxy_state{state=\"%s\"} %d\n", states[i], st->state == (int)i);
+    metrics_family(&m, "info", "gauge", "Version, scheme and port of the proxy.");
+    metrics_put(&m, "wsproxy_info{version=\"%s\",scheme=\"%s\",port=\"%d\"} 1\n",
+                WS_PROXY_VERSION, st->tls ? "wss" : "ws", st->port);
+    metrics_family(&m, "connections_open", "gauge",
+                   "Client connections open now, handshaking ones included, "
+                   "this scrape excluded.");
+    metrics_put(&m, "wsproxy_connections_open %llu\n", (unsigned long long)st->conns_open);
+    metrics_family(&m, "connections_total", "counter",
+                   "Client connections accepted since start, scrapes included.");
+    metrics_put(&m, "wsproxy_connections_total %llu\n", (unsigned long long)st->conns_total);
+    metrics_family(&m, "bytes_total", "counter", "Payload bytes relayed, by direction.");
+    metrics_put(&m, "wsproxy_bytes_total{direction=\"to_engine\"} %llu\n"
+                    "wsproxy_bytes_total{direction=\"to_client\"} %llu\n",
+                (unsigned long long)st->bytes_to_engine, (unsigned long long)st->bytes_to_client);
+    metrics_family(&m, "refused_total", "counter",
+                   "Requests answered with an HTTP error instead of 101, by status "
+                   "(408: handshake timeout).");
+    for (i = 0; i < WS_PROXY_REFUSED_COUNT_; i++)
+        metrics_put(&m, "wsproxy_refused_total{status=\"%s\"} %llu\n", refusals[i],
+                    (unsigned long long)st->refused[i]);
+    metrics_family(&m, "closes_total", "counter",
+                   "WebSockets ended, by the close code sent (1005: an empty Close, "
+                   "1006: none).");
+    for (i = 0; i <= WS_PROXY_CLOSE_OTHER; i++) {
+        for (j = 0; j < COUNT_OF(shown) && shown[j] != 1000 + i; j++) {
+        }
+        if (i == WS_PROXY_CLOSE_OTHER)
+            metrics_put(&m, "wsproxy_closes_total{code=\"other\"} %llu\n",
+                        (unsigned long long)st->closes[i]);
+        else if (j < COUNT_OF(shown) || st->closes[i])
+            metrics_put(&m, "wsproxy_closes_total{code=\"%u\"} %llu\n", 1000 + (unsigned)i,
+                        (unsigned long long)st->closes[i]);
+    }
+    metrics_family(&m, "tls_failures_total", "counter",
+                   "TLS handshakes or records that failed.");
+    metrics_put(&m, "wsproxy_tls_failures_total %llu\n", (unsigned long long)st->tls_failures);
+    metrics_family(&m, "protocol_errors_total", "counter",
+                   "WebSockets failed for a protocol violation (1002, 1007, 1009).");
+    metrics_put(&m, "wsproxy_protocol_errors_total %llu\n",
+                (unsigned long long)st->protocol_errors);
+    metrics_family(&m, "handshake_duration_seconds", "histogram",
+                   "Time from accept to the 101 answer.");
+    for (i = 0; i <= WS_PROXY_HANDSHAKE_BUCKETS; i++) {
+        n += st->handshake_ms[i];
+        if (i < WS_PROXY_HANDSHAKE_BUCKETS)
+            metrics_put(&m, "wsproxy_handshake_duration_seconds_bucket{le=\"%u.%03u\"} %llu\n",
+                        metrics_bounds[i] / 1000, metrics_bounds[i] % 1000,
+                        (unsigned long long)n);
+    }
+    metrics_put(&m, "wsproxy_handshake_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
+                    "wsproxy_handshake_duration_seconds_sum %llu.%03u\n"
+                    "wsproxy_handshake_duration_seconds_count %llu\n",
+                (unsigned long long)n, (unsigned long long)(st->handshake_ms_sum / 1000),
+                (unsigned)(st->handshake_ms_sum % 1000), (unsigned long long)n);
+    if (m.len >= m.cap)
+        return 0;
+    h = snprintf(head, sizeof head,
+                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                 "Content-Length: %u\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n",
+                 (unsigned)m.len);
+    hlen = (size_t)h;
+    memmove(out + hlen, m.p, m.len);
+    memcpy(out, head, hlen);
+    return hlen + m.len;
+}
+
 /* ==== Frames: the decoder and the encoder (RFC 6455 section 5) ===========
  *
  * The decoder does no I/O.  It consumes whatever raw client bytes arrived,
@@ -962,15 +1171,24 @@ struct cfg {
     char text[1];
 };
 
-enum conn_state {
-    CONN_HTTP,    /* reading the request (after the TLS handshake) */
-    CONN_CONNECT, /* engine connect in progress; the 101 waits in ob */
-    CONN_OPEN,    /* relaying both ways */
-    CONN_DRAIN,   /* client sent Close: engine write side shut, relaying
-                   * what the engine still sends, then answer the Close */
-    CONN_CLOSING, /* engine closed; our Close queued or sent */
-    CONN_REFUSED, /* an HTTP answer queued; then linger until EOF */
-    CONN_DEAD     /* torn down; freed at the end of the turn */
+/* Connection state: see the section "Connections" for the rules. */
+enum conn_phase {
+    PH_TLS,     /* TLS handshake (wss:// only) */
+    PH_HTTP,    /* reading the request */
+    PH_CONNECT, /* engine connect in progress; the 101 waits in ob */
+    PH_OPEN,    /* relaying; c->up and c->down say how far each way */
+    PH_CLOSING, /* engine closed; our Close queued or sent */
+    PH_REFUSED, /* an HTTP answer queued; then linger until EOF */
+    PH_DEAD     /* torn down; freed at the end of the turn */
+};
+
+/* One direction of an OPEN connection.  "Paused because the sink is full"
+ * is not stored: it is read off the buffers (up_paused, down_paused), so
+ * it cannot disagree with them. */
+enum dir_state {
+    DIR_FLOW,  /* bytes move as fast as the sink takes them */
+    DIR_DRAIN, /* the source has ended: deliver what it sent, then shut */
+    DIR_SHUT   /* nothing more moves this way */
 };
 
 union conn_addr {
@@ -986,27 +1204,34 @@ struct tls_conn;
  *   ib: client input chunk.  [0, i_out) unmasked payload, of which
  *       [i_wr, i_out) is still to be written to the engine; [i_pos, i_len)
  *       raw bytes not decoded yet.  i_wr <= i_out <= i_pos <= i_len.
- *   ob: client output.  [o_pos, o_len) still to be sent.  Engine bytes are
- *       read to ob + FRAME_HEADROOM and the frame header is put in front.
+ *   ob: bytes composed but not yet taken by the transport, [o_pos, o_len):
+ *       the HTTP answer, and (plain sockets only) each outgoing frame.
+ *       Engine bytes are read to ob + FRAME_HEADROOM and the frame header
+ *       is put in front.  Under TLS frames are composed in BearSSL's own
+ *       record buffer instead, so ob stays NULL once the 101 is out.
  * Both are NULL while nothing is in flight.
  */
 struct conn {
     struct cfg *cfg;
     int cfd, efd;
-    int pi_c, pi_e;   /* indices in this turn's pollfd array, -1 = none */
-    uint8_t state;
+    int pi_c, pi_e;       /* indices in this turn's pollfd array, -1 = none */
+    uint8_t phase;        /* enum conn_phase */
+    uint8_t up, down;     /* enum dir_state: client->engine, engine->client */
     unsigned c_rd : 1, c_wr : 1, e_rd : 1, e_wr : 1; /* readiness */
-    unsigned eng_eof : 1, eng_wdead : 1, eng_shut : 1;
+    unsigned c_fin : 1;   /* the client sends nothing more (FIN seen) */
+    unsigned e_fin : 1;   /* the engine sends nothing more (EOF seen) */
+    unsigned e_hup : 1;   /* the engine hung up: no longer polled */
     unsigned close_rcvd : 1, close_sent : 1, drop : 1;
     unsigned ping_due : 1, pong_due : 1, over_limit : 1;
     unsigned i_borrowed : 1; /* ib is the transport's, not the free list's */
     uint32_t i_borrowed_len;
     uint16_t close_code; /* the code we send (0 = empty Close) */
     uint16_t status;     /* HTTP status answered */
-    const char *why;     /* why it ended, for the log */
+    const char *why;     /* why it ended, for the log: the first reason sticks */
     uint64_t id;
-    int64_t t_start, t_rx, t_data, t_ping, t_deadline; /* ms, monotonic */
-    int64_t t_io; /* last poll event on either socket: hot or cold */
+    int64_t t_start, t_rx, t_data, t_ping; /* ms, monotonic */
+    int64_t t_end; /* closing deadline, 0 = none; once set only moves earlier */
+    int64_t t_io;  /* last poll event on either socket: hot or cold */
     uint64_t bytes_in, bytes_out;
     uint8_t *ib, *ob;
     uint32_t i_len, i_pos, i_out, i_wr, o_pos, o_len;
@@ -1016,6 +1241,13 @@ struct conn {
     uint8_t pong_len;
     uint8_t pong[125];
     char name[64]; /* "conn 12 192.0.2.1:51234", for the log */
+};
+
+/* Open connections per client address, from accept: open addressing with
+ * linear probing, n == 0 marks a free slot. */
+struct ip_count {
+    uint8_t ip[16]; /* IPv6, or IPv4-mapped */
+    uint32_t n;
 };
 
 enum { CMD_NONE, CMD_RESTART, CMD_STATUS, CMD_STOP, CMD_REOPEN };
@@ -1044,12 +1276,15 @@ struct ws_proxy {
     struct conn **conns; /* [0, nhot) hot, then cold: see loop_sort */
     size_t nconns, nhot, capconns;
     size_t ndead; /* DEAD connections in conns[], for loop_reap */
+    size_t nrefusing; /* REFUSED ones: answered, they hold no slot */
     struct pollfd *pfd;
     size_t cappfd;
     uint8_t *freebufs; /* free list, linked through the first bytes */
     unsigned nfree;
     uint64_t next_id;
     struct ws_proxy_status st;
+    struct ip_count *ipt; /* per-address counts, ipcap slots (power of 2) */
+    size_t ipcap, ipused;
     struct http_hdr hdrs[WS_PROXY_MAX_HEADERS]; /* parser scratch */
     char health[128];  /* the /health line */
     char why[192];     /* a refusal's reason, formatted */
@@ -1076,8 +1311,9 @@ static const char *log_level_name(int level)
     return level >= 1 && level <= 4 ? names[level] : "?";
 }
 
-/* One line: "<UTC time> <LEVEL> [<who>] <what>", to the file and the
- * callback.  Payload bytes and keys are never passed here. */
+/* One line: "<UTC time> <LEVEL> [<who>] <what>" to the file, and from
+ * "[<who>]" on to the callback.  Payload bytes and keys are never passed
+ * here. */
 static void plog(ws_proxy *p, int level, const struct conn *c,
                  const char *fmt, ...)
 {
@@ -1086,22 +1322,24 @@ static void plog(ws_proxy *p, int level, const struct conn *c,
     struct tm tm;
     time_t secs;
     va_list ap;
-    int n, m;
+    int n, m, msg;
     if (!p->cfg || level > p->cfg->log_level || (p->log_fd < 0 && !p->cfg->c.log_fn))
         return;
     clock_gettime(CLOCK_REALTIME, &ts);
     secs = ts.tv_sec;
     gmtime_r(&secs, &tm);
-    n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s [%s] ",
-                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                 tm.tm_min, tm.tm_sec, (long)(ts.tv_nsec / 1000000),
-                 log_level_name(level), c ? c->name : "proxy");
+    msg = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ",
+                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                   tm.tm_min, tm.tm_sec, (long)(ts.tv_nsec / 1000000),
+                   log_level_name(level));
+    n = msg + snprintf(line + msg, sizeof line - (size_t)msg, "[%s] ", c ? c->name : "proxy");
     va_start(ap, fmt);
     m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
     va_end(ap);
     n = m < 0 ? n : n + m > (int)sizeof line - 2 ? (int)sizeof line - 2 : n + m;
-    if (p->cfg->c.log_fn)
-        p->cfg->c.log_fn(p->cfg->c.log_user, level, line);
+    line[n] = 0;
+    if (p->cfg->c.log_fn) /* the engine's logger adds its own time and level */
+        p->cfg->c.log_fn(p->cfg->c.log_user, level, line + msg);
     if (p->log_fd >= 0) {
         line[n++] = '\n';
         /* O_APPEND keeps lines whole; a full disk loses lines, not us. */
@@ -1186,18 +1424,84 @@ static int addr_same_ip(const union conn_addr *a, const union conn_addr *b)
                : a->v4.sin_addr.s_addr == b->v4.sin_addr.s_addr;
 }
 
+static void fd_nosigpipe(int fd)
+{
+#ifdef SO_NOSIGPIPE
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
+#endif
+    (void)fd;
+}
+
+/* The portable fallback: flags set after the descriptor exists. */
 static void fd_nonblock(int fd)
 {
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0)
         fcntl(fd, F_SETFL, fl | O_NONBLOCK);
     fcntl(fd, F_SETFD, FD_CLOEXEC);
-#ifdef SO_NOSIGPIPE
-    {
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
+    fd_nosigpipe(fd);
+}
+
+/* A non-blocking stream socket, close-on-exec from birth where the
+ * platform allows, so a host thread that forks and execs cannot leak it. */
+static int sock_open(int family)
+{
+    int fd;
+#if defined(SOCK_CLOEXEC) && defined(SOCK_NONBLOCK)
+    fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd >= 0 || errno != EINVAL) {
+        if (fd >= 0)
+            fd_nosigpipe(fd);
+        return fd;
     }
 #endif
+    fd = socket(family, SOCK_STREAM, 0);
+    if (fd >= 0)
+        fd_nonblock(fd);
+    return fd;
+}
+
+/* WS_PROXY_KEEPALIVE_S on a client socket: idle for half of it, then six
+ * probes over the other half. */
+static void sock_keepalive(int fd)
+{
+    int on = WS_PROXY_KEEPALIVE_S > 0;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    if (!on)
+        return;
+#if defined(TCP_KEEPIDLE) && defined(TCP_KEEPINTVL) && defined(TCP_KEEPCNT)
+    {
+        int idle = WS_PROXY_KEEPALIVE_S / 2, cnt = 6;
+        int intvl = WS_PROXY_KEEPALIVE_S / 12 > 0 ? WS_PROXY_KEEPALIVE_S / 12 : 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    }
+#endif
+#ifdef TCP_USER_TIMEOUT
+    {
+        unsigned ms = WS_PROXY_KEEPALIVE_S * 1000u;
+        setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+    }
+#endif
+}
+
+/* The loop's wake-up pipe, non-blocking and close-on-exec from birth
+ * where pipe2() exists (Linux, the BSDs). */
+static int wake_pipe(int fds[2])
+{
+#if defined(__linux__) || defined(__FreeBSD__) || defined(__NetBSD__) || defined(__OpenBSD__)
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0)
+        return 0;
+    if (errno != ENOSYS)
+        return -1;
+#endif
+    if (pipe(fds))
+        return -1;
+    fd_nonblock(fds[0]);
+    fd_nonblock(fds[1]);
+    return 0;
 }
 
 /* Binds and listens, in the manner of redis's anet: errors are reported
@@ -1211,10 +1515,9 @@ static int listen_open(const char *host, int port, int *fd_out,
     if (addr_parse(host, port, &a))
         return err_set(err, errlen, WS_PROXY_EINVAL,
                        "bind_address: not a numeric IPv4 or IPv6 address: %s", host);
-    fd = socket(a.sa.sa_family, SOCK_STREAM, 0);
+    fd = sock_open(a.sa.sa_family);
     if (fd < 0)
         return err_set(err, errlen, WS_PROXY_ESYS, "socket: %s", strerror(errno));
-    fd_nonblock(fd);
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(fd, &a.sa, addr_len(&a)) || listen(fd, SOMAXCONN)) {
         int e = errno;
@@ -1349,7 +1652,9 @@ struct bvec {
 static void bvec_add(void *ctx, const void *src, size_t len)
 {
     struct bvec *v = ctx;
-    if (v->oom)
+    /* An empty PEM block hands over no bytes and maybe a NULL src:
+     * memcpy(NULL, NULL, 0) is undefined. */
+    if (v->oom || !len)
         return;
     if (v->n + len > v->cap) {
         size_t cap = (v->n + len) * 2;
@@ -1434,6 +1739,7 @@ struct tls_load {
     size_t off[WS_PROXY_TLS_MAX_CHAIN];
     br_skey_decoder_context sk;
     int have_key, key_err, too_many, encrypted;
+    int empty; /* a CERTIFICATE or key block with nothing inside */
 };
 
 static int tls_take_cert(void *ctx, const char *name, const uint8_t *der, size_t n)
@@ -1441,6 +1747,10 @@ static int tls_take_cert(void *ctx, const char *name, const uint8_t *der, size_t
     struct tls_load *l = ctx;
     if (strcmp(name, "CERTIFICATE") && strcmp(name, "X509 CERTIFICATE"))
         return 0;
+    if (!n) {
+        l->empty = 1;
+        return -1;
+    }
     if (l->cr->chain_len == WS_PROXY_TLS_MAX_CHAIN) {
         l->too_many = 1;
         return -1;
@@ -1461,6 +1771,10 @@ static int tls_take_key(void *ctx, const char *name, const uint8_t *der, size_t 
     if (l->have_key || (strcmp(name, "RSA PRIVATE KEY") && strcmp(name, "EC PRIVATE KEY") &&
                         strcmp(name, "PRIVATE KEY")))
         return 0;
+    if (!n) {
+        l->empty = 1;
+        return -1;
+    }
     br_skey_decoder_init(&l->sk);
     br_skey_decoder_push(&l->sk, der, n);
     l->key_err = br_skey_decoder_last_error(&l->sk);
@@ -1544,10 +1858,13 @@ static int tls_key_matches(const struct tls_creds *cr, const br_x509_pkey *pk)
     }
 }
 
-/* Loads and checks a certificate chain and its key; each failure names
- * the file and the problem. */
-static int tls_creds_load(const char *cert_file, const char *key_file,
-                          struct tls_creds **out, char *err, size_t errlen)
+/* Builds the certificate chain and key from the PEM text of cert_file
+ * (cert_text) and of key_file (key_text; NULL: read key_file once the
+ * certificates are good); checks them; each failure names the file and the
+ * problem.  Takes no ownership of the texts. */
+static int tls_creds_parse(const struct bvec *cert_text, const struct bvec *key_text,
+                           const char *cert_file, const char *key_file,
+                           struct tls_creds **out, char *err, size_t errlen)
 {
     struct tls_load l;
     struct bvec text, dn;
@@ -1560,14 +1877,12 @@ static int tls_creds_load(const char *cert_file, const char *key_file,
     memset(&l, 0, sizeof l);
     if (!(cr = l.cr = calloc(1, sizeof *cr)))
         return err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
-    if ((rc = tls_read_file("cert_file", cert_file, &text, err, errlen)) != 0) {
-        free(cr);
-        return rc;
-    }
-    n = tls_pem_each(&text, tls_take_cert, &l);
-    free(text.p);
+    n = tls_pem_each(cert_text, tls_take_cert, &l);
     if (n == -2 || (n >= 0 && n == 0))
         rc = err_set(err, errlen, WS_PROXY_ETLS, "cert_file %s: not a PEM file", cert_file);
+    else if (l.empty)
+        rc = err_set(err, errlen, WS_PROXY_ETLS,
+                     "cert_file %s: an empty CERTIFICATE block", cert_file);
     else if (l.too_many)
         rc = err_set(err, errlen, WS_PROXY_ETLS, "cert_file %s: more than %d certificates",
                      cert_file, WS_PROXY_TLS_MAX_CHAIN);
@@ -1576,13 +1891,19 @@ static int tls_creds_load(const char *cert_file, const char *key_file,
     else if (!cr->chain_len)
         rc = err_set(err, errlen, WS_PROXY_ETLS, "cert_file %s: holds no CERTIFICATE", cert_file);
     cr->der = l.certs.p;
-    for (i = 0; i < cr->chain_len; i++)
+    for (i = 0; cr->der && i < cr->chain_len; i++)
         cr->chain[i].data = cr->der + l.off[i];
-    if (!rc && !(rc = tls_read_file("key_file", key_file, &text, err, errlen))) {
-        n = tls_pem_each(&text, tls_take_key, &l);
+    text.p = NULL;
+    if (!rc && !key_text && !(rc = tls_read_file("key_file", key_file, &text, err, errlen)))
+        key_text = &text;
+    if (!rc) {
+        n = tls_pem_each(key_text, tls_take_key, &l);
         free(text.p);
         if (n == -2 || n == 0)
             rc = err_set(err, errlen, WS_PROXY_ETLS, "key_file %s: not a PEM file", key_file);
+        else if (l.empty)
+            rc = err_set(err, errlen, WS_PROXY_ETLS,
+                         "key_file %s: an empty private key block", key_file);
         else if (l.encrypted)
             rc = err_set(err, errlen, WS_PROXY_ETLS,
                          "key_file %s: encrypted private keys are not supported", key_file);
@@ -1650,6 +1971,20 @@ static int tls_creds_load(const char *cert_file, const char *key_file,
     br_ssl_session_cache_lru_init(&cr->cache, cr->cache_store, sizeof cr->cache_store);
     *out = cr;
     return 0;
+}
+
+/* Loads and checks a certificate chain and its key from their files. */
+static int tls_creds_load(const char *cert_file, const char *key_file,
+                          struct tls_creds **out, char *err, size_t errlen)
+{
+    struct bvec text;
+    int rc;
+    *out = NULL;
+    if ((rc = tls_read_file("cert_file", cert_file, &text, err, errlen)) != 0)
+        return rc;
+    rc = tls_creds_parse(&text, NULL, cert_file, key_file, out, err, errlen);
+    free(text.p);
+    return rc;
 }
 
 struct tls_conn {
@@ -1985,6 +2320,29 @@ static int tr_flush(struct conn *c)
     return 0;
 }
 
+/* Moves queued TLS records both ways; -1 once the client's TLS session is
+ * closed (close_notify, EOF or error: nothing more can reach it). */
+static int tr_pump(struct conn *c)
+{
+#ifndef WS_PROXY_NO_TLS
+    if (c->tls)
+        return tls_pump(c) < 0 ? -1 : 0;
+#endif
+    (void)c;
+    return 0;
+}
+
+/* Is the TLS handshake done (always, for a plain socket)? */
+static int tr_up(const struct conn *c)
+{
+#ifndef WS_PROXY_NO_TLS
+    if (c->tls)
+        return c->tls->up;
+#endif
+    (void)c;
+    return 1;
+}
+
 /* Bytes accepted by the transport but not yet on the wire? */
 static int tr_unsent(const struct conn *c)
 {
@@ -2020,15 +2378,179 @@ static void tr_free(struct conn *c)
 
 /* ==== Connections: handshake, relay, close ===============================
  *
- * A connection moves HTTP -> CONNECT -> OPEN -> (DRAIN) -> CLOSING -> DEAD,
- * or HTTP -> REFUSED -> DEAD.  conn_step() does the I/O its state allows,
- * conn_timers() the timeouts, conn_end() is the one place that tears a
- * connection down; the loop frees DEAD connections at the end of its turn.
+ * IMPLEMENTATION NOTES
+ *
+ * A connection moves through phases:
+ *
+ *   TLS -> HTTP -> CONNECT -> OPEN -> CLOSING -> DEAD
+ *                 \-> REFUSED -> DEAD   (any phase before OPEN)
+ *
+ * and, while OPEN, each direction has a state of its own (enum dir_state):
+ *
+ *   up (client -> engine)     FLOW: frames are read, decoded, and their
+ *                             payload written to the engine.
+ *                             DRAIN: the client sent Close, or broke the
+ *                             protocol: the payload decoded before it is
+ *                             still written (RFC 6455 7.1.7), then the
+ *                             engine's write side is shut.
+ *                             SHUT: nothing more goes to the engine.
+ *   down (engine -> client)   FLOW: engine bytes are read into free output
+ *                             space and sent as binary frames.
+ *                             DRAIN: the engine ended (EOF, hang-up or
+ *                             error seen); what it sent before is still
+ *                             delivered, then our Close.
+ *                             SHUT: the engine is done; when up is not
+ *                             DRAIN the connection goes CLOSING.
+ *
+ * Rules, each enforced in one place:
+ *
+ *  1. efd >= 0 exactly in CONNECT and OPEN (conn_close closes it).
+ *  2. Paused is derived: up_paused() while payload waits for the engine,
+ *     down_paused() while output waits for the client.  A paused side is
+ *     not read; nothing else stops reading.
+ *  3. Poll interest is derived from the state on every turn by
+ *     conn_client_events() and conn_engine_events().  Every socket is in
+ *     the poll set in every phase, whatever its interest, so POLLERR and
+ *     POLLHUP (and, on Linux, POLLRDHUP: the peer's FIN) are always seen.
+ *     The one exception is an engine that hung up: its readiness is then
+ *     permanent (reads return data, then EOF or the error), so it leaves
+ *     the set instead of waking every poll.
+ *  4. The client gone (reset, error, TLS closed) ends the connection at
+ *     once: nothing can reach it any more.  A client FIN without Close
+ *     ends it as soon as the bytes sent before it are relayed, and at most
+ *     WS_PROXY_FIN_GRACE_MS later.
+ *  5. The engine's end is noticed even while its output is paused on a
+ *     slow client: its data is still delivered, but for at most
+ *     drain_ms; so is the wait for the engine after the client's Close.
+ *     t_end holds that deadline; it is set once and only moves earlier,
+ *     so no closing exchange takes longer than drain_ms in all.
+ *  6. The first reason to end sticks (why, close_code); conn_end() is the
+ *     one place that tears down, logs the end and releases the slot.
+ *  7. Readiness flags (c_rd, c_wr, e_rd, e_wr) are set by poll events and
+ *     cleared when a call would block; no I/O call is made without one.
+ *  8. A connection paused by its engine is never pinged out: while
+ *     up_paused() the client's frames cannot be read, so its silence
+ *     says nothing (conn_timers).
  */
+
+/* Is the proxy holding client payload the engine has not taken yet? */
+static int up_paused(const struct conn *c)
+{
+    return c->ib && c->i_wr < c->i_out;
+}
+
+static int conn_out_queued(const struct conn *c)
+{
+    return (c->ob && c->o_pos < c->o_len) || tr_unsent(c);
+}
+
+static int down_paused(const struct conn *c)
+{
+    return conn_out_queued(c);
+}
+
+/* Moves t_end earlier (rule 5). */
+static void conn_end_by(struct conn *c, int64_t t)
+{
+    if (!c->t_end || t < c->t_end)
+        c->t_end = t;
+}
+
+/* The first reason sticks (rule 6). */
+static void conn_why(struct conn *c, const char *why)
+{
+    if (!c->why)
+        c->why = why;
+}
+
+/* Key for per-address counting: IPv4 as IPv4-mapped IPv6. */
+static void ip_key(const union conn_addr *a, uint8_t k[16])
+{
+    if (a->sa.sa_family == AF_INET6) {
+        memcpy(k, &a->v6.sin6_addr, 16);
+    } else {
+        memset(k, 0, 10);
+        k[10] = k[11] = 0xFF;
+        memcpy(k + 12, &a->v4.sin_addr, 4);
+    }
+}
+
+static size_t ip_hash(const uint8_t k[16])
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    unsigned i;
+    for (i = 0; i < 16; i++)
+        h = (h ^ k[i]) * 16777619u;
+    return h;
+}
+
+static int ip_grow(ws_proxy *p)
+{
+    size_t cap = p->ipcap ? p->ipcap * 2 : 64, i, j;
+    struct ip_count *t = calloc(cap, sizeof *t);
+    if (!t)
+        return -1;
+    for (i = 0; i < p->ipcap; i++) {
+        if (!p->ipt[i].n)
+            continue;
+        for (j = ip_hash(p->ipt[i].ip) & (cap - 1); t[j].n; j = (j + 1) & (cap - 1)) {
+        }
+        t[j] = p->ipt[i];
+    }
+    free(p->ipt);
+    p->ipt = t;
+    p->ipcap = cap;
+    return 0;
+}
+
+/* Adds delta (+1 or -1) to the count of a's address; returns the new
+ * count, or UINT32_MAX if the table cannot grow (the caller refuses). */
+static uint32_t ip_count(ws_proxy *p, const union conn_addr *a, int delta)
+{
+    struct ip_count *t;
+    uint8_t k[16];
+    size_t i, j, mask;
+    uint32_t n;
+    if (delta > 0 && (p->ipused + 1) * 2 > p->ipcap && ip_grow(p))
+        return UINT32_MAX;
+    if (!p->ipcap)
+        return 0;
+    ip_key(a, k);
+    t = p->ipt;
+    mask = p->ipcap - 1;
+    for (i = ip_hash(k) & mask; t[i].n; i = (i + 1) & mask)
+        if (!memcmp(t[i].ip, k, 16))
+            break;
+    if (!t[i].n) {
+        if (delta < 0)
+            return 0;
+        memcpy(t[i].ip, k, 16);
+        p->ipused++;
+    }
+    n = t[i].n = (uint32_t)((int64_t)t[i].n + delta);
+    if (n)
+        return n;
+    /* Emptied: shift later entries of the run back (no tombstones). */
+    p->ipused--;
+    for (j = i;;) {
+        size_t h;
+        j = (j + 1) & mask;
+        if (!t[j].n)
+            break;
+        h = ip_hash(t[j].ip) & mask;
+        if (i <= j ? (h <= i || h > j) : (h <= i && h > j)) {
+            t[i] = t[j];
+            t[j].n = 0;
+            i = j;
+        }
+    }
+    return 0;
+}
 
 static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
 {
-    if (c->state == CONN_DEAD)
+    int logged = c->status && c->status != 200 && c->status != 101;
+    if (c->phase == PH_DEAD)
         return;
 #ifndef WS_PROXY_NO_TLS
     if (c->tls) {
@@ -2040,15 +2562,23 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
                  : c->tls->ioerr ? "connection error"
                  : c->tls->eof ? "client closed the connection"
                  : c->why ? c->why : "timed out");
+            logged |= !c->tls->up;
         }
     }
 #endif
-    if (c->status == 101)
+    if (c->status == 101) {
+        /* The code of the Close exchanged: 1005 if it had none, 1006 if
+         * there was none (RFC 6455 7.1.5). */
+        unsigned code = !c->close_sent && !c->close_rcvd ? 1006
+                        : c->close_code ? c->close_code : 1005;
+        metrics_close(&p->st, code);
         plog(p, WS_PROXY_LOG_INFO, c,
              "closed %u (%s) after %.3f s, %llu bytes to engine, %llu bytes to client",
-             c->close_code ? c->close_code : 1006, c->why ? c->why : "client gone",
-             (double)(now - c->t_start) / 1000.0, (unsigned long long)c->bytes_in,
-             (unsigned long long)c->bytes_out);
+             code, c->why ? c->why : "client gone", (double)(now - c->t_start) / 1000.0,
+             (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out);
+    } else if (!logged) /* SPEC 6: every connection's end is logged */
+        plog(p, WS_PROXY_LOG_INFO, c, "ended before a WebSocket (%s) after %.3f s",
+             c->why ? c->why : "client closed", (double)(now - c->t_start) / 1000.0);
     c->c_wr = 1; /* close_notify: best effort, without waiting */
     c->c_rd = 0;
     tr_close_notify(c);
@@ -2059,14 +2589,16 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
     tr_in_done(p, c);
     buf_put(p, &c->ob);
     tr_free(c);
-    c->state = CONN_DEAD;
+    ip_count(p, &c->peer, -1);
+    p->nrefusing -= c->phase == PH_REFUSED;
+    c->phase = PH_DEAD;
     p->st.conns_open--;
     p->ndead++;
 }
 
-/* Starts the closing handshake with `code` (0 = empty Close).  The engine
- * connection is closed at once; with `drop` the TCP connection is closed
- * as soon as the Close is out, as RFC 6455 7.1.7 asks of a failure. */
+/* Starts the closing handshake with `code` (0 = empty Close): the engine
+ * is closed at once (rule 1); with `drop` the TCP connection is closed as
+ * soon as the Close is out, as RFC 6455 7.1.7 asks of a failure. */
 static void conn_close(ws_proxy *p, struct conn *c, uint16_t code,
                        const char *why, int drop, int64_t now)
 {
@@ -2075,28 +2607,37 @@ static void conn_close(ws_proxy *p, struct conn *c, uint16_t code,
         c->efd = -1;
     }
     c->close_code = code;
-    c->why = why;
-    c->drop = drop;
+    conn_why(c, why);
+    c->drop |= drop;
     c->ping_due = c->pong_due = 0;
     c->i_wr = c->i_out; /* payload not yet written has nowhere to go */
-    c->state = CONN_CLOSING;
-    c->t_deadline = now + c->cfg->drain_ms;
+    c->up = c->down = DIR_SHUT;
+    c->phase = PH_CLOSING;
+    conn_end_by(c, now + c->cfg->drain_ms);
     (void)p;
 }
 
-/* A protocol violation: Close with the decoder's code, then drop. */
+/* A protocol violation: what was decoded before it still goes to the
+ * engine (up DRAIN), then Close with the decoder's code, then drop. */
 static void conn_fail(ws_proxy *p, struct conn *c, uint16_t code,
                       const char *why, int64_t now)
 {
     p->st.protocol_errors++;
     plog(p, WS_PROXY_LOG_INFO, c, "protocol error: %s, closing %u", why, code);
-    conn_close(p, c, code, why, 1, now);
+    c->close_code = code;
+    conn_why(c, why);
+    c->drop = 1;
     c->i_pos = c->i_len; /* nothing more is decoded */
+    c->up = DIR_DRAIN;
+    c->down = DIR_SHUT;
+    conn_end_by(c, now + c->cfg->drain_ms);
 }
 
-/* Queues a complete HTTP answer, after which the connection lingers. */
+/* Queues a complete HTTP answer, after which the connection lingers.
+ * `detail` (may be NULL) goes to the log only: bodies never tell a client
+ * about the server's insides (socket paths, errno). */
 static void conn_refuse(ws_proxy *p, struct conn *c, struct http_answer *a,
-                        int64_t now)
+                        const char *detail, int64_t now)
 {
     static const int codes[] = {400, 403, 426, 431, 502, 503, 408};
     unsigned i;
@@ -2112,22 +2653,32 @@ static void conn_refuse(ws_proxy *p, struct conn *c, struct http_answer *a,
     c->o_pos = 0;
     c->o_len = (uint32_t)http_write_answer(a, (char *)c->ob, WS_PROXY_BUF_SIZE);
     c->status = (uint16_t)a->status;
-    c->state = CONN_REFUSED;
-    c->t_deadline = now + WS_PROXY_LINGER_MS;
+    p->nrefusing += c->phase != PH_REFUSED;
+    c->phase = PH_REFUSED;
+    c->t_end = now + WS_PROXY_LINGER_MS;
     for (i = 0; i < COUNT_OF(codes); i++)
         if (codes[i] == a->status)
             p->st.refused[i]++;
     if (a->status != 200)
-        plog(p, WS_PROXY_LOG_INFO, c, "refused %d: %s", a->status, a->why);
+        plog(p, WS_PROXY_LOG_INFO, c, "refused %d: %s", a->status, detail ? detail : a->why);
 }
 
 static void conn_refuse_with(ws_proxy *p, struct conn *c, int status,
-                             const char *why, int64_t now)
+                             const char *why, const char *detail, int64_t now)
 {
     struct http_answer a;
     memset(&a, 0, sizeof a);
     http_answer(&a, status, why);
-    conn_refuse(p, c, &a, now);
+    conn_refuse(p, c, &a, detail, now);
+}
+
+/* The engine cannot be reached: the client hears only that. */
+static void conn_engine_down(ws_proxy *p, struct conn *c, const char *call, int e,
+                             int64_t now)
+{
+    snprintf(p->why, sizeof p->why, "engine unavailable: %s(%s): %s", call,
+             c->cfg->c.socket_path, strerror(e));
+    conn_refuse_with(p, c, 502, "engine unavailable", p->why, now);
 }
 
 /* The PROXY protocol header (v1 text or v2 binary) for this client. */
@@ -2181,13 +2732,16 @@ static void conn_engine_ready(ws_proxy *p, struct conn *c, int64_t now)
         /* A new Unix socket's send buffer is empty and far larger than
          * the header, so one write either takes it all or the engine is
          * broken. */
-        if (io_send(c->efd, hdr, n) != (long)n) {
-            conn_refuse_with(p, c, 502, "engine socket: cannot send the PROXY header", now);
+        long w = io_send(c->efd, hdr, n);
+        if (w != (long)n) {
+            conn_engine_down(p, c, "send PROXY header to", w < 0 ? errno : EPIPE, now);
             return;
         }
     }
-    c->state = CONN_OPEN;
+    c->phase = PH_OPEN;
+    c->up = c->down = DIR_FLOW;
     c->status = 101;
+    metrics_handshake(&p->st, now - c->t_start);
     c->t_rx = c->t_data = now;
     c->e_wr = 1;
     plog(p, WS_PROXY_LOG_DEBUG, c, "open");
@@ -2196,38 +2750,49 @@ static void conn_engine_ready(ws_proxy *p, struct conn *c, int64_t now)
 static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
 {
     struct sockaddr_un sun;
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    int fd = sock_open(AF_UNIX);
     memset(&sun, 0, sizeof sun);
     sun.sun_family = AF_UNIX;
     memcpy(sun.sun_path, c->cfg->c.socket_path, strlen(c->cfg->c.socket_path));
     if (fd < 0) {
-        snprintf(p->why, sizeof p->why, "engine socket: socket: %s", strerror(errno));
-        conn_refuse_with(p, c, 502, p->why, now);
+        conn_engine_down(p, c, "socket for", errno, now);
         return;
     }
-    fd_nonblock(fd);
     c->efd = fd;
-    if (connect(fd, (struct sockaddr *)&sun, sizeof sun) == 0) {
+    if (connect(fd, (struct sockaddr *)&sun, sizeof sun) == 0)
         conn_engine_ready(p, c, now);
-    } else if (errno == EINPROGRESS || errno == EINTR) {
-        c->state = CONN_CONNECT;
-    } else {
-        /* EAGAIN here is a full listen backlog: the engine is not keeping
-         * up, which the client should hear about at once. */
-        snprintf(p->why, sizeof p->why, "engine socket: connect(%s): %s",
-                 c->cfg->c.socket_path, strerror(errno));
-        conn_refuse_with(p, c, 502, p->why, now);
-    }
+    else if (errno == EINPROGRESS || errno == EINTR)
+        c->phase = PH_CONNECT;
+    else /* EAGAIN here is a full listen backlog: the engine is not keeping
+          * up, which the client should hear about at once. */
+        conn_engine_down(p, c, "connect", errno, now);
 }
 
-static unsigned conn_count_ip(ws_proxy *p, const struct conn *c)
+/* A plain GET on metrics_path: the figures of ws_proxy_status(), or 403
+ * for a client metrics_allow does not list. */
+static void conn_metrics(ws_proxy *p, struct conn *c, int64_t now)
 {
-    unsigned n = 0;
-    size_t i;
-    for (i = 0; i < p->nconns; i++)
-        if (p->conns[i]->state != CONN_DEAD && addr_same_ip(&p->conns[i]->peer, &c->peer))
-            n++;
-    return n;
+    const char *allow = c->cfg->c.metrics_allow;
+    const union conn_addr *a = &c->peer;
+    struct ws_proxy_status st = p->st;
+    size_t n;
+    if (cidr_has(allow && *allow ? allow : METRICS_LOOPBACK, a->sa.sa_family,
+                 a->sa.sa_family == AF_INET6 ? (const uint8_t *)&a->v6.sin6_addr
+                 : (const uint8_t *)&a->v4.sin_addr) != 1) {
+        conn_refuse_with(p, c, 403, "metrics: client address not in metrics_allow", NULL, now);
+        return;
+    }
+    conn_refuse_with(p, c, 200, "metrics", NULL, now); /* queues an answer, then lingers */
+    if (c->phase != PH_REFUSED)
+        return;
+    st.state = p->state;
+    st.port = p->state == WS_PROXY_RUNNING ? p->lport : 0;
+    st.tls = p->state == WS_PROXY_RUNNING && p->cfg->tls;
+    st.conns_open--; /* not this scrape */
+    if ((n = metrics_write(&st, (char *)c->ob, WS_PROXY_BUF_SIZE)) != 0)
+        c->o_len = (uint32_t)n;
+    else
+        conn_refuse_with(p, c, 503, "metrics: larger than WS_PROXY_BUF_SIZE", NULL, now);
 }
 
 /* A complete request head of hlen bytes is in ib. */
@@ -2236,7 +2801,10 @@ static void conn_handshake(ws_proxy *p, struct conn *c, struct http_req *r,
 {
     struct http_answer a;
     const struct cfg *cf = c->cfg;
-    unsigned per_ip = cf->c.max_connections_per_ip;
+    if (cf->c.metrics_path && *cf->c.metrics_path && http_plain_get(r, cf->c.metrics_path)) {
+        conn_metrics(p, c, now);
+        return;
+    }
     http_handshake(r, cf->c.allowed_origins, cf->c.subprotocols, &a);
     if (a.status == 200) {
         snprintf(p->health, sizeof p->health, "wsproxy %s running, %llu connections open",
@@ -2245,10 +2813,8 @@ static void conn_handshake(ws_proxy *p, struct conn *c, struct http_req *r,
     }
     if (a.status == 101 && c->over_limit)
         http_answer(&a, 503, "too many connections");
-    if (a.status == 101 && per_ip && conn_count_ip(p, c) > per_ip)
-        http_answer(&a, 503, "too many connections from this address");
     if (a.status != 101) {
-        conn_refuse(p, c, &a, now);
+        conn_refuse(p, c, &a, NULL, now);
         return;
     }
     /* Bytes behind the request head are the first frames. */
@@ -2264,7 +2830,7 @@ static void conn_handshake(ws_proxy *p, struct conn *c, struct http_req *r,
 
 static void conn_http(ws_proxy *p, struct conn *c, int64_t now)
 {
-    while (tr_readable(c) && c->state == CONN_HTTP) {
+    while (tr_readable(c) && c->phase == PH_HTTP) {
         struct http_req r;
         long n, h;
         if (!c->ib && !(c->ib = buf_get(p))) {
@@ -2278,6 +2844,7 @@ static void conn_http(ws_proxy *p, struct conn *c, int64_t now)
             return;
         }
         if (n <= 0) { /* the client gave up before asking */
+            conn_why(c, n == 0 ? "client closed before its request" : "client connection error");
             conn_end(p, c, now);
             return;
         }
@@ -2292,9 +2859,9 @@ static void conn_http(ws_proxy *p, struct conn *c, int64_t now)
         if (h == HTTP_PARTIAL && c->i_len <= WS_PROXY_MAX_HEADER)
             continue;
         if (h == HTTP_BAD)
-            conn_refuse_with(p, c, 400, "malformed HTTP request", now);
+            conn_refuse_with(p, c, 400, "malformed HTTP request", NULL, now);
         else if (h == HTTP_PARTIAL || h == HTTP_TOO_MANY || h > WS_PROXY_MAX_HEADER)
-            conn_refuse_with(p, c, 431, "request header block too large", now);
+            conn_refuse_with(p, c, 431, "request header block too large", NULL, now);
         else
             conn_handshake(p, c, &r, (size_t)h, now);
     }
@@ -2310,20 +2877,22 @@ static void conn_decode(ws_proxy *p, struct conn *c, int64_t now)
         c->i_out = (uint32_t)out;
         c->t_rx = now;
         c->t_ping = 0;
-        if (c->state == CONN_CLOSING)
+        if (c->up == DIR_SHUT)
             c->i_wr = c->i_out; /* after our Close, data is dropped */
         if (rc == FRAME_MORE)
             break;
         if (rc == FRAME_ERROR) {
-            if (c->state == CONN_CLOSING)
+            if (c->phase == PH_CLOSING) {
+                conn_why(c, c->dec.why);
                 conn_end(p, c, now);
-            else
+            } else {
                 conn_fail(p, c, c->dec.err, c->dec.why, now);
+            }
             return;
         }
-        if (c->dec.op == OP_PING && c->state == CONN_OPEN) {
-            /* 5.5.3: a Pong with the same payload.  Decoding pauses until
-             * it is composed, so every Ping gets its own Pong. */
+        if (c->dec.op == OP_PING && c->phase == PH_OPEN) {
+            /* 5.5.3: a Pong with the same payload.  Decoding, and reading,
+             * pause until it is composed, so every Ping gets its own. */
             memcpy(c->pong, c->dec.ctl, c->dec.ctl_len);
             c->pong_len = c->dec.ctl_len;
             c->pong_due = 1;
@@ -2331,29 +2900,42 @@ static void conn_decode(ws_proxy *p, struct conn *c, int64_t now)
         } else if (c->dec.op == OP_CLOSE) {
             c->close_rcvd = 1;
             c->i_len = c->i_pos; /* 5.5.1: nothing after a Close counts */
-            if (c->state == CONN_CLOSING) {
-                if (!c->ob)
-                    conn_end(p, c, now);
-                return;
-            }
+            if (c->phase == PH_CLOSING)
+                return; /* conn_downstream ends it once our Close is out */
             c->close_code = c->dec.ctl_len >= 2
                                 ? (uint16_t)(c->dec.ctl[0] << 8 | c->dec.ctl[1])
                                 : 0;
-            c->why = "client closed";
-            c->state = CONN_DRAIN;
-            c->t_deadline = now + c->cfg->drain_ms;
+            conn_why(c, "client closed");
+            c->up = DIR_DRAIN;
+            conn_end_by(c, now + c->cfg->drain_ms);
             return;
         }
     }
+}
+
+/* Does the connection's state take client input now? */
+static int conn_reads_client(const struct conn *c)
+{
+    switch (c->phase) {
+    case PH_HTTP:
+        return 1;
+    case PH_REFUSED:
+        return !c->ob && !c->o_len;
+    case PH_OPEN:
+        return c->up == DIR_FLOW && !c->ib && !c->pong_due;
+    case PH_CLOSING:
+        return !c->close_rcvd && !c->drop && !c->ib;
+    }
+    return 0;
 }
 
 /* Client -> engine: write pending payload, then read and decode more. */
 static int conn_upstream(ws_proxy *p, struct conn *c, int64_t now)
 {
     int moved = 0;
-    if (c->ib && c->i_wr < c->i_out) {
-        long n;
-        if (c->efd < 0 || c->eng_wdead || c->eng_shut) {
+    long n;
+    if (up_paused(c)) {
+        if (c->up == DIR_SHUT || c->efd < 0) {
             c->i_wr = c->i_out;
         } else if (!c->e_wr) {
             return 0;
@@ -2371,46 +2953,45 @@ static int conn_upstream(ws_proxy *p, struct conn *c, int64_t now)
         } else {
             /* The engine stopped reading; what it still sends, or its
              * EOF, decides how the connection ends. */
-            c->eng_wdead = 1;
+            c->up = DIR_SHUT;
             c->i_wr = c->i_out;
         }
-        if (c->i_wr < c->i_out)
+        if (up_paused(c))
             return moved;
     }
     if (c->ib && c->i_pos == c->i_len)
         tr_in_done(p, c);
-    if (c->state == CONN_DRAIN && !c->eng_shut && c->efd >= 0) {
-        /* Everything the client sent is out: tell the engine. */
-        shutdown(c->efd, SHUT_WR);
-        c->eng_shut = 1;
+    if (c->up == DIR_DRAIN && !c->ib) {
+        /* Everything the client sent before its Close is out: tell the
+         * engine (after a violation the engine is simply closed). */
+        if (!c->drop && c->efd >= 0)
+            shutdown(c->efd, SHUT_WR);
+        c->up = DIR_SHUT;
+        return 1;
     }
     if (c->ib) {
         /* Undecoded bytes remain: behind the request, or after a Ping
          * whose Pong is not composed yet. */
-        if (c->pong_due || (c->state != CONN_OPEN && c->state != CONN_CLOSING) || c->drop)
+        if (c->pong_due || c->close_rcvd || c->drop ||
+            (c->phase != PH_OPEN && c->phase != PH_CLOSING))
             return moved;
         conn_decode(p, c, now);
         return 1;
     }
-    if (!tr_readable(c) || c->close_rcvd || c->drop ||
-        (c->state != CONN_OPEN && c->state != CONN_CLOSING))
+    if (!conn_reads_client(c) || c->phase == PH_REFUSED || !tr_readable(c))
         return moved;
-    {
-        long n = tr_in(p, c);
-        if (n == IO_AGAIN)
-            return moved;
-        if (n <= 0) { /* client TCP gone: free the engine session */
-            if (!c->why)
-                c->why = n == 0 ? "client disconnected" : "client connection error";
-            conn_end(p, c, now);
-            return 1;
-        }
+    n = tr_in(p, c);
+    if (n == IO_AGAIN)
+        return moved;
+    if (n <= 0) { /* client TCP gone: free the engine session */
+        conn_why(c, n == 0 ? "client disconnected" : "client connection error");
+        conn_end(p, c, now);
+        return 1;
     }
     conn_decode(p, c, now);
     return 1;
 }
 
-/* Composes one frame into a fresh ob. */
 /* Composes one control frame; 0 if there is no room yet. */
 static int conn_frame(ws_proxy *p, struct conn *c, unsigned op,
                       const uint8_t *payload, size_t len)
@@ -2454,7 +3035,7 @@ static void conn_close_frame(ws_proxy *p, struct conn *c)
 static int conn_flush(ws_proxy *p, struct conn *c)
 {
     int moved = 0;
-    if (c->ob && c->o_pos < c->o_len && c->state != CONN_CONNECT) {
+    if (c->ob && c->o_pos < c->o_len && c->phase != PH_CONNECT) {
         long n = tr_write(c, c->ob + c->o_pos, c->o_len - c->o_pos);
         if (n == IO_ERROR)
             return -1;
@@ -2474,11 +3055,6 @@ static int conn_flush(ws_proxy *p, struct conn *c)
     return moved;
 }
 
-static int conn_out_queued(const struct conn *c)
-{
-    return (c->ob && c->o_pos < c->o_len) || tr_unsent(c);
-}
-
 /* Engine -> client: flush, then compose the next frame. */
 static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
 {
@@ -2487,14 +3063,13 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
     long n;
     int moved = conn_flush(p, c);
     if (moved < 0) {
-        if (!c->why)
-            c->why = "client connection error";
+        conn_why(c, "client connection error");
         conn_end(p, c, now);
         return 1;
     }
-    if (conn_out_queued(c) || c->state == CONN_HTTP || c->state == CONN_CONNECT)
+    if (down_paused(c) || c->phase < PH_OPEN)
         return moved;
-    if (c->state == CONN_REFUSED) {
+    if (c->phase == PH_REFUSED) {
         if (c->o_len && tr_close_notify(c))
             return 1; /* shut down once close_notify is out too */
         if (c->o_len) {
@@ -2507,7 +3082,8 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
         return moved;
     }
     if (c->close_sent) {
-        if (c->drop || c->close_rcvd)
+        /* Our Close is on the wire: done unless the client's is due. */
+        if (c->drop || c->close_rcvd || c->c_fin)
             conn_end(p, c, now);
         return moved;
     }
@@ -2519,11 +3095,11 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
         c->ping_due = !conn_frame(p, c, OP_PING, NULL, 0);
         return !c->ping_due;
     }
-    if (c->state == CONN_CLOSING) {
+    if (c->phase == PH_CLOSING) {
         conn_close_frame(p, c);
         return c->close_sent;
     }
-    if (!c->e_rd || c->efd < 0 || !(b = tr_out_buf(p, c, &cap)))
+    if (c->down == DIR_SHUT || !c->e_rd || c->efd < 0 || !(b = tr_out_buf(p, c, &cap)))
         return moved;
     /* Read behind room for the header.  When the space fits a 16-bit
      * length the header takes 4 bytes, or 2 for a payload under 126: then
@@ -2536,21 +3112,22 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
         c->bytes_out += (uint64_t)n;
         p->st.bytes_to_client += (uint64_t)n;
         c->t_data = now;
-        if ((size_t)n < cap - hr)
+        if ((size_t)n < cap - hr && !c->e_hup)
             c->e_rd = 0;
         return 1;
     }
     tr_out_cancel(p, c);
-    if (n == IO_AGAIN) {
+    if (n == IO_AGAIN && !c->e_hup) {
         c->e_rd = 0;
         return moved;
     }
-    if (c->state == CONN_DRAIN) /* answer the client's Close */
-        conn_close(p, c, c->close_code, c->why, 0, now);
-    else if (n == 0)
-        conn_close(p, c, 1000, "engine closed", 0, now);
-    else
-        conn_close(p, c, 1011, "engine connection error", 0, now);
+    /* The engine is done: after the client's Close its code is echoed. */
+    c->e_fin = 1;
+    c->down = DIR_SHUT;
+    if (!c->close_rcvd) {
+        c->close_code = n == 0 ? 1000 : 1011;
+        conn_why(c, n == 0 ? "engine closed" : "engine connection error");
+    }
     return 1;
 }
 
@@ -2573,30 +3150,45 @@ static void conn_linger(ws_proxy *p, struct conn *c, int64_t now)
 static void conn_step(ws_proxy *p, struct conn *c, int64_t now)
 {
     int budget = WS_PROXY_TURN_BUDGET;
-    if (c->state == CONN_HTTP)
+    /* Before the relay, TLS records move here whatever else is wanted: a
+     * first flight larger than the socket buffer goes out on POLLOUT. */
+    if (c->phase <= PH_CONNECT && tr_pump(c) < 0) {
+        conn_why(c, "client closed the connection");
+        conn_end(p, c, now);
+        return;
+    }
+    if (c->phase == PH_TLS && tr_up(c))
+        c->phase = PH_HTTP;
+    if (c->phase == PH_HTTP)
         conn_http(p, c, now);
-    if (c->state == CONN_CONNECT && c->e_wr) {
+    if (c->phase == PH_CONNECT && c->e_wr) {
         int e = 0;
         socklen_t len = sizeof e;
-        if (getsockopt(c->efd, SOL_SOCKET, SO_ERROR, &e, &len) || e) {
-            snprintf(p->why, sizeof p->why, "engine socket: connect(%s): %s",
-                     c->cfg->c.socket_path, strerror(e ? e : errno));
-            conn_refuse_with(p, c, 502, p->why, now);
-        } else {
+        if (getsockopt(c->efd, SOL_SOCKET, SO_ERROR, &e, &len) || e)
+            conn_engine_down(p, c, "connect", e ? e : errno, now);
+        else
             conn_engine_ready(p, c, now);
-        }
     }
-    if (c->state == CONN_REFUSED && !c->ob && !c->o_len) {
+    if (c->phase == PH_REFUSED && !c->ob && !c->o_len) {
         conn_linger(p, c, now);
         return;
     }
-    while (budget-- > 0 && c->state != CONN_DEAD && c->state != CONN_HTTP) {
+    while (budget-- > 0 && c->phase >= PH_CONNECT && c->phase != PH_DEAD) {
         int moved = conn_upstream(p, c, now);
-        if (c->state == CONN_DEAD)
+        if (c->phase == PH_DEAD)
             break;
+        if (c->phase == PH_OPEN && c->down == DIR_SHUT && c->up != DIR_DRAIN) {
+            conn_close(p, c, c->close_code, NULL, 0, now);
+            moved = 1;
+        }
         moved |= conn_downstream(p, c, now);
         if (!moved)
             break;
+    }
+    /* Rule 4: a closed TLS session can carry nothing more either way. */
+    if (c->phase != PH_DEAD && c->phase != PH_TLS && tr_pump(c) < 0) {
+        conn_why(c, "client closed the connection");
+        conn_end(p, c, now);
     }
 }
 
@@ -2605,20 +3197,23 @@ static int64_t conn_deadline(const struct conn *c)
 {
     const struct cfg *cf = c->cfg;
     int64_t t = INT64_MAX;
-    switch (c->state) {
-    case CONN_HTTP:
-    case CONN_CONNECT:
+    switch (c->phase) {
+    case PH_TLS:
+    case PH_HTTP:
+    case PH_CONNECT:
         return c->t_start + cf->handshake_ms;
-    case CONN_OPEN:
-        if (cf->c.ping_interval_ms)
+    case PH_OPEN:
+        if (c->t_end)
+            t = c->t_end;
+        if (cf->c.ping_interval_ms && !up_paused(c) &&
+            (c->t_ping ? c->t_ping : c->t_rx) + cf->c.ping_interval_ms < t)
             t = (c->t_ping ? c->t_ping : c->t_rx) + cf->c.ping_interval_ms;
         if (cf->c.idle_timeout_ms && c->t_data + cf->c.idle_timeout_ms < t)
             t = c->t_data + cf->c.idle_timeout_ms;
         return t;
-    case CONN_DRAIN:
-    case CONN_CLOSING:
-    case CONN_REFUSED:
-        return c->t_deadline;
+    case PH_CLOSING:
+    case PH_REFUSED:
+        return c->t_end;
     }
     return t;
 }
@@ -2626,35 +3221,45 @@ static int64_t conn_deadline(const struct conn *c)
 static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
 {
     const struct cfg *cf = c->cfg;
+    if (c->phase == PH_OPEN && up_paused(c)) {
+        c->t_rx = now; /* rule 8: its frames wait behind ours */
+        c->t_ping = 0;
+    }
     if (now < conn_deadline(c))
         return;
-    switch (c->state) {
-    case CONN_HTTP:
-#ifndef WS_PROXY_NO_TLS
-        if (c->tls && !c->tls->up) {
-            c->why = "handshake timeout";
-            conn_end(p, c, now);
-            break;
-        }
-#endif
-        conn_refuse_with(p, c, 408, "handshake timeout", now);
+    switch (c->phase) {
+    case PH_TLS:
+        conn_why(c, "handshake timeout");
+        conn_end(p, c, now);
         break;
-    case CONN_CONNECT:
-        conn_refuse_with(p, c, 502, "engine socket: connect timed out", now);
+    case PH_HTTP:
+        conn_refuse_with(p, c, 408, "handshake timeout", NULL, now);
         break;
-    case CONN_OPEN:
-        if (cf->c.idle_timeout_ms && now >= c->t_data + cf->c.idle_timeout_ms)
+    case PH_CONNECT:
+        conn_refuse_with(p, c, 502, "engine unavailable",
+                         "engine unavailable: connect timed out", now);
+        break;
+    case PH_OPEN:
+        if (c->t_end && now >= c->t_end) {
+            if (c->c_fin && !c->close_rcvd) {
+                conn_why(c, "client disconnected");
+                conn_end(p, c, now);
+            } else if (c->close_rcvd || c->drop) {
+                if (c->close_rcvd)
+                    c->why = "client closed, engine drain timed out";
+                conn_close(p, c, c->close_code, NULL, c->drop, now);
+            } else {
+                conn_why(c, "engine closed, client not reading");
+                conn_end(p, c, now);
+            }
+        } else if (cf->c.idle_timeout_ms && now >= c->t_data + cf->c.idle_timeout_ms) {
             conn_close(p, c, 1001, "idle timeout", 0, now);
-        else if (c->t_ping)
+        } else if (c->t_ping) {
             conn_close(p, c, 1001, "no answer to ping", 1, now);
-        else {
+        } else {
             c->ping_due = 1;
             c->t_ping = now;
         }
-        break;
-    case CONN_DRAIN:
-        conn_close(p, c, c->close_code, "client closed, engine drain timed out", 0, now);
-        c->close_rcvd = 1;
         break;
     default:
         conn_end(p, c, now);
@@ -2672,49 +3277,83 @@ static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
 
 static void cfg_unref(struct cfg *cf);
 
-/* Does the connection's state take client input now? */
-static int conn_wants_input(const struct conn *c)
-{
-    switch (c->state) {
-    case CONN_HTTP:
-        return 1;
-    case CONN_REFUSED:
-        return !c->ob && !c->o_len;
-    case CONN_OPEN:
-    case CONN_CLOSING:
-        return !c->close_rcvd && !c->drop && !c->ib;
-    }
-    return 0;
-}
+#ifdef POLLRDHUP
+#define POLL_FIN POLLRDHUP /* Linux: the peer's FIN, whatever else is asked */
+#else
+#define POLL_FIN 0
+#endif
 
-static short conn_client_events(const struct conn *c)
+static int conn_client_events(const struct conn *c)
 {
-    short ev = conn_wants_input(c) ? POLLIN : 0;
-    if (c->ob && c->o_pos < c->o_len && c->state != CONN_CONNECT)
+    short ev = conn_reads_client(c) ? POLLIN : 0;
+    if (c->ob && c->o_pos < c->o_len && c->phase != PH_CONNECT)
         ev |= POLLOUT;
-    return c->state == CONN_DEAD ? 0 : tr_events(c, ev);
+    ev = tr_events(c, ev);
+    return c->c_fin ? ev : ev | POLL_FIN;
 }
 
-static short conn_engine_events(const struct conn *c)
+/* -1: not polled (rule 3). */
+static int conn_engine_events(const struct conn *c)
 {
     short ev = 0;
-    if (c->efd < 0)
-        return 0;
-    if (c->state == CONN_CONNECT)
+    if (c->efd < 0 || c->e_hup)
+        return -1;
+    if (c->phase == PH_CONNECT)
         return POLLOUT;
-    if (c->ib && c->i_wr < c->i_out && !c->eng_wdead)
+    if (up_paused(c) && c->up != DIR_SHUT)
         ev |= POLLOUT;
     /* Engine bytes are read only into free output space: a client that
      * does not drain stops the engine side (backpressure). */
-    if (!c->ob && !tr_unsent(c) && (c->state == CONN_OPEN || c->state == CONN_DRAIN))
+    if (c->phase == PH_OPEN && c->down != DIR_SHUT && !down_paused(c))
         ev |= POLLIN;
-    return ev;
+    return c->e_fin ? ev : ev | POLL_FIN;
+}
+
+/* What poll said of the client socket. */
+static void conn_client_revents(ws_proxy *p, struct conn *c, short ev, int64_t now)
+{
+    if (ev & (POLLERR | POLLHUP | POLLNVAL)) { /* rule 4 */
+        conn_why(c, ev & POLLERR ? "client connection reset" : "client disconnected");
+        conn_end(p, c, now);
+        return;
+    }
+    if (ev & POLLIN)
+        c->c_rd = 1;
+    if (ev & POLLOUT)
+        c->c_wr = 1;
+    if ((ev & POLL_FIN) && !c->c_fin) {
+        c->c_fin = c->c_rd = 1;
+        if (c->phase == PH_CONNECT) {
+            conn_why(c, "client disconnected");
+            conn_end(p, c, now);
+        } else if (c->phase == PH_OPEN && !c->close_rcvd) {
+            conn_end_by(c, now + WS_PROXY_FIN_GRACE_MS);
+        }
+    }
+}
+
+/* What poll said of the engine socket (rules 3 and 5). */
+static void conn_engine_revents(struct conn *c, short ev, int64_t now)
+{
+    if (ev & (POLLIN | POLLERR | POLLHUP))
+        c->e_rd = 1;
+    if (ev & (POLLOUT | POLLERR | POLLHUP))
+        c->e_wr = 1;
+    if (ev & (POLLERR | POLLHUP | POLLNVAL))
+        c->e_hup = c->e_rd = c->e_wr = 1;
+    if (ev & (POLL_FIN | POLLERR | POLLHUP)) {
+        c->e_fin = 1;
+        if (c->phase == PH_OPEN && c->down == DIR_FLOW) {
+            c->down = DIR_DRAIN;
+            conn_end_by(c, now + c->cfg->drain_ms);
+        }
+    }
 }
 
 /* Best effort on the way out: finish the frame in flight, send a Close. */
 static void conn_goodbye(ws_proxy *p, struct conn *c, uint16_t code, int64_t now)
 {
-    if (c->state == CONN_OPEN || c->state == CONN_DRAIN || c->state == CONN_CLOSING) {
+    if (c->phase == PH_OPEN || c->phase == PH_CLOSING) {
         c->c_wr = 1;
         if (conn_flush(p, c) >= 0 && !conn_out_queued(c) && !c->close_sent) {
             c->close_code = code;
@@ -2734,7 +3373,7 @@ static void loop_reap(ws_proxy *p)
         return; /* a hot turn must not walk the cold connections */
     for (i = j = 0; i < p->nconns; i++) {
         struct conn *c = p->conns[i];
-        if (c->state == CONN_DEAD) {
+        if (c->phase == PH_DEAD) {
             cfg_unref(c->cfg);
             free(c);
         } else {
@@ -2778,6 +3417,7 @@ static void loop_accept(ws_proxy *p, int64_t now)
         socklen_t len = sizeof a;
         struct conn *c;
         char ip[INET6_ADDRSTRLEN];
+        uint32_t per_ip;
         int fd, one = 1;
 #if defined(__linux__)
         fd = accept4(p->lfd, &a.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -2787,8 +3427,6 @@ static void loop_accept(ws_proxy *p, int64_t now)
             fd_nonblock(fd);
 #endif
         if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
-                continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -2803,8 +3441,17 @@ static void loop_accept(ws_proxy *p, int64_t now)
                 p->accept_pause_until = now + 100;
                 return;
             }
-            loop_fail(p, "accept");
-            return;
+            /* Only a broken listener is fatal.  Everything else concerns
+             * one connection and is skipped: EINTR, ECONNABORTED, EPROTO,
+             * and on Linux a new connection's pending network error
+             * (ENETDOWN, EHOSTUNREACH, ENONET, ...) or EPERM from a
+             * firewall. */
+            if (errno == EBADF || errno == ENOTSOCK || errno == EINVAL || errno == EFAULT) {
+                loop_fail(p, "accept");
+                return;
+            }
+            plog(p, WS_PROXY_LOG_DEBUG, NULL, "accept: %s (skipped)", strerror(errno));
+            continue;
         }
         if (p->nconns == p->capconns) {
             size_t cap = p->capconns ? p->capconns * 2 : 64;
@@ -2821,6 +3468,7 @@ static void loop_accept(ws_proxy *p, int64_t now)
             continue;
         }
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        sock_keepalive(fd);
         addr_unmap(&a);
         c->cfd = fd;
         c->efd = -1;
@@ -2841,7 +3489,8 @@ static void loop_accept(ws_proxy *p, int64_t now)
             continue;
         }
 #endif
-        c->over_limit = p->st.conns_open >= c->cfg->max_conns;
+        c->over_limit = p->st.conns_open - p->nrefusing >= c->cfg->max_conns;
+        c->phase = c->tls ? PH_TLS : PH_HTTP;
         snprintf(c->name, sizeof c->name,
                  a.sa.sa_family == AF_INET6 ? "conn %llu [%s]:%d" : "conn %llu %s:%d",
                  (unsigned long long)c->id, addr_ip(&a, ip, sizeof ip), addr_port(&a));
@@ -2850,6 +3499,21 @@ static void loop_accept(ws_proxy *p, int64_t now)
         p->conns[p->nhot++] = c;
         p->st.conns_open++;
         p->st.conns_total++;
+        /* Counted from accept, so unfinished handshakes from one address
+         * cannot fill max_connections; the excess is refused at once
+         * (over TLS, which cannot answer before its handshake, by closing). */
+        per_ip = ip_count(p, &a, 1);
+        if (c->cfg->c.max_connections_per_ip && per_ip > c->cfg->c.max_connections_per_ip) {
+            if (!c->tls) {
+                conn_refuse_with(p, c, 503, "too many connections from this address", NULL, now);
+                continue;
+            }
+            tr_free(c);
+            c->status = 503;
+            p->st.refused[WS_PROXY_REFUSED_503]++;
+            plog(p, WS_PROXY_LOG_INFO, c, "refused 503: too many connections from this address");
+            conn_end(p, c, now);
+        }
     }
 }
 
@@ -2863,7 +3527,7 @@ static void log_config(ws_proxy *p, const char *verb)
              "%s: listening on %s://%s%s%s:%d -> unix:%s; max_connections=%u "
              "max_connections_per_ip=%u max_message=%llu handshake_timeout_ms=%u "
              "idle_timeout_ms=%u ping_interval_ms=%u drain_timeout_ms=%u "
-             "proxy_protocol=%s allowed_origins=%s subprotocols=%s",
+             "proxy_protocol=%s allowed_origins=%s subprotocols=%s metrics_path=%s%s%s",
              verb, cf->tls ? "wss" : "ws", p->laddr.sa.sa_family == AF_INET6 ? "[" : "",
              addr_ip(&p->laddr, ip, sizeof ip), p->laddr.sa.sa_family == AF_INET6 ? "]" : "",
              p->lport, cf->c.socket_path, cf->max_conns, cf->c.max_connections_per_ip,
@@ -2871,7 +3535,12 @@ static void log_config(ws_proxy *p, const char *verb)
              cf->c.idle_timeout_ms, cf->c.ping_interval_ms, cf->drain_ms,
              pp[cf->c.proxy_protocol],
              cf->c.allowed_origins && *cf->c.allowed_origins ? cf->c.allowed_origins : "(any)",
-             cf->c.subprotocols ? cf->c.subprotocols : "(none)");
+             cf->c.subprotocols ? cf->c.subprotocols : "(none)",
+             cf->c.metrics_path && *cf->c.metrics_path ? cf->c.metrics_path : "(off)",
+             cf->c.metrics_path && *cf->c.metrics_path ? " metrics_allow=" : "",
+             !cf->c.metrics_path || !*cf->c.metrics_path ? ""
+             : cf->c.metrics_allow && *cf->c.metrics_allow ? cf->c.metrics_allow
+             : METRICS_LOOPBACK);
     else
         plog(p, WS_PROXY_LOG_INFO, NULL, "%s: no port configured, not listening", verb);
 #ifndef WS_PROXY_NO_TLS
@@ -2996,16 +3665,16 @@ static int loop_grow_pfd(ws_proxy *p, size_t need)
     return 0;
 }
 
-/* Adds fd to the poll set if anything is wanted of it; returns its index
- * or -1.  Only sockets with interest are listed, so the set never holds
- * more entries than open descriptors (poll() refuses more than
- * RLIMIT_NOFILE), and a hang-up nobody waits for cannot spin the loop. */
-static int loop_add(ws_proxy *p, size_t *n, int fd, short ev)
+/* Adds fd to the poll set, even with no interest (events 0 still reports
+ * POLLERR and POLLHUP); ev < 0 leaves it out.  Returns its index or -1.
+ * Only open sockets are listed, so the set never holds more entries than
+ * open descriptors (poll() refuses more than RLIMIT_NOFILE). */
+static int loop_add(ws_proxy *p, size_t *n, int fd, int ev)
 {
-    if (!ev || fd < 0)
+    if (ev < 0 || fd < 0)
         return -1;
     p->pfd[*n].fd = fd;
-    p->pfd[*n].events = ev;
+    p->pfd[*n].events = (short)ev;
     p->pfd[*n].revents = 0;
     return (int)(*n)++;
 }
@@ -3026,7 +3695,7 @@ static int loop_add(ws_proxy *p, size_t *n, int fd, short ev)
  * full one.  A new connection is hot. */
 static int conn_hot(const struct conn *c, int64_t now)
 {
-    return c->state != CONN_OPEN || now - c->t_io < WS_PROXY_HOT_MS;
+    return c->phase != PH_OPEN || now - c->t_io < WS_PROXY_HOT_MS;
 }
 
 static void loop_sort(ws_proxy *p, int64_t now)
@@ -3098,7 +3767,7 @@ static void loop_turn(ws_proxy *p)
         int64_t d = conn_deadline(c);
         c->pi_c = loop_add(p, &n, c->cfd, conn_client_events(c));
         c->pi_e = loop_add(p, &n, c->efd, conn_engine_events(c));
-        if (tr_buffered(c) && conn_wants_input(c))
+        if (tr_buffered(c) && conn_reads_client(c))
             d = now; /* decrypted bytes wait: do not sleep */
         next = d < next ? d : next;
     }
@@ -3128,20 +3797,17 @@ static void loop_turn(ws_proxy *p)
         struct conn *c = p->conns[i];
         short rc_ev = c->pi_c >= 0 ? p->pfd[c->pi_c].revents : 0;
         short re_ev = c->pi_e >= 0 ? p->pfd[c->pi_e].revents : 0;
-        if (c->state == CONN_DEAD)
+        if (c->phase == PH_DEAD)
             continue;
         if (rc_ev | re_ev)
             c->t_io = now;
-        if (rc_ev & (POLLIN | POLLERR | POLLHUP))
-            c->c_rd = 1;
-        if (rc_ev & (POLLOUT | POLLERR | POLLHUP))
-            c->c_wr = 1;
-        if (re_ev & (POLLIN | POLLERR | POLLHUP))
-            c->e_rd = 1;
-        if (re_ev & (POLLOUT | POLLERR | POLLHUP))
-            c->e_wr = 1;
-        conn_timers(p, c, now);
-        if (c->state != CONN_DEAD)
+        if (re_ev)
+            conn_engine_revents(c, re_ev, now);
+        if (rc_ev)
+            conn_client_revents(p, c, rc_ev, now);
+        if (c->phase != PH_DEAD)
+            conn_timers(p, c, now);
+        if (c->phase != PH_DEAD)
             conn_step(p, c, now);
     }
     loop_reap(p);
@@ -3234,6 +3900,13 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
                        "proxy_protocol must be v2, v1 or off");
     if (in->log_level < 0 || in->log_level > WS_PROXY_LOG_DEBUG)
         return err_set(err, errlen, WS_PROXY_EINVAL, "log_level out of range");
+    if (in->metrics_path && *in->metrics_path && in->metrics_path[0] != '/')
+        return err_set(err, errlen, WS_PROXY_EINVAL, "metrics_path must start with '/': %s",
+                       in->metrics_path);
+    if (in->metrics_allow && cidr_has(in->metrics_allow, 0, NULL) < 0)
+        return err_set(err, errlen, WS_PROXY_EINVAL,
+                       "metrics_allow: not a list of addresses or CIDR blocks: %s",
+                       in->metrics_allow);
 #ifdef WS_PROXY_NO_TLS
     if (in->https_port)
         return err_set(err, errlen, WS_PROXY_ENOTLS,
@@ -3242,7 +3915,8 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
     len = cfg_strlen(in->bind_address) + cfg_strlen(in->socket_path) +
           cfg_strlen(in->cert_file) + cfg_strlen(in->key_file) +
           cfg_strlen(in->log_dir) + cfg_strlen(in->allowed_origins) +
-          cfg_strlen(in->subprotocols) + sizeof "0.0.0.0";
+          cfg_strlen(in->subprotocols) + sizeof "0.0.0.0" +
+          cfg_strlen(in->metrics_path) + cfg_strlen(in->metrics_allow);
     if (!(cf = calloc(1, sizeof *cf + len)))
         return err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
     cf->refs = 1;
@@ -3255,6 +3929,8 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
     cf->c.log_dir = cfg_strcpy(&t, in->log_dir);
     cf->c.allowed_origins = cfg_strcpy(&t, in->allowed_origins);
     cf->c.subprotocols = cfg_strcpy(&t, in->subprotocols);
+    cf->c.metrics_path = cfg_strcpy(&t, in->metrics_path);
+    cf->c.metrics_allow = cfg_strcpy(&t, in->metrics_allow);
     cf->port = port;
     cf->tls = in->https_port != 0;
     cf->max_conns = in->max_connections ? in->max_connections : DEFAULT_MAX_CONNECTIONS;
@@ -3272,6 +3948,121 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
 #endif
     *out = cf;
     return 0;
+}
+
+/*
+ * The registry of live handles.  Every call looks its handle up here first,
+ * so a call that races ws_proxy_stop(), or comes after it, finds the handle
+ * missing or stopping and returns WS_PROXY_ESTOPPED instead of posting to a
+ * loop that has exited (it would wait forever).  Each entry counts the calls
+ * in flight; stop marks the entry stopping, waits for that count to reach
+ * zero, and only then stops the loop and frees; the entry goes last, so a
+ * second stop of the same handle waits for the first and returns.  The
+ * table is process-wide, but proxies still share nothing else: its lock is
+ * held only for lookups and the final free, never across a call.  A handle
+ * is in the table at most once (stop frees it and drops its entry under the
+ * lock); serial tells it from a later one that malloc placed at the same
+ * address.
+ */
+struct api_entry {
+    ws_proxy *p;
+    uint64_t serial;
+    unsigned inflight;
+    int stopping;
+};
+
+static pthread_mutex_t api_reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t api_reg_cv = PTHREAD_COND_INITIALIZER;
+static struct api_entry *api_reg;
+static size_t api_nreg, api_capreg;
+static uint64_t api_serial;
+
+/* The entry of p, or NULL; api_reg_mu held. */
+static struct api_entry *api_find(const ws_proxy *p)
+{
+    size_t i;
+    for (i = 0; i < api_nreg; i++)
+        if (api_reg[i].p == p)
+            return &api_reg[i];
+    return NULL;
+}
+
+/* The entry with this serial, or NULL; api_reg_mu held.  Used once p may
+ * have been freed, so that p's value is never used after free. */
+static struct api_entry *api_find_serial(uint64_t serial)
+{
+    size_t i;
+    for (i = 0; i < api_nreg; i++)
+        if (api_reg[i].serial == serial)
+            return &api_reg[i];
+    return NULL;
+}
+
+static int api_register(ws_proxy *p, uint64_t *serial)
+{
+    int rc = 0;
+    pthread_mutex_lock(&api_reg_mu);
+    if (api_nreg == api_capreg) {
+        size_t cap = api_capreg ? 2 * api_capreg : 8;
+        struct api_entry *n = realloc(api_reg, cap * sizeof *n);
+        if (n)
+            api_reg = n, api_capreg = cap;
+        else
+            rc = WS_PROXY_ENOMEM;
+    }
+    if (!rc) {
+        struct api_entry *e = &api_reg[api_nreg++];
+        e->p = p;
+        e->serial = *serial = ++api_serial;
+        e->inflight = 0;
+        e->stopping = 0;
+    }
+    pthread_mutex_unlock(&api_reg_mu);
+    return rc;
+}
+
+/* Drops an entry and wakes whoever waits for it to go; api_reg_mu held. */
+static void api_unregister_locked(uint64_t serial)
+{
+    struct api_entry *e = api_find_serial(serial);
+    if (e)
+        *e = api_reg[--api_nreg];
+    if (!api_nreg) { /* the last proxy is gone: keep nothing allocated */
+        free(api_reg);
+        api_reg = NULL;
+        api_capreg = 0;
+    }
+    pthread_cond_broadcast(&api_reg_cv);
+}
+
+/* Admits one call on p: 0, or WS_PROXY_ESTOPPED if p is not a live handle
+ * (never started, stopped, or being stopped). */
+static int api_enter(ws_proxy *p)
+{
+    struct api_entry *e;
+    int rc = WS_PROXY_ESTOPPED;
+    pthread_mutex_lock(&api_reg_mu);
+    if ((e = api_find(p)) != NULL && !e->stopping) {
+        e->inflight++;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&api_reg_mu);
+    return rc;
+}
+
+static void api_leave(ws_proxy *p)
+{
+    struct api_entry *e;
+    pthread_mutex_lock(&api_reg_mu);
+    /* The entry is there: stop waits for inflight == 0 before removing it. */
+    if ((e = api_find(p)) != NULL && --e->inflight == 0 && e->stopping)
+        pthread_cond_broadcast(&api_reg_cv);
+    pthread_mutex_unlock(&api_reg_mu);
+}
+
+static int api_stopped(char *err, size_t errlen)
+{
+    return err_set(err, errlen, WS_PROXY_ESTOPPED, "the proxy is stopped or stopping");
 }
 
 /* Hands a command to the loop thread and waits until it has run. */
@@ -3318,6 +4109,7 @@ static void proxy_free(ws_proxy *p)
     cfg_unref(p->cfg);
     free(p->conns);
     free(p->pfd);
+    free(p->ipt);
     free(p);
 }
 
@@ -3326,6 +4118,7 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
 {
     ws_proxy *p;
     struct cfg *cf;
+    uint64_t serial;
     int fds[2];
     if (err && errlen)
         err[0] = 0;
@@ -3343,23 +4136,34 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
         proxy_free(p);
         return NULL;
     }
-    if (pipe(fds)) {
+    if (wake_pipe(fds)) {
         err_set(err, errlen, WS_PROXY_ESYS, "pipe: %s", strerror(errno));
         proxy_free(p);
         return NULL;
     }
     p->wake_rd = fds[0];
     p->wake_wr = fds[1];
-    fd_nonblock(p->wake_rd);
-    fd_nonblock(p->wake_wr);
     p->lport = p->lfd >= 0 ? addr_port(&p->laddr) : 0;
     p->state = p->lfd >= 0 ? WS_PROXY_RUNNING : WS_PROXY_STOPPED;
     pthread_mutex_init(&p->api_mu, NULL);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     log_config(p, "started");
+    /* Registered before the thread exists: no other thread knows p yet, so
+     * undoing either step below races nothing. */
+    if (api_register(p, &serial)) {
+        err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
+        pthread_mutex_destroy(&p->api_mu);
+        pthread_mutex_destroy(&p->mu);
+        pthread_cond_destroy(&p->cv);
+        proxy_free(p);
+        return NULL;
+    }
     if (pthread_create(&p->thread, NULL, loop_main, p)) {
         err_set(err, errlen, WS_PROXY_ESYS, "pthread_create failed");
+        pthread_mutex_lock(&api_reg_mu);
+        api_unregister_locked(serial);
+        pthread_mutex_unlock(&api_reg_mu);
         pthread_mutex_destroy(&p->api_mu);
         pthread_mutex_destroy(&p->mu);
         pthread_cond_destroy(&p->cv);
@@ -3367,6 +4171,41 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
         return NULL;
     }
     return p;
+}
+
+/*
+ * A restart onto another address with the same port (0.0.0.0:P to
+ * 127.0.0.1:P, or back) fails with EADDRINUSE: the kernel refuses to bind an
+ * address overlapping our own listener, and the new listener must be bound
+ * before the old one closes.  SO_REUSEPORT would allow the overlap, but it
+ * would also let any process of the same user bind that address and port
+ * and silently take a share of the connections, for as long as the listener
+ * lives (Linux's bind fast path keeps allowing it even after the option is
+ * cleared).  So the restart fails, changes nothing, and says whose the
+ * address is and how to move: this appends that to the bind error.
+ */
+static void api_explain_overlap(ws_proxy *p, const struct cfg *cf, char *err, size_t errlen)
+{
+    struct ws_proxy_status st;
+    union conn_addr want, have;
+    char old[INET6_ADDRSTRLEN + 1];
+    size_t n;
+    if (!err || !errlen || !cf->port || !strstr(err, strerror(EADDRINUSE)) ||
+        api_call(p, CMD_STATUS, &st, NULL, 0) || st.state != WS_PROXY_RUNNING ||
+        st.port != cf->port)
+        return;
+    /* p->cfg changes only inside a command, and commands need api_mu. */
+    pthread_mutex_lock(&p->api_mu);
+    snprintf(old, sizeof old, "%s", p->cfg->c.bind_address);
+    pthread_mutex_unlock(&p->api_mu);
+    if (addr_parse(old, st.port, &have) || addr_parse(cf->c.bind_address, st.port, &want) ||
+        addr_same_ip(&have, &want))
+        return;
+    n = strlen(err);
+    snprintf(err + n, errlen - n,
+             " (by this proxy, on %s%s%s:%d: one port cannot be held on two overlapping "
+             "addresses; restart with no port first, then with the new address)",
+             strchr(old, ':') ? "[" : "", old, strchr(old, ':') ? "]" : "", st.port);
 }
 
 int ws_proxy_restart(ws_proxy *p, const struct ws_proxy_config *config,
@@ -3378,66 +4217,179 @@ int ws_proxy_restart(ws_proxy *p, const struct ws_proxy_config *config,
         err[0] = 0;
     if (!p)
         return err_set(err, errlen, WS_PROXY_EINVAL, "no proxy");
-    if ((rc = cfg_new(config, &cf, err, errlen)) != 0)
-        return rc;
-    if ((rc = api_call(p, CMD_RESTART, cf, err, errlen)) != 0)
+    if (api_enter(p))
+        return api_stopped(err, errlen);
+    if ((rc = cfg_new(config, &cf, err, errlen)) == 0 &&
+        (rc = api_call(p, CMD_RESTART, cf, err, errlen)) != 0) {
+        if (rc == WS_PROXY_EBIND)
+            api_explain_overlap(p, cf, err, errlen);
         cfg_unref(cf); /* the loop did not take it */
+    }
+    api_leave(p);
     return rc;
 }
 
 int ws_proxy_reopen_log(ws_proxy *p, char *err, size_t errlen)
 {
+    int rc;
+    if (err && errlen)
+        err[0] = 0;
     if (!p)
         return err_set(err, errlen, WS_PROXY_EINVAL, "no proxy");
-    return api_call(p, CMD_REOPEN, NULL, err, errlen);
+    if (api_enter(p))
+        return api_stopped(err, errlen);
+    rc = api_call(p, CMD_REOPEN, NULL, err, errlen);
+    api_leave(p);
+    return rc;
 }
 
 int ws_proxy_status(ws_proxy *p, struct ws_proxy_status *st)
 {
+    int rc;
     if (!p || !st)
         return WS_PROXY_EINVAL;
-    return api_call(p, CMD_STATUS, st, NULL, 0);
+    if (api_enter(p))
+        return WS_PROXY_ESTOPPED;
+    rc = api_call(p, CMD_STATUS, st, NULL, 0);
+    api_leave(p);
+    return rc;
+}
+
+const char *ws_proxy_state_name(int state)
+{
+    switch (state) {
+    case WS_PROXY_STOPPED:
+        return "STOPPED";
+    case WS_PROXY_RUNNING:
+        return "RUNNING";
+    case WS_PROXY_FAILED:
+        return "FAILED";
+    }
+    return "UNKNOWN";
 }
 
 void ws_proxy_stop(ws_proxy *p)
 {
+    struct api_entry *e;
+    uint64_t serial;
     if (!p)
         return;
+    pthread_mutex_lock(&api_reg_mu);
+    if (!(e = api_find(p))) { /* not a live handle: nothing to do */
+        pthread_mutex_unlock(&api_reg_mu);
+        return;
+    }
+    serial = e->serial;
+    if (e->stopping) {
+        /* Another thread is stopping p: return once it has finished, as a
+         * stop returns only when no callback can run any more.  (The
+         * address may meanwhile belong to a newer handle: the serial tells
+         * them apart.) */
+        while (api_find_serial(serial))
+            pthread_cond_wait(&api_reg_cv, &api_reg_mu);
+        pthread_mutex_unlock(&api_reg_mu);
+        return;
+    }
+    /* Admit no new call, and wait for those in flight: each is answered by
+     * the loop, which is still running. */
+    e->stopping = 1;
+    while (e->inflight) {
+        pthread_cond_wait(&api_reg_cv, &api_reg_mu);
+        e = api_find_serial(serial); /* the table may have moved */
+    }
+    pthread_mutex_unlock(&api_reg_mu);
+    /* No other thread can be in api_call now: the mutexes are unlocked and
+     * nobody waits on cv when they are destroyed. */
     api_call(p, CMD_STOP, NULL, NULL, 0);
     pthread_join(p->thread, NULL);
     pthread_mutex_destroy(&p->api_mu);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
+    /* Freed under the registry lock: until the entry is gone, no start can
+     * register a new handle that malloc placed at the same address. */
+    pthread_mutex_lock(&api_reg_mu);
     proxy_free(p);
+    api_unregister_locked(serial);
+    pthread_mutex_unlock(&api_reg_mu);
 }
 
 /* ==== The wsproxy program ================================================
  *
  * Options are collected once from argv; a configuration is built from the
- * --config file (if any) and then those options, so the command line wins.
- * SIGHUP builds it again (re-reading the file) and restarts; SIGUSR1
- * reopens the log; SIGTERM/SIGINT stop.  Signals are taken with sigwait()
- * on the main thread, so no handler ever runs.
+ * --config file (if any) and then those options, so the command line wins
+ * for every option, and a list given on the command line replaces the
+ * file's.  SIGHUP builds it again (re-reading the file) and restarts;
+ * SIGUSR1 reopens the log; SIGTERM/SIGINT stop.  Signals are taken with
+ * sigwait() on the main thread, so no handler ever runs.
+ *
+ * The --config file is read the way MariaDB reads an option file
+ * (mysys/my_default.c; `my_print_defaults --defaults-file=F wsproxy` shows
+ * what MariaDB makes of one), with the differences the README lists: lines
+ * of any length, lines before the first [section] taken as [wsproxy], and
+ * every doubtful line an error naming the file and line, never skipped.
+ *
+ * Started as root, the program needs --user NAME (or --allow-root).  It
+ * takes NAME's groups, and on Linux its uid with only the capabilities to
+ * bind a low port and read root's files, before the loop thread exists;
+ * binds, opens its log and reads its key files; then drops root for good in
+ * every thread (setresuid/setuid) and checks that it cannot get it back.
+ *
+ * Exit status: 0 after SIGTERM/SIGINT, 1 when the proxy cannot start, 2 for
+ * a usage or configuration error.
+ *
+ * WSPROXY_CLI alone compiles the configuration reader without main() (for
+ * test/fuzz.c and test/config_dump.c).
  */
-#ifdef WSPROXY_MAIN
+#if defined(WSPROXY_MAIN) && !defined(WSPROXY_CLI)
+#define WSPROXY_CLI
+#endif
+#ifdef WSPROXY_CLI
+#include <dirent.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <stddef.h>
 #include <sys/resource.h>
+#ifdef __linux__
+#include <linux/capability.h>
+#include <sys/syscall.h>
+#endif
 
-enum { T_PORT, T_UINT, T_U64, T_STR, T_LIST, T_PP, T_FILE };
+/* Largest configuration file read, bytes (each !include counts apart). */
+#ifndef WS_PROXY_CONFIG_MAX
+#define WS_PROXY_CONFIG_MAX (16u << 20)
+#endif
+#define CLI_INCLUDE_DEPTH 10 /* MariaDB's limit too */
+#define CLI_MAX_OPTS 48      /* room in struct cli for cli_opts[] */
+
+enum { T_PORT, T_UINT, T_U64, T_STR, T_LIST, T_PP, T_ADDR, T_BOOL, T_FILE, T_SECTION };
+
+/* A configuration being built, and the strings it owns. */
+struct cli {
+    struct ws_proxy_config cfg;
+    const char *user;    /* the account to run as when started as root */
+    int allow_root;      /* run as root anyway (a warning at every start) */
+    const char *section; /* --config-section: read besides [wsproxy] */
+    int no_include;      /* the fuzz target: !include opens nothing */
+    const char *from[CLI_MAX_OPTS]; /* "FILE:LINE" that set cli_opts[i]; NULL:
+                                     * not set, or by the command line */
+    char **owned;
+    size_t nowned, capowned;
+};
 
 struct cli_opt {
-    const char *name; /* long option; in --config files '-' or '_' */
+    const char *name;  /* long option; in --config files '-' or '_' */
     int type;
-    size_t off;       /* field of struct ws_proxy_config */
+    size_t off;        /* field of struct cli */
     const char *alias; /* the configuration field's name, if different */
 };
 
-#define CFG_AT(f) offsetof(struct ws_proxy_config, f)
+#define CFG_AT(f) (offsetof(struct cli, cfg) + offsetof(struct ws_proxy_config, f))
+#define CLI_AT(f) offsetof(struct cli, f)
 static const struct cli_opt cli_opts[] = {
     {"http-port", T_PORT, CFG_AT(http_port), NULL},
     {"https-port", T_PORT, CFG_AT(https_port), NULL},
-    {"bind", T_STR, CFG_AT(bind_address), "bind-address"},
+    {"bind", T_ADDR, CFG_AT(bind_address), "bind-address"},
     {"socket", T_STR, CFG_AT(socket_path), "socket-path"},
     {"cert", T_STR, CFG_AT(cert_file), "cert-file"},
     {"key", T_STR, CFG_AT(key_file), "key-file"},
@@ -3452,90 +4404,152 @@ static const struct cli_opt cli_opts[] = {
     {"ping-interval", T_UINT, CFG_AT(ping_interval_ms), "ping-interval-ms"},
     {"drain-timeout", T_UINT, CFG_AT(drain_timeout_ms), "drain-timeout-ms"},
     {"proxy-protocol", T_PP, CFG_AT(proxy_protocol), NULL},
+    {"metrics-path", T_STR, CFG_AT(metrics_path), NULL},
+    {"metrics-allow", T_LIST, CFG_AT(metrics_allow), NULL},
+    {"user", T_STR, CLI_AT(user), NULL},
+    {"allow-root", T_BOOL, CLI_AT(allow_root), NULL},
     {"config", T_FILE, 0, NULL},
+    {"config-section", T_SECTION, CLI_AT(section), NULL},
 };
+typedef char cli_opts_fit[COUNT_OF(cli_opts) <= CLI_MAX_OPTS ? 1 : -1];
 
-/* A configuration being built, and the strings it owns. */
-struct cli {
-    struct ws_proxy_config cfg;
-    char *owned[64];
-    int nowned;
-    int stderr_log;
-};
+/* The largest number, or the longest string, an option takes; 0 = the
+ * field's own range.  The library would refuse more, without a file:line. */
+static unsigned long long cli_max(const struct cli_opt *o)
+{
+    if (o->off == CFG_AT(max_connections))
+        return MAX_CONNECTIONS_LIMIT;
+    if (o->off == CFG_AT(socket_path))
+        return sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+    return 0;
+}
 
-static const char cli_usage[] =
-    "usage: wsproxy --socket PATH (--http-port N | --https-port N --cert FILE --key FILE)\n"
-    "               [options]\n"
-    "Relays each WebSocket to a new connection on the engine's Unix socket.\n"
-    "  --http-port N              serve ws:// on port N\n"
-    "  --https-port N             serve wss:// on port N (needs --cert and --key)\n"
-    "  --bind ADDR                address to listen on (default 0.0.0.0)\n"
-    "  --socket PATH              the engine's Unix socket\n"
-    "  --cert FILE, --key FILE    PEM certificate chain and private key\n"
-    "  --log-dir DIR              log to DIR/websocket_proxy.log (default: stderr)\n"
-    "  --allowed-origin ORIGIN    allow browsers from ORIGIN (repeatable; default any)\n"
-    "  --subprotocol NAME         subprotocol to select if offered (repeatable)\n"
-    "  --max-connections N        default 1024\n"
-    "  --max-connections-per-ip N default unlimited\n"
-    "  --max-message BYTES        default unlimited\n"
-    "  --handshake-timeout MS     default 10000\n"
-    "  --idle-timeout MS          default off\n"
-    "  --ping-interval MS         default off\n"
-    "  --drain-timeout MS         default 5000\n"
-    "  --proxy-protocol v2|v1|off PROXY header to the engine (default v2)\n"
-    "  --config FILE              the same settings as 'key = value' lines\n"
-    "  --help, --version\n"
-    "Signals: SIGHUP re-reads --config and restarts; SIGUSR1 reopens the log;\n"
-    "SIGTERM/SIGINT stop.\n";
-
+/* Takes ownership of str (NULL on failure, str freed). */
 static char *cli_keep(struct cli *s, char *str)
 {
-    if (str && s->nowned < (int)COUNT_OF(s->owned))
-        s->owned[s->nowned++] = str;
-    else if (str) {
-        free(str);
-        str = NULL;
+    if (str && s->nowned == s->capowned) {
+        size_t cap = s->capowned ? s->capowned * 2 : 16;
+        char **o = realloc(s->owned, cap * sizeof *o);
+        if (!o) {
+            free(str);
+            return NULL;
+        }
+        s->owned = o;
+        s->capowned = cap;
     }
+    if (str)
+        s->owned[s->nowned++] = str;
     return str;
+}
+
+/* Frees old if s owns it: a setting given again leaves no garbage behind. */
+static void cli_drop(struct cli *s, const char *old)
+{
+    size_t i = s->nowned;
+    while (old && i--)
+        if (s->owned[i] == old) {
+            free(s->owned[i]);
+            s->owned[i] = s->owned[--s->nowned];
+            return;
+        }
 }
 
 static void cli_free(struct cli *s)
 {
     while (s->nowned)
         free(s->owned[--s->nowned]);
+    free(s->owned);
+    s->owned = NULL;
+    s->capowned = 0;
 }
 
-static int cli_number(const char *v, unsigned long long max, unsigned long long *out)
+static int cli_space(int c)
 {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+/* ASCII case-insensitive equality (section names, boolean words). */
+static int cli_ieq(const char *a, const char *b)
+{
+    for (; *a && *b; a++, b++)
+        if (*a != *b && !((*a | 0x20) == (*b | 0x20) && (*a | 0x20) >= 'a' &&
+                          (*a | 0x20) <= 'z'))
+            return 0;
+    return *a == *b;
+}
+
+/* A decimal number with MariaDB's optional suffix K, M, G, T, P or E
+ * (times 1024 each) when suffix is set. */
+static int cli_number(const char *v, unsigned long long max, int suffix,
+                      unsigned long long *out)
+{
+    static const char units[] = "kmgtpe";
+    const char *u;
     char *end;
-    if (!*v || *v == '-')
+    if (*v < '0' || *v > '9')
         return -1;
     errno = 0;
     *out = strtoull(v, &end, 10);
-    return errno || *end || *out > max ? -1 : 0;
+    if (errno)
+        return -1;
+    if (suffix && *end && !end[1] && (u = strchr(units, *end | 0x20)) != NULL) {
+        int k = (int)(u - units) + 1;
+        while (k--) {
+            if (*out > ~0ull / 1024)
+                return -1;
+            *out *= 1024;
+        }
+        end++;
+    }
+    return *end || *out > max ? -1 : 0;
 }
 
-/* Sets one option; returns 0 or writes a reason into err. */
-static int cli_set(struct cli *s, const struct cli_opt *o, const char *v,
-                   char *err, size_t errlen)
+/* 1, 0, or 2 for a word that is not a boolean (MariaDB's words, plus
+ * yes/no). */
+static int cli_bool(const char *v)
 {
-    char *field = (char *)&s->cfg + o->off;
-    unsigned long long n;
+    if (cli_ieq(v, "1") || cli_ieq(v, "on") || cli_ieq(v, "true") || cli_ieq(v, "yes"))
+        return 1;
+    if (cli_ieq(v, "0") || cli_ieq(v, "off") || cli_ieq(v, "false") || cli_ieq(v, "no"))
+        return 0;
+    return 2;
+}
+
+/* Sets one option; key is how the file spelled it (NULL: the command line).
+ * A list value is appended unless replace is set.  Returns 0, or -1 with a
+ * reason in err. */
+static int cli_set(struct cli *s, const struct cli_opt *o, const char *v,
+                   const char *key, int replace, char *err, size_t errlen)
+{
+    char *field = (char *)s + o->off, name[64];
+    unsigned long long n, max = cli_max(o);
+    union conn_addr a;
+    if (!key) {
+        snprintf(name, sizeof name, "--%s", o->name);
+        key = name;
+    }
     switch (o->type) {
     case T_PORT:
-        if (cli_number(v, 65535, &n))
-            return err_set(err, errlen, -1, "--%s: not a port number: %s", o->name, v);
+        if (cli_number(v, 65535, 0, &n))
+            return err_set(err, errlen, -1, "%s: not a port number (1-65535): %s", key, v);
         *(int *)(void *)field = (int)n;
         return 0;
     case T_UINT:
-        if (cli_number(v, 0xFFFFFFFFull, &n))
-            return err_set(err, errlen, -1, "--%s: not a number: %s", o->name, v);
+        max = max ? max : 0xFFFFFFFFull;
+        if (cli_number(v, max, 1, &n))
+            return err_set(err, errlen, -1, "%s: not a number from 0 to %llu: %s", key, max, v);
         *(unsigned *)(void *)field = (unsigned)n;
         return 0;
     case T_U64:
-        if (cli_number(v, ~0ull, &n))
-            return err_set(err, errlen, -1, "--%s: not a number: %s", o->name, v);
+        if (cli_number(v, ~0ull, 1, &n))
+            return err_set(err, errlen, -1, "%s: not a number: %s", key, v);
         *(uint64_t *)(void *)field = n;
+        return 0;
+    case T_BOOL:
+        if ((n = (unsigned)cli_bool(v)) > 1)
+            return err_set(err, errlen, -1,
+                           "%s: not a boolean (1/0, on/off, true/false, yes/no): %s", key, v);
+        *(int *)(void *)field = (int)n;
         return 0;
     case T_PP:
         if (!strcmp(v, "v2"))
@@ -3545,22 +4559,32 @@ static int cli_set(struct cli *s, const struct cli_opt *o, const char *v,
         else if (!strcmp(v, "off"))
             s->cfg.proxy_protocol = WS_PROXY_PP_OFF;
         else
-            return err_set(err, errlen, -1, "--proxy-protocol: expected v2, v1 or off: %s", v);
+            return err_set(err, errlen, -1, "%s: expected v2, v1 or off: %s", key, v);
         return 0;
-    case T_STR:
-    case T_LIST: {
-        const char **dst = (const char **)(void *)field;
-        char *copy;
-        size_t len = strlen(v) + (o->type == T_LIST && *dst ? strlen(*dst) + 1 : 0) + 1;
-        if (!(copy = cli_keep(s, malloc(len))))
-            return err_set(err, errlen, -1, "out of memory");
-        if (o->type == T_LIST && *dst)
-            snprintf(copy, len, "%s,%s", *dst, v);
-        else
-            snprintf(copy, len, "%s", v);
-        *dst = copy;
-        return 0;
+    case T_ADDR:
+        if (addr_parse(v, 0, &a))
+            return err_set(err, errlen, -1,
+                           "%s: not a numeric IPv4 or IPv6 address: %s", key, v);
+        break;
+    default:
+        if (max && strlen(v) > max)
+            return err_set(err, errlen, -1, "%s: longer than %llu bytes: %s", key, max, v);
+        break;
     }
+    {
+        const char **dst = (const char **)(void *)field;
+        const char *old = *dst;
+        int append = o->type == T_LIST && !replace && old && *old && *v;
+        size_t len = strlen(v) + (append ? strlen(old) + 1 : 0) + 1;
+        char *copy = cli_keep(s, malloc(len));
+        if (!copy)
+            return err_set(err, errlen, -1, "out of memory");
+        if (append)
+            snprintf(copy, len, "%s,%s", old, v);
+        else
+            memcpy(copy, v, len);
+        cli_drop(s, old);
+        *dst = copy;
     }
     return 0;
 }
@@ -3584,100 +4608,739 @@ static const struct cli_opt *cli_find(const char *key, size_t len)
     return NULL;
 }
 
-/* Reads "key = value" lines ('#' or ';' comments, [sections] ignored). */
-static int cli_file(struct cli *s, const char *path, char *err, size_t errlen)
+/* "FILE:LINE: " before the reason already in err. */
+static int cli_at(const char *path, int line, char *err, size_t errlen)
 {
-    char line[4096];
-    int lineno = 0;
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return err_set(err, errlen, -1, "%s: %s", path, strerror(errno));
-    while (fgets(line, sizeof line, f)) {
-        char *k = line, *v, *e;
-        const struct cli_opt *o;
-        lineno++;
-        while (*k == ' ' || *k == '\t')
-            k++;
-        if (!*k || *k == '\n' || *k == '\r' || *k == '#' || *k == ';' || *k == '[')
-            continue;
-        if (!(v = strchr(k, '='))) {
-            fclose(f);
-            return err_set(err, errlen, -1, "%s:%d: expected key = value", path, lineno);
+    char why[512];
+    snprintf(why, sizeof why, "%s", err);
+    return err_set(err, errlen, -1, "%s:%d: %s", path, line, why);
+}
+
+static int cli_fail(const char *path, int line, char *err, size_t errlen,
+                    const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return cli_at(path, line, err, errlen);
+}
+
+/* MariaDB's remove_end_comment(): the line ends at a '#' outside quotes
+ * (inside quotes a backslash escapes a quote). */
+static void cli_cut_comment(char *p)
+{
+    char quote = 0, esc = 0;
+    for (; *p; p++) {
+        if ((*p == '\'' || *p == '"') && !esc) {
+            if (!quote)
+                quote = *p;
+            else if (quote == *p)
+                quote = 0;
         }
-        for (e = v; e > k && (e[-1] == ' ' || e[-1] == '\t'); e--) {
+        if (!quote && *p == '#') {
+            *p = 0;
+            return;
         }
-        for (v++; *v == ' ' || *v == '\t'; v++) {
-        }
-        v[strcspn(v, "\r\n")] = 0;
-        for (e[0] = 0, e = v + strlen(v); e > v && (e[-1] == ' ' || e[-1] == '\t'); e--)
-            e[-1] = 0;
-        if (!(o = cli_find(k, strlen(k))) || o->type == T_FILE) {
-            fclose(f);
-            return err_set(err, errlen, -1, "%s:%d: unknown setting: %s", path, lineno, k);
-        }
-        if (cli_set(s, o, v, err, errlen)) {
-            fclose(f);
-            return -1;
-        }
+        esc = quote && *p == '\\' && !esc;
     }
-    fclose(f);
+}
+
+/* MariaDB's value rules, in place: blanks trimmed, one pair of matching
+ * quotes around the whole value removed, then \n \t \r \b \s (space) \" \'
+ * and \\ unescaped; any other backslash is kept. */
+static char *cli_value(char *v)
+{
+    static const char from[] = "ntrbs\"'\\", to[] = "\n\t\r\b \"'\\";
+    char *e, *out, *r;
+    while (cli_space(*v))
+        v++;
+    e = v + strlen(v);
+    while (e > v && cli_space(e[-1]))
+        e--;
+    if ((*v == '"' || *v == '\'') && v + 1 < e && e[-1] == *v) {
+        v++;
+        e--;
+    }
+    for (r = out = v; r < e; r++) {
+        const char *k;
+        if (*r == '\\' && r + 1 < e) {
+            if ((k = strchr(from, r[1])) != NULL) {
+                *out++ = to[k - from];
+                r++;
+                continue;
+            }
+            *out++ = *r++;
+        }
+        *out++ = *r;
+    }
+    *out = 0;
+    return v;
+}
+
+/* "key = value", "key=value" or a bare "key" (a boolean set to 1).  Like
+ * MariaDB: a "loose-" prefix makes an unknown key harmless, and "skip-",
+ * "disable-" and "enable-" set a boolean. */
+static int cli_option(struct cli *s, const char *path, int line, char *p,
+                      char *err, size_t errlen)
+{
+    static const char *const flips[] = {"skip", "disable", "enable"};
+    const struct cli_opt *o;
+    char *eq, *end, *v = NULL, *name;
+    int loose = 0, flip = -1;
+    size_t i, n;
+    cli_cut_comment(p);
+    eq = strchr(p, '=');
+    end = eq ? eq : p + strlen(p);
+    while (end > p && cli_space(end[-1]))
+        end--;
+    if (eq)
+        v = cli_value(eq + 1);
+    *end = 0;
+    if (!*p)
+        return cli_fail(path, line, err, errlen, "a value without a setting name");
+    if (!strncmp(p, "loose", 5) && (p[5] == '-' || p[5] == '_')) {
+        loose = 1;
+        p += 6;
+    }
+    name = p;
+    if (!(o = cli_find(p, strlen(p))))
+        for (i = 0; i < COUNT_OF(flips); i++) {
+            n = strlen(flips[i]);
+            if (!strncmp(p, flips[i], n) && (p[n] == '-' || p[n] == '_') &&
+                (o = cli_find(p + n + 1, strlen(p + n + 1))) != NULL && o->type == T_BOOL) {
+                flip = i == 2;
+                break;
+            }
+            o = NULL;
+        }
+    if (!o)
+        return loose ? 0 : cli_fail(path, line, err, errlen, "unknown setting: %s", name);
+    if (o->type == T_FILE || o->type == T_SECTION)
+        return cli_fail(path, line, err, errlen, "%s: only on the command line", name);
+    if (flip >= 0) {
+        if (v)
+            return cli_fail(path, line, err, errlen, "%s: takes no value", name);
+        v = flip ? "1" : "0";
+    } else if (!v) {
+        if (o->type != T_BOOL)
+            return cli_fail(path, line, err, errlen, "%s: needs a value (%s = VALUE)",
+                            name, name);
+        v = "1";
+    }
+    if (cli_set(s, o, v, name, 0, err, errlen))
+        return cli_at(path, line, err, errlen);
+    cli_drop(s, s->from[o - cli_opts]);
+    s->from[o - cli_opts] = NULL;
+    n = strlen(path) + 24;
+    if ((p = cli_keep(s, malloc(n))) != NULL) {
+        snprintf(p, n, "%s:%d", path, line);
+        s->from[o - cli_opts] = p;
+    }
     return 0;
 }
+
+/* The whole file in one NUL-terminated buffer; NULL with the reason. */
+static char *cli_slurp(const char *path, size_t *len, char *err, size_t errlen)
+{
+    char *buf = NULL, *nb;
+    size_t cap = 0, n = 0;
+    ssize_t r;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        err_set(err, errlen, -1, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    for (;;) {
+        if (n + 1 >= cap) {
+            cap = cap ? cap * 2 : 4096;
+            if (cap > (size_t)WS_PROXY_CONFIG_MAX + 2)
+                cap = (size_t)WS_PROXY_CONFIG_MAX + 2;
+            if (n + 1 >= cap) {
+                err_set(err, errlen, -1, "%s: larger than %u bytes", path,
+                        (unsigned)WS_PROXY_CONFIG_MAX);
+                break;
+            }
+            if (!(nb = realloc(buf, cap))) {
+                err_set(err, errlen, -1, "%s: out of memory", path);
+                break;
+            }
+            buf = nb;
+        }
+        r = read(fd, buf + n, cap - 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            err_set(err, errlen, -1, "%s: %s", path, strerror(errno));
+            break;
+        }
+        if (r == 0) {
+            close(fd);
+            buf[n] = 0;
+            *len = n;
+            return buf;
+        }
+        n += (size_t)r;
+    }
+    close(fd);
+    free(buf);
+    return NULL;
+}
+
+static int cli_text(struct cli *s, const char *path, char *text, size_t len,
+                    int depth, char *err, size_t errlen);
+
+static int cli_file(struct cli *s, const char *path, int depth, char *err,
+                    size_t errlen)
+{
+    size_t len;
+    char *text = cli_slurp(path, &len, err, errlen);
+    int rc;
+    if (!text)
+        return -2;
+    rc = cli_text(s, path, text, len, depth, err, errlen);
+    free(text);
+    return rc;
+}
+
+static int cli_name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Like MariaDB: the directory's files whose names end in ".cnf", in the
+ * order of their names. */
+static int cli_dir(struct cli *s, const char *dir, int depth, char *err,
+                   size_t errlen)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    char **names = NULL, **nn, *full;
+    size_t n = 0, cap = 0, i, len;
+    int rc = 0;
+    if (!d)
+        return err_set(err, errlen, -2, "%s: %s", dir, strerror(errno));
+    while (!rc && (de = readdir(d)) != NULL) {
+        len = strlen(de->d_name);
+        if (len < 4 || strcmp(de->d_name + len - 4, ".cnf"))
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            if (!(nn = realloc(names, cap * sizeof *nn))) {
+                rc = err_set(err, errlen, -1, "%s: out of memory", dir);
+                break;
+            }
+            names = nn;
+        }
+        if (!(names[n] = malloc(strlen(dir) + len + 2)))
+            rc = err_set(err, errlen, -1, "%s: out of memory", dir);
+        else
+            sprintf(names[n++], "%s/%s", dir, de->d_name);
+    }
+    closedir(d);
+    if (n)
+        qsort(names, n, sizeof *names, cli_name_cmp);
+    for (i = 0; i < n; i++) {
+        full = names[i];
+        if (!rc)
+            rc = cli_file(s, full, depth, err, errlen);
+        free(full);
+    }
+    free(names);
+    return rc < 0 ? -1 : 0;
+}
+
+/* "!include FILE" and "!includedir DIR"; a relative name is taken from the
+ * including file's directory. */
+static int cli_directive(struct cli *s, const char *path, int line, char *p,
+                         int depth, char *err, size_t errlen)
+{
+    const char *slash;
+    char *arg, *e, *full;
+    int dir, rc;
+    size_t n;
+    while (cli_space(*p))
+        p++;
+    if (!strncmp(p, "includedir", 10) && (!p[10] || cli_space(p[10])))
+        dir = 1, arg = p + 10;
+    else if (!strncmp(p, "include", 7) && (!p[7] || cli_space(p[7])))
+        dir = 0, arg = p + 7;
+    else
+        return cli_fail(path, line, err, errlen,
+                        "unknown directive !%s (want !include FILE or !includedir DIR)", p);
+    while (cli_space(*arg))
+        arg++;
+    for (e = arg + strlen(arg); e > arg && cli_space(e[-1]); e--)
+        e[-1] = 0;
+    if (!*arg)
+        return cli_fail(path, line, err, errlen, "!%s needs a %s name",
+                        dir ? "includedir" : "include", dir ? "directory" : "file");
+    if (s->no_include)
+        return 0;
+    if (depth >= CLI_INCLUDE_DEPTH)
+        return cli_fail(path, line, err, errlen,
+                        "!include nested more than %d deep (does a file include itself?)",
+                        CLI_INCLUDE_DEPTH);
+    slash = *arg == '/' ? NULL : strrchr(path, '/');
+    n = slash ? (size_t)(slash - path) + 1 : 0;
+    if (!(full = malloc(n + strlen(arg) + 1)))
+        return cli_fail(path, line, err, errlen, "out of memory");
+    memcpy(full, path, n);
+    strcpy(full + n, arg);
+    rc = dir ? cli_dir(s, full, depth + 1, err, errlen)
+             : cli_file(s, full, depth + 1, err, errlen);
+    free(full);
+    if (rc == -2) { /* it could not be opened: say which line asked for it */
+        char why[512];
+        snprintf(why, sizeof why, "%s", err);
+        return cli_fail(path, line, err, errlen, "!%s %s", dir ? "includedir" : "include", why);
+    }
+    return rc ? -1 : 0;
+}
+
+/* One line.  *active: whether options here apply, i.e. the line is in
+ * [wsproxy], in the --config-section, or before any section header. */
+static int cli_line(struct cli *s, const char *path, int line, char *p,
+                    int *active, int depth, char *err, size_t errlen)
+{
+    char *e;
+    while (cli_space(*p))
+        p++;
+    if (!*p || *p == '#' || *p == ';')
+        return 0;
+    if (*p == '!')
+        return cli_directive(s, path, line, p + 1, depth, err, errlen);
+    if (*p == '[') {
+        if (!(e = strchr(++p, ']')))
+            return cli_fail(path, line, err, errlen, "a section header without ']'");
+        while (e > p && cli_space(e[-1]))
+            e--;
+        *e = 0;
+        while (cli_space(*p))
+            p++;
+        *active = cli_ieq(p, "wsproxy") || (s->section && cli_ieq(p, s->section));
+        return 0;
+    }
+    return *active ? cli_option(s, path, line, p, err, errlen) : 0;
+}
+
+/* Reads a configuration text; text[len] must be 0.  Returns 0, or -1 with
+ * "FILE:LINE: reason" in err. */
+static int cli_text(struct cli *s, const char *path, char *text, size_t len,
+                    int depth, char *err, size_t errlen)
+{
+    char *p = text, *end = text + len, *nl;
+    int line = 0, active = 1, rc;
+    while (p < end) {
+        if (!(nl = memchr(p, '\n', (size_t)(end - p))))
+            nl = end;
+        *nl = 0;
+        line++;
+        if (strlen(p) != (size_t)(nl - p))
+            return cli_fail(path, line, err, errlen, "a NUL byte (not a text file?)");
+        if ((rc = cli_line(s, path, line, p, &active, depth, err, errlen)) != 0)
+            return rc;
+        p = nl + 1;
+    }
+    return 0;
+}
+
+#ifdef WSPROXY_MAIN
+static const char cli_synopsis[] =
+    "usage: wsproxy --socket PATH (--http-port N | --https-port N --cert FILE --key FILE)\n"
+    "               [--user NAME] [--config FILE] [options]\n";
+
+static const char cli_help[] =
+    "Relays each WebSocket to a new connection on the engine's Unix socket.\n"
+    "  --http-port N              serve ws:// on port N\n"
+    "  --https-port N             serve wss:// on port N (needs --cert and --key)\n"
+    "  --bind ADDR                address to listen on (default 0.0.0.0)\n"
+    "  --socket PATH              the engine's Unix socket\n"
+    "  --cert FILE, --key FILE    PEM certificate chain and private key\n"
+    "  --log-dir DIR              log to DIR/websocket_proxy.log (default: stderr)\n"
+    "  --allowed-origin ORIGIN    allow browsers from ORIGIN (repeatable; default any)\n"
+    "  --subprotocol NAME         subprotocol to select if offered (repeatable)\n"
+    "  --max-connections N        default 1024\n"
+    "  --max-connections-per-ip N default unlimited\n"
+    "  --max-message BYTES        default unlimited (K, M, G suffixes)\n"
+    "  --handshake-timeout MS     default 10000\n"
+    "  --idle-timeout MS          default off\n"
+    "  --ping-interval MS         default off\n"
+    "  --drain-timeout MS         default 5000\n"
+    "  --proxy-protocol v2|v1|off PROXY header to the engine (default v2)\n"
+    "  --metrics-path PATH        Prometheus metrics on a plain GET of PATH (default off)\n"
+    "  --metrics-allow CIDR       clients allowed to read them (repeatable; default loopback)\n"
+    "  --user NAME                started as root: run as NAME once the port is bound\n"
+    "  --allow-root               started as root: stay root (a warning at every start);\n"
+    "                             --skip-allow-root undoes allow_root from the file\n"
+    "  --config FILE              the same settings as 'key = value' lines, read the\n"
+    "                             way MariaDB reads option files ([wsproxy] section)\n"
+    "  --config-section NAME      read [NAME] of the --config file too\n"
+    "  --help, --version\n"
+    "The command line overrides the file; a list given there replaces the file's,\n"
+    "and an empty value (--log-dir '') unsets the file's.\n"
+    "Signals: SIGHUP re-reads --config and restarts; SIGUSR1 reopens the log;\n"
+    "SIGTERM/SIGINT stop.  Exit status: 0 stopped by a signal, 1 could not start,\n"
+    "2 usage or configuration error.\n";
 
 struct cli_arg {
     const struct cli_opt *o;
     const char *v;
 };
 
-static int cli_build(struct cli *s, const char *file, const struct cli_arg *args,
-                     int nargs, char *err, size_t errlen)
+/* The file, then the command line: the first time a list option appears on
+ * the command line it replaces the file's list. */
+static int cli_build(struct cli *s, const char *file, const char *section,
+                     const struct cli_arg *args, int nargs, char *err, size_t errlen)
 {
+    unsigned char seen[COUNT_OF(cli_opts)];
     int i;
     memset(s, 0, sizeof *s);
-    if (file && cli_file(s, file, err, errlen))
+    memset(seen, 0, sizeof seen);
+    s->section = section;
+    if (file && cli_file(s, file, 0, err, errlen))
         return -1;
-    for (i = 0; i < nargs; i++)
-        if (cli_set(s, args[i].o, args[i].v, err, errlen))
+    for (i = 0; i < nargs; i++) {
+        size_t k = (size_t)(args[i].o - cli_opts);
+        if (cli_set(s, args[i].o, args[i].v, NULL, !seen[k], err, errlen))
             return -1;
+        seen[k] = 1;
+        cli_drop(s, s->from[k]);
+        s->from[k] = NULL;
+    }
+    /* "" unsets (--log-dir "" logs to stderr after all) */
+    if (s->user && !*s->user)
+        s->user = NULL;
+    if (s->cfg.log_dir && !*s->cfg.log_dir)
+        s->cfg.log_dir = NULL;
     return 0;
 }
 
-static void cli_log(void *user, int level, const char *line)
+/* Where an option was set last, for messages about two of them. */
+static const char *cli_from(const struct cli *s, const char *name)
 {
+    const struct cli_opt *o = cli_find(name, strlen(name));
+    return o && s->from[o - cli_opts] ? s->from[o - cli_opts] : "the command line";
+}
+
+/* The library refuses these too; here the message says where each came
+ * from.  Returns 0 or 1 with the reason in err. */
+static int cli_conflict(const struct cli *s, char *err, size_t errlen)
+{
+    const struct ws_proxy_config *c = &s->cfg;
+    if (c->http_port && c->https_port)
+        return err_set(err, errlen, 1, "http_port and https_port are mutually exclusive "
+                       "(http_port from %s, https_port from %s)",
+                       cli_from(s, "http-port"), cli_from(s, "https-port"));
+    if (c->https_port && (!c->cert_file || !*c->cert_file || !c->key_file || !*c->key_file))
+        return err_set(err, errlen, 1, "https_port requires SSL: set cert_file and key_file "
+                       "(https_port from %s)", cli_from(s, "https-port"));
+    return 0;
+}
+
+/* "<UTC time> <LEVEL> ", the way the library's own log lines begin. */
+static void cli_stamp(char *buf, size_t len, int level)
+{
+    struct timespec ts;
+    struct tm tm;
+    time_t secs;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    secs = ts.tv_sec;
+    gmtime_r(&secs, &tm);
+    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (long)(ts.tv_nsec / 1000000), log_level_name(level));
+}
+
+/* Without --log-dir the log goes to stderr, in the log file's format. */
+static void cli_log(void *user, int level, const char *msg)
+{
+    char stamp[64];
     (void)user;
-    (void)level;
-    fprintf(stderr, "%s\n", line);
+    cli_stamp(stamp, sizeof stamp, level);
+    fprintf(stderr, "%s%s\n", stamp, msg);
+}
+
+/* A line of the program's own in the proxy's log: websocket_proxy.log
+ * (then also "wsproxy: ..." on stderr) or, without --log-dir, stderr. */
+static void cli_note(const struct cli *s, int level, const char *fmt, ...)
+{
+    char msg[1024], stamp[64], *path;
+    va_list ap;
+    int fd;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (!s->cfg.log_dir || !*s->cfg.log_dir) {
+        cli_stamp(stamp, sizeof stamp, level);
+        fprintf(stderr, "%s[proxy] %s\n", stamp, msg);
+        return;
+    }
+    fprintf(stderr, "wsproxy: %s\n", msg);
+    if (!(path = malloc(strlen(s->cfg.log_dir) + sizeof "/websocket_proxy.log")))
+        return;
+    sprintf(path, "%s/websocket_proxy.log", s->cfg.log_dir);
+    fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    free(path);
+    if (fd >= 0) {
+        cli_stamp(stamp, sizeof stamp, level);
+        dprintf(fd, "%s[proxy] %s\n", stamp, msg);
+        close(fd);
+    }
+}
+
+static int cli_usage(const char *fmt, ...)
+{
+    va_list ap;
+    fputs("wsproxy: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n%sTry 'wsproxy --help' for the options.\n", cli_synopsis);
+    return 2;
+}
+
+/* The engine may start after the proxy: a warning, not an error. */
+static void cli_check_socket(const struct cli *s)
+{
+    struct stat st;
+    if (stat(s->cfg.socket_path, &st))
+        cli_note(s, WS_PROXY_LOG_WARN, "engine socket %s: %s (clients get 502 until the "
+                 "engine listens there)", s->cfg.socket_path, strerror(errno));
+    else if (!S_ISSOCK(st.st_mode))
+        cli_note(s, WS_PROXY_LOG_WARN, "engine socket %s is not a socket (clients get "
+                 "502 until the engine listens there)", s->cfg.socket_path);
+}
+
+/* Warnings at every start and restart. */
+static void cli_started(const struct cli *s)
+{
+    struct passwd *pw;
+    if (geteuid() == 0)
+        cli_note(s, WS_PROXY_LOG_WARN, "running as root (--allow-root): an engine that "
+                 "trusts its socket peer's uid (MariaDB's unix_socket) may let clients in "
+                 "as root; use --user NAME");
+    else if (s->user && (!(pw = getpwnam(s->user)) || pw->pw_uid != geteuid()))
+        cli_note(s, WS_PROXY_LOG_WARN, "user %s ignored: not started as root (running "
+                 "as uid %ld)", s->user, (long)geteuid());
+    cli_check_socket(s);
+}
+
+/* Started as root with a user to run as: takes that account's groups and
+ * gid now (root keeps its privileges until its uid goes).  On Linux its uid
+ * too, keeping (saved uid 0) only the capabilities that binding a port
+ * below 1024, opening the log and reading root's key files need: the loop
+ * thread that ws_proxy_start() creates never connects to the engine as
+ * root, not even in the moment before cli_root_off().  Returns 0, 1 (a
+ * system call failed) or 2 (a bad account), with the reason in err. */
+static int cli_become(const struct cli *s, uid_t *uid, char *err, size_t errlen)
+{
+    struct passwd *pw;
+    char *path;
+    int fd;
+    errno = 0;
+    if (!(pw = getpwnam(s->user)))
+        return err_set(err, errlen, 2, "user %s: %s", s->user,
+                       errno ? strerror(errno) : "no such user");
+    if (pw->pw_uid == 0)
+        return err_set(err, errlen, 2, "user %s is root (uid 0): name an unprivileged "
+                       "account", s->user);
+    *uid = pw->pw_uid;
+    /* A log file root created earlier must stay writable for SIGUSR1. */
+    if (s->cfg.log_dir && *s->cfg.log_dir &&
+        (path = malloc(strlen(s->cfg.log_dir) + sizeof "/websocket_proxy.log")) != NULL) {
+        sprintf(path, "%s/websocket_proxy.log", s->cfg.log_dir);
+        fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0640);
+        free(path);
+        if (fd >= 0) {
+            if (fchown(fd, pw->pw_uid, pw->pw_gid)) {
+            }
+            close(fd);
+        }
+    }
+    if (initgroups(pw->pw_name, pw->pw_gid) || setgid(pw->pw_gid))
+        return err_set(err, errlen, 1, "user %s: cannot take its groups: %s", s->user,
+                       strerror(errno));
+#ifdef __linux__
+    {
+        struct __user_cap_header_struct h;
+        struct __user_cap_data_struct d[2];
+        if (setresuid(*uid, *uid, 0))
+            return err_set(err, errlen, 1, "setresuid(%ld): %s", (long)*uid, strerror(errno));
+        memset(&h, 0, sizeof h);
+        memset(d, 0, sizeof d);
+        h.version = _LINUX_CAPABILITY_VERSION_3;
+        d[0].permitted = d[0].effective = 1u << CAP_NET_BIND_SERVICE |
+                                          1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH;
+        if (syscall(SYS_capset, &h, d))
+            return err_set(err, errlen, 1, "capset: %s", strerror(errno));
+    }
+#endif
+    return 0;
+}
+
+/* Gives up root for good, in every thread (glibc applies set*uid to all of
+ * them), and checks that it cannot come back. */
+static int cli_root_off(uid_t uid, char *err, size_t errlen)
+{
+#ifdef __linux__
+    int rc = setresuid(uid, uid, uid);
+#else
+    int rc = setuid(uid);
+#endif
+    if (rc)
+        return err_set(err, errlen, 1, "setuid(%ld): %s", (long)uid, strerror(errno));
+    if (getuid() != uid || geteuid() != uid || !setuid(0) || !seteuid(0))
+        return err_set(err, errlen, 1, "switching to uid %ld did not drop root", (long)uid);
+    return 0;
+}
+
+/* ---- systemd's notify protocol (sd_notify(3)), spoken without libsystemd.
+ * With NOTIFY_SOCKET set (a path, or an abstract name written with a leading
+ * '@'), each state change is one datagram of "KEY=value" lines: READY=1 once
+ * listening; RELOADING=1 and MONOTONIC_USEC before a SIGHUP restart, READY=1
+ * after it (whether it worked or not: the old configuration still serves);
+ * STOPPING=1; and STATUS= with the state and open connections, refreshed
+ * every second while it changes.  Without the variable nothing is sent. */
+struct notify {
+    int fd;
+    socklen_t len;
+    int reloading;
+    char status[160];
+    struct sockaddr_un sun;
+};
+
+static void notify_open(struct notify *n)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    size_t len = path ? strlen(path) : 0;
+    memset(n, 0, sizeof *n);
+    n->fd = -1;
+    if (len < 2 || len >= sizeof n->sun.sun_path || (path[0] != '/' && path[0] != '@'))
+        return;
+    n->sun.sun_family = AF_UNIX;
+    memcpy(n->sun.sun_path, path, len);
+    if (path[0] == '@')
+        n->sun.sun_path[0] = 0; /* abstract: the name is exactly len bytes */
+    n->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+    if ((n->fd = socket(AF_UNIX, SOCK_DGRAM, 0)) >= 0)
+        fcntl(n->fd, F_SETFD, FD_CLOEXEC);
+}
+
+static void notify_send(struct notify *n, const char *msg)
+{
+    if (n->fd >= 0 && sendto(n->fd, msg, strlen(msg), SEND_FLAGS,
+                             (struct sockaddr *)&n->sun, n->len) < 0)
+        fprintf(stderr, "wsproxy: NOTIFY_SOCKET: sendto: %s\n", strerror(errno));
+}
+
+/* Sends `what` (may be "") and STATUS= when `what` is set or the status
+ * line changed since the last datagram. */
+static void notify_state(struct notify *n, ws_proxy *p, const char *what)
+{
+    struct ws_proxy_status st;
+    char status[sizeof n->status], msg[sizeof status + 64];
+    if (n->fd < 0 || ws_proxy_status(p, &st))
+        return;
+    if (st.state == WS_PROXY_FAILED)
+        snprintf(status, sizeof status, "FAILED: %.100s", st.reason);
+    else if (st.state == WS_PROXY_RUNNING)
+        snprintf(status, sizeof status, "RUNNING %s on port %d, %llu connections open",
+                 st.tls ? "wss://" : "ws://", st.port, (unsigned long long)st.conns_open);
+    else
+        snprintf(status, sizeof status, "STOPPED (no port set), %llu connections open",
+                 (unsigned long long)st.conns_open);
+    if (!*what && !strcmp(status, n->status))
+        return;
+    snprintf(n->status, sizeof n->status, "%s", status);
+    snprintf(msg, sizeof msg, "%s%sSTATUS=%s", what, *what ? "\n" : "", status);
+    notify_send(n, msg);
+}
+
+/* sigwait() that also speaks for the service manager: READY=1 after a
+ * reload, RELOADING=1 before one, STOPPING=1, STATUS= once a second. */
+static int notify_wait(struct notify *n, ws_proxy *p, const sigset_t *set, int *sig)
+{
+    if (n->reloading)
+        notify_state(n, p, "READY=1");
+    n->reloading = 0;
+#ifdef __linux__
+    while (n->fd >= 0) {
+        struct timespec ts = {1, 0};
+        if ((*sig = sigtimedwait(set, NULL, &ts)) < 0) {
+            notify_state(n, p, "");
+            continue;
+        }
+        break;
+    }
+    if (n->fd < 0 && sigwait(set, sig))
+        return -1;
+#else
+    if (sigwait(set, sig))
+        return -1;
+#endif
+    if (*sig == SIGHUP && n->fd >= 0) {
+        struct timespec ts;
+        char msg[64];
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu",
+                 (unsigned long long)ts.tv_sec * 1000000ull +
+                     (unsigned long long)ts.tv_nsec / 1000);
+        notify_send(n, msg);
+        n->reloading = 1;
+    }
+    if (*sig == SIGINT || *sig == SIGTERM)
+        notify_send(n, "STOPPING=1\nSTATUS=stopping");
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
-    struct option lopts[COUNT_OF(cli_opts) + 3];
+    struct option lopts[2 * COUNT_OF(cli_opts) + 3];
+    char skip[COUNT_OF(cli_opts)][40]; /* --skip-NAME for each boolean */
     struct cli_arg *args = calloc((size_t)argc + 1, sizeof *args);
-    const char *file = NULL;
+    const char *file = NULL, *section = NULL;
     struct cli cur, next;
+    struct notify nt;
     struct rlimit rl;
     sigset_t set;
     ws_proxy *p;
-    char err[512];
-    int nargs = 0, ch, idx, sig;
-    size_t i;
+    char err[1024];
+    uid_t uid = 0;
+    int nargs = 0, ch, idx, sig, rc, as_root = geteuid() == 0;
+    size_t i, n = 0;
 
-    if (!args)
+    if (!args) {
+        fputs("wsproxy: out of memory\n", stderr);
         return 1;
-    for (i = 0; i < COUNT_OF(cli_opts); i++) {
-        lopts[i].name = cli_opts[i].name;
-        lopts[i].has_arg = required_argument;
-        lopts[i].flag = NULL;
-        lopts[i].val = 1000 + (int)i;
     }
+    memset(&cur, 0, sizeof cur);
+    for (i = 0; i < COUNT_OF(cli_opts); i++) {
+        lopts[n].name = cli_opts[i].name;
+        lopts[n].has_arg = cli_opts[i].type == T_BOOL ? no_argument : required_argument;
+        lopts[n].flag = NULL;
+        lopts[n++].val = 1000 + (int)i;
+        if (cli_opts[i].type != T_BOOL)
+            continue;
+        /* so that the command line can also turn off what the file set */
+        snprintf(skip[i], sizeof skip[i], "skip-%s", cli_opts[i].name);
+        lopts[n].name = skip[i];
+        lopts[n].has_arg = no_argument;
+        lopts[n].flag = NULL;
+        lopts[n++].val = 2000 + (int)i;
+    }
+    i = n;
     lopts[i].name = "help", lopts[i].has_arg = no_argument, lopts[i].flag = NULL, lopts[i].val = 'h';
     i++;
     lopts[i].name = "version", lopts[i].has_arg = no_argument, lopts[i].flag = NULL, lopts[i].val = 'V';
     i++;
     memset(&lopts[i], 0, sizeof lopts[i]);
-    while ((ch = getopt_long(argc, argv, "hV", lopts, &idx)) != -1) {
+    opterr = 0; /* our messages start "wsproxy:", not with argv[0] */
+    while ((ch = getopt_long(argc, argv, ":hV", lopts, &idx)) != -1) {
+        const struct cli_opt *o;
         if (ch == 'h') {
-            fputs(cli_usage, stdout);
+            fputs(cli_synopsis, stdout);
+            fputs(cli_help, stdout);
             free(args);
             return 0;
         }
@@ -3692,26 +5355,53 @@ int main(int argc, char **argv)
             free(args);
             return 0;
         }
-        if (ch < 1000) {
-            fprintf(stderr, "%s", cli_usage);
+        if (ch == ':' || ch == '?') {
+            if (optopt >= 2000)
+                rc = cli_usage("--skip-%s takes no value", cli_opts[optopt - 2000].name);
+            else if (optopt >= 1000)
+                rc = cli_usage(ch == ':' ? "--%s needs a value" : "--%s takes no value",
+                               cli_opts[optopt - 1000].name);
+            else if (optopt)
+                rc = cli_usage("unknown option: -%c", optopt);
+            else
+                rc = cli_usage("unknown or ambiguous option: %s", argv[optind - 1]);
             free(args);
-            return 2;
+            return rc;
         }
-        if (cli_opts[ch - 1000].type == T_FILE)
+        o = &cli_opts[ch >= 2000 ? ch - 2000 : ch - 1000];
+        if (ch >= 2000)
+            args[nargs].o = o, args[nargs++].v = "0";
+        else if (o->type == T_FILE)
             file = optarg;
+        else if (o->type == T_SECTION)
+            section = optarg;
         else
-            args[nargs].o = &cli_opts[ch - 1000], args[nargs++].v = optarg;
+            args[nargs].o = o, args[nargs++].v = o->type == T_BOOL ? "1" : optarg;
     }
-    if (optind < argc) {
-        fprintf(stderr, "wsproxy: unexpected argument: %s\n%s", argv[optind], cli_usage);
-        free(args);
-        return 2;
-    }
-    if (cli_build(&cur, file, args, nargs, err, sizeof err)) {
+    rc = 2;
+    if (optind < argc)
+        cli_usage("unexpected argument: %s", argv[optind]);
+    else if (cli_build(&cur, file, section, args, nargs, err, sizeof err))
+        cli_usage("%s", err);
+    else if (!cur.cfg.socket_path || !*cur.cfg.socket_path)
+        cli_usage("no engine socket: give --socket PATH (or socket = PATH in the --config file)");
+    else if (!cur.cfg.http_port && !cur.cfg.https_port)
+        cli_usage("no port to listen on: give --http-port N or --https-port N (1-65535)");
+    else if ((rc = cli_conflict(&cur, err, sizeof err)) != 0)
         fprintf(stderr, "wsproxy: %s\n", err);
+    else if (as_root && !cur.user && !cur.allow_root)
+        fputs("wsproxy: refusing to run as root, which would let clients reach the engine "
+              "as root (MariaDB's unix_socket trusts the proxy's uid): give --user NAME "
+              "(or user = NAME in the --config file) to run as that account once the port "
+              "is bound, or --allow-root to stay root anyway\n", stderr), rc = 1;
+    else if (as_root && cur.user && (rc = cli_become(&cur, &uid, err, sizeof err)) != 0)
+        fprintf(stderr, "wsproxy: %s\n", err);
+    else
+        rc = 0;
+    if (rc) {
         cli_free(&cur);
         free(args);
-        return 1;
+        return rc;
     }
     /* Two descriptors per connection: take what the system allows. */
     if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
@@ -3733,33 +5423,58 @@ int main(int argc, char **argv)
         free(args);
         return 1;
     }
+    if (as_root && cur.user) {
+        if (cli_root_off(uid, err, sizeof err)) {
+            fprintf(stderr, "wsproxy: %s\n", err);
+            ws_proxy_stop(p);
+            cli_free(&cur);
+            free(args);
+            return 1;
+        }
+        cli_note(&cur, WS_PROXY_LOG_INFO, "running as user %s (uid %ld, gid %ld)", cur.user,
+                 (long)getuid(), (long)getgid());
+    }
+    cli_started(&cur);
+    notify_open(&nt);
+    notify_state(&nt, p, "READY=1");
     for (;;) {
-        if (sigwait(&set, &sig))
+        if (notify_wait(&nt, p, &set, &sig))
             continue;
         if (sig == SIGINT || sig == SIGTERM)
             break;
         if (sig == SIGUSR1 && ws_proxy_reopen_log(p, err, sizeof err))
-            fprintf(stderr, "wsproxy: reopening the log: %s\n", err);
+            cli_note(&cur, WS_PROXY_LOG_ERROR, "reopening the log: %s", err);
         if (sig != SIGHUP)
             continue;
-        if (cli_build(&next, file, args, nargs, err, sizeof err)) {
-            fprintf(stderr, "wsproxy: reload failed, configuration unchanged: %s\n", err);
+        if (cli_build(&next, file, section, args, nargs, err, sizeof err) ||
+            cli_conflict(&next, err, sizeof err)) {
+            cli_note(&cur, WS_PROXY_LOG_ERROR, "reload failed, configuration unchanged: %s",
+                     err);
             cli_free(&next);
             continue;
         }
         if (!next.cfg.log_dir)
             next.cfg.log_fn = cli_log;
         if (ws_proxy_restart(p, &next.cfg, err, sizeof err)) {
-            fprintf(stderr, "wsproxy: restart failed, still serving as before: %s\n", err);
+            cli_note(&cur, WS_PROXY_LOG_ERROR, "restart failed, still serving as before: %s",
+                     err);
             cli_free(&next);
             continue;
         }
+        if (as_root && (next.user || cur.user) &&
+            (!next.user || !cur.user || strcmp(next.user, cur.user)))
+            cli_note(&next, WS_PROXY_LOG_WARN, "user: a change takes a full restart; "
+                     "still running as uid %ld", (long)geteuid());
         cli_free(&cur);
         cur = next;
+        cli_started(&cur);
     }
     ws_proxy_stop(p);
+    if (nt.fd >= 0)
+        close(nt.fd);
     cli_free(&cur);
     free(args);
     return 0;
 }
 #endif /* WSPROXY_MAIN */
+#endif /* WSPROXY_CLI */

@@ -8,7 +8,8 @@
  * that proxy and runs one poll() loop.  All ws_proxy_* calls are thread-safe
  * and may come from any thread; calls that change or read state are handed to
  * the loop thread and return once it has acted.  Several proxies may run in
- * one process; they share nothing.
+ * one process; they share nothing but one process-wide table of live handles
+ * (see ws_proxy_stop()), locked only briefly.
  *
  * Ownership.  start() and restart() copy everything they need from the
  * configuration, strings included: the caller may free or reuse it as soon
@@ -54,13 +55,14 @@ extern "C" {
     X(ENOTLS, -4, "built without TLS support")                               \
     X(ENOMEM, -5, "out of memory")                                           \
     X(ESYS, -6, "system call failed")                                        \
-    X(ELOG, -7, "cannot open the log file")
+    X(ELOG, -7, "cannot open the log file")                                  \
+    X(ESTOPPED, -8, "the proxy is stopped or stopping")
 
 enum {
 #define WS_PROXY_ENUM_(name, code, msg) WS_PROXY_##name = code,
     WS_PROXY_ERRORS(WS_PROXY_ENUM_)
 #undef WS_PROXY_ENUM_
-    WS_PROXY_ERR_MIN_ = -7
+    WS_PROXY_ERR_MIN_ = -8
 };
 
 const char *ws_proxy_strerror(int code);
@@ -84,8 +86,14 @@ enum ws_proxy_log_level {
     WS_PROXY_LOG_DEBUG = 4
 };
 
-/* Receives each finished log line (no trailing newline), already formatted
- * as "<UTC timestamp> <LEVEL> <what happened>".  See "Callbacks" above. */
+/* Receives each log event as one line without a trailing newline, and
+ * without the timestamp and level that the log file's lines begin with (the
+ * engine's logger adds its own; level is the enum ws_proxy_log_level):
+ *     "[proxy] started: listening on ws://0.0.0.0:8080 -> unix:/run/db.sock; ..."
+ *     "[conn 7 203.0.113.5:50212] refused 403: origin not allowed"
+ * The same event in websocket_proxy.log reads
+ *     "2026-11-23T21:48:18.121Z INFO [proxy] started: ...".
+ * line is valid only during the call.  See "Callbacks" above. */
 typedef void (*ws_proxy_log_fn)(void *user, int level, const char *line);
 
 /*
@@ -146,6 +154,14 @@ struct ws_proxy_config {
     unsigned drain_timeout_ms;
     /* enum ws_proxy_proxy_protocol; 0 = v2. */
     int proxy_protocol;
+    /* Path, starting with '/', on which a plain GET (no Upgrade header)
+     * answers ws_proxy_status()'s figures in the Prometheus text format
+     * (version 0.0.4), e.g. "/metrics"; NULL or "" = no metrics. */
+    const char *metrics_path;
+    /* Clients that may read metrics_path: IPv4/IPv6 addresses or CIDR
+     * blocks separated by commas or spaces ("10.0.0.0/8, ::1"); others get
+     * 403.  NULL or "" = loopback only (127.0.0.0/8 and ::1). */
+    const char *metrics_allow;
 };
 
 typedef struct ws_proxy ws_proxy;
@@ -168,23 +184,46 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *cfg, char *err,
  *  - same address and port: the listening socket is kept, so no connection
  *    is refused during the restart;
  *  - a new port: it is bound before the old one is closed;
+ *  - the same port on another address that overlaps the old one (0.0.0.0:P
+ *    and 127.0.0.1:P, or the reverse; :: overlaps every address): the new
+ *    listener cannot be bound while the old one lives, so the restart fails
+ *    with WS_PROXY_EBIND, changes nothing, and err names the conflict and
+ *    the way out: restart with no port, then with the new address (a short
+ *    time without a listener; connections survive both).  The library does
+ *    not use SO_REUSEPORT to overlap them, because it would let any process
+ *    of the same user bind that address and port too and take a share of
+ *    the connections;
  *  - no port set: listening stops (state STOPPED), connections go on.
  * Established connections always survive and keep the settings they began
  * with; the certificate and key files are re-read and the new ones serve
  * new connections; the log file is reopened.  This is also the only way out
- * of the FAILED state: the proxy never restarts itself.
+ * of the FAILED state: the proxy never restarts itself.  Returns
+ * WS_PROXY_ESTOPPED if p is being stopped (see ws_proxy_stop()).
  */
 int ws_proxy_restart(ws_proxy *p, const struct ws_proxy_config *cfg,
                      char *err, size_t errlen);
 
 /*
  * Sends Close 1001 to every client (best effort, bounded), closes every
- * socket, joins the thread and frees everything.  p must not be used after.
- * ws_proxy_stop(NULL) does nothing.
+ * socket, joins the thread and frees everything.  It always returns, also
+ * while other threads call into p:
+ *  - a call on p that is already running when stop begins completes
+ *    normally (stop waits for it; each takes at most as long as a restart);
+ *  - a call on p that begins after stop began returns WS_PROXY_ESTOPPED
+ *    ("the proxy is stopped or stopping") and touches nothing; status()
+ *    then leaves *st unchanged;
+ *  - another ws_proxy_stop(p) at the same time waits until the first one
+ *    has finished, then returns; ws_proxy_stop(NULL) does nothing.
+ * No callback runs after stop returns.  Using p after stop has returned is
+ * the caller's error; as long as no later ws_proxy_start() returned the same
+ * address, such a call returns WS_PROXY_ESTOPPED (or does nothing, for
+ * stop) rather than touching freed memory.
  */
 void ws_proxy_stop(ws_proxy *p);
 
-/* Reopens the log file (for rotation) without touching connections. */
+/* Reopens the log file (for rotation) without touching connections.
+ * Returns 0, or a negative code: WS_PROXY_ELOG, or WS_PROXY_ESTOPPED (see
+ * ws_proxy_stop()). */
 int ws_proxy_reopen_log(ws_proxy *p, char *err, size_t errlen);
 
 enum ws_proxy_state {
@@ -192,6 +231,10 @@ enum ws_proxy_state {
     WS_PROXY_RUNNING = 1, /* listening on st.port */
     WS_PROXY_FAILED = 2   /* a fatal error; st.reason says which */
 };
+
+/* "STOPPED", "RUNNING" or "FAILED" (for a status variable); "UNKNOWN" for
+ * any other value.  Never NULL; the string is static. */
+const char *ws_proxy_state_name(int state);
 
 /* Why handshakes were refused, by the HTTP status sent. */
 enum ws_proxy_refusal {
@@ -205,6 +248,14 @@ enum ws_proxy_refusal {
     WS_PROXY_REFUSED_COUNT_
 };
 
+/* ws_proxy_status().closes[] has a counter for each close code from 1000 to
+ * 1014 (closes[code - 1000]) and one for any other (3000-4999). */
+#define WS_PROXY_CLOSE_OTHER 15
+/* Upper bounds, in ms, of ws_proxy_status().handshake_ms[] buckets; one more
+ * bucket takes the longer handshakes. */
+#define WS_PROXY_HANDSHAKE_BUCKETS_MS {1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000}
+#define WS_PROXY_HANDSHAKE_BUCKETS 12
+
 struct ws_proxy_status {
     int state;              /* enum ws_proxy_state */
     int port;               /* bound port while RUNNING, else 0 */
@@ -217,9 +268,17 @@ struct ws_proxy_status {
     uint64_t refused[WS_PROXY_REFUSED_COUNT_];
     uint64_t tls_failures;  /* TLS handshakes or records that failed */
     uint64_t protocol_errors; /* connections closed with 1002/1007/1009 */
+    /* WebSockets (connections answered 101) that ended, by the close code
+     * sent: 1005 for an empty Close, 1006 when none was sent. */
+    uint64_t closes[WS_PROXY_CLOSE_OTHER + 1];
+    /* Handshakes that got their 101, by time from accept to the 101 (not
+     * cumulative: [i] counts those over bound i-1 and up to bound i). */
+    uint64_t handshake_ms[WS_PROXY_HANDSHAKE_BUCKETS + 1];
+    uint64_t handshake_ms_sum; /* sum of those times, ms */
 };
 
-/* Fills *st with the loop's real state.  Returns 0, or a negative code. */
+/* Fills *st with the loop's real state.  Returns 0, WS_PROXY_EINVAL (p or
+ * st NULL), or WS_PROXY_ESTOPPED (see ws_proxy_stop()). */
 int ws_proxy_status(ws_proxy *p, struct ws_proxy_status *st);
 
 #ifdef __cplusplus

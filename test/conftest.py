@@ -83,6 +83,12 @@ def wsproxy_bin(request):
     return b
 
 
+# Started as root, wsproxy refuses to run without --user NAME or --allow-root.
+# The suite's proxies stay root (as before) unless a test says otherwise;
+# test_root.py covers --user and the refusal.
+ROOT_ARGS = ["--allow-root"] if os.geteuid() == 0 else []
+
+
 def proc_env():
     env = dict(os.environ)
     env.update(SAN_ENV)
@@ -103,9 +109,11 @@ def sanitizer_problems(text):
             if any(m in line for m in SANITIZER_MARKS)]
 
 
-def run_bin(b, args, timeout=20):
+def run_bin(b, args, timeout=20, root_args=True):
     """Run the binary to completion (CLI tests); returns CompletedProcess and
-    fails the test on sanitizer reports or a hang."""
+    fails the test on sanitizer reports or a hang.  root_args=False leaves
+    out ROOT_ARGS."""
+    args = list(args) + (ROOT_ARGS if root_args else [])
     try:
         cp = subprocess.run([b.path] + list(args), stdin=subprocess.DEVNULL,
                             capture_output=True, text=True, env=proc_env(),
@@ -154,10 +162,10 @@ class Proxy:
     """One running wsproxy process."""
 
     def __init__(self, b, args, port, workdir, log_dir=None, engine=None,
-                 host="127.0.0.1"):
+                 host="127.0.0.1", root_args=True):
         self.host = host
         self.bin = b
-        self.args = list(args)
+        self.args = list(args) + (ROOT_ARGS if root_args else [])
         self.port = port
         self.workdir = workdir
         self.log_dir = log_dir
@@ -298,7 +306,7 @@ class ProxySet:
         return e
 
     def start(self, *args, engine="echo", socket_path=None, port=None,
-              log_dir=None, raw=False, wait=True, bind="127.0.0.1"):
+              log_dir=None, raw=False, wait=True, bind="127.0.0.1", root_args=True):
         """Start wsproxy.  Unless raw=True the arguments get
         --http-port PORT --bind BIND (default 127.0.0.1; "::1" for IPv6)
         --socket PATH (PATH from `engine`: an Engine, a mode name for a new
@@ -322,7 +330,7 @@ class ProxySet:
                 argv += ["--log-dir", str(log_dir)]
         argv += [str(a) for a in args]
         p = Proxy(self.bin, argv, port, str(self.workdir), log_dir=log_dir,
-                  engine=engine, host=host)
+                  engine=engine, host=host, root_args=root_args)
         self.proxies.append(p)
         if wait:
             p.wait_ready()

@@ -1,17 +1,32 @@
 #!/usr/bin/env bash
 # Install what wsproxy's build, demo and tests need on Debian 12 (idempotent; quick when
 # everything is there). Run as root; elsewhere it prints what to install and exits 1.
-#   test/deps.sh            Debian packages + test/node_modules
+#   test/deps.sh            everything: the build, the demo and the test toolchain
+#   test/deps.sh demo       only what `make run` needs: the build, MariaDB, openssl,
+#                           python3 (the studio's page server), node + test/node_modules
 # Note: always use /usr/bin/python3 for the Python tests (Debian's websockets/pytest);
 # a python3 earlier on PATH (pyenv, venv) does not see Debian's packages.
 set -euo pipefail
 
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 
+SET=${1:-test}
+DEMO_PKGS="gcc make libbearssl-dev mariadb-server mariadb-client openssl python3"
 # libclang-rt-14-dev: clang's sanitizer and libFuzzer runtimes (build/fuzz); clang
-# only recommends it, and recommends are not installed here.
-PKGS="gcc make clang libclang-rt-14-dev libbearssl-dev python3-websockets python3-pytest
-mariadb-server mariadb-client socat chromium openssl"
+# only recommends it, and recommends are not installed here. libmariadbd-dev and
+# libmariadb-dev: the server plugin headers and libmysqlservices.a (make
+# mariadb-plugin; make run loads the plugin into its throwaway MariaDB).
+# The service pieces, each checked by the tool that reads it: mandoc (man
+# page lint), man-db (man -l), systemd (systemd-analyze), logrotate, and
+# prometheus (promtool and a real server scraping the metrics).
+DEMO_PKGS="$DEMO_PKGS libmariadbd-dev libmariadb-dev"
+TEST_PKGS="clang libclang-rt-14-dev python3-websockets python3-pytest socat chromium
+mandoc man-db systemd logrotate prometheus"
+case $SET in
+    demo) PKGS=$DEMO_PKGS ;;
+    test) PKGS="$DEMO_PKGS $TEST_PKGS" ;;
+    *) echo "usage: $0 [demo|test]" >&2; exit 2 ;;
+esac
 
 node_ok() {  # a usable node (>= 18) and npm, from Debian or elsewhere (e.g. NodeSource)
     command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || return 1
@@ -43,11 +58,11 @@ if [ ${#missing[@]} -gt 0 ]; then
         echo "  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}" >&2
         exit 1
     fi
-    echo "deps.sh: installing ${missing[*]}"
+    echo "deps.sh: installing ${missing[*]} (apt-get; this can take a few minutes)"
+    # apt's own progress goes to the terminal (a copy to the log for failures)
     log=$(mktemp /tmp/wsproxy-deps.XXXXXX)
-    if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-            --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
-        tail -n 30 "$log" >&2
+    if ! { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y \
+            --no-install-recommends "${missing[@]}"; } 2>&1 | tee "$log" | sed -u 's/^/  apt: /'; then
         echo "deps.sh: apt-get failed (full log: $log)" >&2
         exit 1
     fi

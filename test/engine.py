@@ -323,8 +323,8 @@ class Engine:
                 self.conns.append(conn)
                 self._cv.notify_all()
             t = threading.Thread(target=conn.run, daemon=True)
+            t.start()   # before stop() can see it: joining an unstarted thread raises
             self._threads.append(t)
-            t.start()
 
     def wait_conns(self, n, timeout=10.0):
         """Wait until at least n connections were accepted; return the list."""

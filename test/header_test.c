@@ -5,11 +5,22 @@
 #include <stdio.h>
 #include <string.h>
 
+/* The callback gets "[proxy] started: ..." without timestamp and level. */
+static char first_line[128];
+
+static void log_line(void *user, int level, const char *line)
+{
+    (void)user;
+    if (!first_line[0] && level == WS_PROXY_LOG_INFO)
+        snprintf(first_line, sizeof first_line, "%s", line);
+}
+
 int main(void)
 {
     struct ws_proxy_config c = {.http_port = WS_PROXY_PORT_ANY,
                                 .bind_address = "127.0.0.1",
                                 .socket_path = "/nonexistent/engine.sock",
+                                .log_fn = log_line,
                                 .proxy_protocol = WS_PROXY_PP_V1};
     struct ws_proxy_status st;
     char err[256];
@@ -23,6 +34,14 @@ int main(void)
     c.http_port = 0;
     ok = ok && ws_proxy_restart(p, &c, err, sizeof err) == 0;
     ok = ok && ws_proxy_status(p, &st) == 0 && st.state == WS_PROXY_STOPPED;
+    ok = ok && !strcmp(ws_proxy_state_name(st.state), "STOPPED") &&
+         !strcmp(ws_proxy_state_name(WS_PROXY_RUNNING), "RUNNING") &&
+         !strcmp(ws_proxy_state_name(WS_PROXY_FAILED), "FAILED") &&
+         !strcmp(ws_proxy_state_name(42), "UNKNOWN");
+    if (strncmp(first_line, "[proxy] started: listening on ws://127.0.0.1:", 45)) {
+        printf("log callback got %s\n", first_line);
+        ok = 0;
+    }
     ws_proxy_stop(p);
     ws_proxy_stop(NULL);
     printf("%s\n", ok ? "header test: ok" : "header test: FAILED");

@@ -6,7 +6,9 @@
 //                      [--database demo] [--ca FILE] [--origin ORIGIN] [--json]
 //                      [--timeout MS] "SQL"
 //
-// Prints the rows as a table (or JSON with --json) and exits 0; on any error prints
+// Several statements in one call ("INSERT ...; SELECT ...") run in order, each
+// printed as its own block (with --json: one JSON line each); the first error
+// stops them.  Prints the rows as a table (or JSON with --json) and exits 0; on any error prints
 // one line "query.js: <message>" on stderr and exits 1 (2 for a usage error).
 'use strict';
 
@@ -22,7 +24,8 @@ const USAGE = `usage: node test/query.js [options] "SQL"
   --ca FILE          PEM CA certificate(s) to trust for wss:// URLs
   --origin ORIGIN    Origin header to send (default: none)
   --json             print rows as JSON instead of a table
-  --timeout MS       give up after MS milliseconds in all (default 30000)`;
+  --timeout MS       give up after MS milliseconds in all (default 30000)
+Several statements separated by ';' run in order, one result block each.`;
 
 function usage(msg) {
   if (msg) process.stderr.write(`query.js: ${msg}\n`);
@@ -175,6 +178,7 @@ function main() {
     database: o.database === '' ? undefined : o.database,
     connectTimeout: o.timeout,
     rowsAsArray: true,
+    multipleStatements: true,
     dateStrings: true,
     supportBigNumbers: true,
     bigNumberStrings: true,
@@ -213,7 +217,19 @@ function main() {
       finish(1);
       return;
     }
-    try { printResult(results, fields, o.json); } catch (e) { fail(`cannot print result: ${e.message}`); return; }
+    // Several statements: one result (rows or OK) and one field list per statement.
+    const multi = Array.isArray(fields) && fields.length > 0 &&
+      (fields[0] === undefined || Array.isArray(fields[0]));
+    try {
+      if (multi) {
+        results.forEach((r, i) => {
+          if (i > 0 && !o.json) process.stdout.write('\n');
+          printResult(r, fields[i], o.json);
+        });
+      } else {
+        printResult(results, fields, o.json);
+      }
+    } catch (e) { fail(`cannot print result: ${e.message}`); return; }
     finish(0);
   });
 }

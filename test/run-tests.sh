@@ -7,8 +7,10 @@
 # Debian's pytest and python3-websockets: /usr/bin/python3, never pyenv's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-make -s all build/unit build/asan/unit build/tsan/unit build/header_test build/fuzz
+make -s all build/unit build/asan/unit build/tsan/unit build/header_test build/fuzz build/shim/fault.so
 # Warnings are errors with clang too, with and without TLS.
 make -s build/clang/wsproxy build/clang/notls.o
+# The MariaDB daemon plugin (test/test_mariadb_plugin.py loads it).
+make -s mariadb-plugin
 export WSPROXY_BINS="${WSPROXY_BINS:-plain=build/wsproxy asan=build/asan/wsproxy}"
 exec /usr/bin/python3 -m pytest test -q -p no:cacheprovider -o junit_family=xunit2 "$@"

@@ -31,7 +31,8 @@ def test_unit(build, case):
 
 
 @pytest.mark.parametrize("case", ["restart_semantics", "failed_stays_failed",
-                                  "cycles_leave_nothing"])
+                                  "cycles_leave_nothing", "stop_races_every_call",
+                                  "restart_same_port_other_address"])
 def test_unit_threads_under_tsan(case):
     """API calls from the test thread against several loop threads, under
     ThreadSanitizer (every ws_proxy_* call is documented thread-safe)."""

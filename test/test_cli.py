@@ -1,8 +1,16 @@
 """SPEC section 2: the wsproxy program's command line and exit statuses."""
 
+import os
+import re
+import shutil
+import signal
 import socket
+import subprocess
+from pathlib import Path
 
-from conftest import free_port, run_bin
+import pytest
+
+from conftest import ROOT, Bin, free_port, run_bin
 
 
 def test_both_ports_exit_1(wsproxy_bin):
@@ -64,3 +72,157 @@ def test_bad_proxy_protocol_value_refused(wsproxy_bin):
                                "--proxy-protocol", "v3"])
     assert cp.returncode in (1, 2), cp
     assert cp.stderr.strip()
+
+
+# ---------------------------------------------------------------------------
+# Issue 12, point 10: a Unix tool, and operators see what it does
+# ---------------------------------------------------------------------------
+
+USAGE_LINE = "usage: wsproxy --socket PATH"
+
+
+def assert_usage_error(cp, reason):
+    assert cp.returncode == 2, cp
+    lines = cp.stderr.splitlines()
+    assert lines[0].startswith("wsproxy: ") and reason in lines[0], cp.stderr
+    assert any(line.startswith(USAGE_LINE) for line in lines), cp.stderr
+
+
+def test_bare_wsproxy_is_a_usage_error(wsproxy_bin):
+    """It exited 1 with "socket_path is not set"."""
+    assert_usage_error(run_bin(wsproxy_bin, [], root_args=False), "no engine socket: give --socket PATH")
+
+
+def test_bad_number_is_a_usage_error(wsproxy_bin):
+    """--http-port abc exited 1."""
+    assert_usage_error(run_bin(wsproxy_bin, ["--http-port", "abc", "--socket", "/tmp/x.sock"]),
+                       "--http-port: not a port number (1-65535): abc")
+    assert_usage_error(run_bin(wsproxy_bin, ["--socket", "/tmp/x.sock", "--http-port", "1",
+                                             "--idle-timeout", "-5"]),
+                       "--idle-timeout: not a number")
+
+
+@pytest.mark.parametrize("args", [["--socket", "/tmp/x.sock"],
+                                  ["--socket", "/tmp/x.sock", "--http-port", "0"]],
+                         ids=["socket-alone", "port-0"])
+def test_no_port_exits_2_with_a_reason(wsproxy_bin, args):
+    """It logged "not listening" and ran forever."""
+    assert_usage_error(run_bin(wsproxy_bin, args, timeout=10, root_args=False),
+                       "no port to listen on")
+
+
+@pytest.mark.parametrize("args,reason", [
+    (["--no-such-option"], "unknown or ambiguous option: --no-such-option"),
+    (["-x"], "unknown option: -x"),
+    (["--socket"], "--socket needs a value"),
+    (["--allow-root=yes"], "--allow-root takes no value"),
+    (["--socket", "/tmp/x.sock", "stray"], "unexpected argument: stray"),
+], ids=["unknown", "short", "missing-value", "flag-value", "stray"])
+def test_usage_messages_say_wsproxy_not_argv0(wsproxy_bin, tmp_path, args, reason):
+    link = tmp_path / "some-other-name"
+    link.symlink_to(wsproxy_bin.path)
+    b = Bin(wsproxy_bin.name, str(link), wsproxy_bin.slow)
+    cp = run_bin(b, args, root_args=False)
+    assert_usage_error(cp, reason)
+    assert str(link) not in cp.stderr and "some-other-name" not in cp.stderr, cp.stderr
+
+
+def test_every_error_line_is_prefixed(wsproxy_bin):
+    cp = run_bin(wsproxy_bin, ["--http-port", str(free_port()), "--bind", "127.0.0.1",
+                               "--socket", "/tmp/x.sock", "--cert", "/nonexistent.pem",
+                               "--key", "/nonexistent.key", "--https-port", "1"])
+    assert cp.returncode == 1 and cp.stderr.startswith("wsproxy: "), cp
+
+
+def test_missing_or_non_socket_path_warned_at_start_and_restart(proxy, tmp_path):
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    missing = str(tmp_path / "engine-not-yet.sock")
+    p = proxy(engine=None, socket_path=missing, log_dir=logdir)
+    p.wait_log(r"WARN \[proxy\] engine socket %s: No such file or directory" % re.escape(missing))
+    n0 = len(p.log())
+    p.signal(signal.SIGHUP)
+    p.wait_log(r"WARN \[proxy\] engine socket %s: No such file" % re.escape(missing), start=n0)
+    plain = tmp_path / "plain-file"
+    plain.write_text("not a socket")
+    p2 = proxy(engine=None, socket_path=str(plain), log_dir=logdir)
+    p2.wait_log(r"engine socket %s is not a socket" % re.escape(str(plain)))
+
+
+def test_engine_socket_present_gives_no_warning(proxy, engine, tmp_path):
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    p = proxy(engine=engine("echo"), log_dir=logdir)
+    p.wait_log(r"started")
+    c = p.ws()
+    c.close()
+    assert "engine socket" not in p.log(), p.log()
+
+
+def test_failed_reload_is_logged_to_the_log_file(proxy, engine, tmp_path):
+    """A failed SIGHUP reload reached stderr only."""
+    e = engine("echo")
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    port = free_port()
+    cfg = tmp_path / "w.cnf"
+    cfg.write_text("[wsproxy]\nhttp_port = %d\nbind_address = 127.0.0.1\nsocket = %s\n"
+                   "log_dir = %s\n" % (port, e.path, logdir))
+    p = proxy("--config", cfg, raw=True, port=port, engine=e, log_dir=logdir)
+    p.wait_log(r"started")
+    cfg.write_text(cfg.read_text() + "idle_timeout = later\n")
+    p.signal(signal.SIGHUP)
+    line = p.wait_log(r"ERROR \[proxy\] reload failed")
+    assert "%s:6: idle_timeout: not a number" % cfg in line, line
+    # a configuration that reads but cannot be applied: logged as well
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    try:
+        cfg.write_text("[wsproxy]\nhttp_port = %d\nbind_address = 127.0.0.1\nsocket = %s\n"
+                       "log_dir = %s\n" % (blocker.getsockname()[1], e.path, logdir))
+        p.signal(signal.SIGHUP)
+        line = p.wait_log(r"ERROR \[proxy\] restart failed, still serving as before")
+        assert "Address already in use" in line, line
+    finally:
+        blocker.close()
+    assert p.alive()
+    c = p.ws()
+    c.echo(b"still serving")
+    c.close()
+
+
+def readme_embedding():
+    """The C program and the build command of the README's embedding section."""
+    text = (Path(ROOT) / "README.md").read_text()
+    sec = text[text.index("## Embedding"):text.index("## The wsproxy program")]
+    code = re.search(r"```c\n(.*?)```", sec, re.S)
+    cmd = re.search(r"```sh\n(cc [^\n]*)\n```", sec)
+    assert code and cmd, "the README's embedding section lost its program or build line"
+    return code.group(1), cmd.group(1)
+
+
+@pytest.mark.parametrize("cc", ["gcc", "clang"])
+def test_readme_embedding_program_compiles_as_shown(tmp_path, cc):
+    """Built with the README's own command (plus -Wall -Wextra -Werror), with
+    BearSSL and with -DWS_PROXY_NO_TLS."""
+    code, cmd = readme_embedding()
+    (tmp_path / "embed.c").write_text(code)
+    for name in ("wsproxy.c", "wsproxy.h"):
+        shutil.copy(os.path.join(ROOT, name), tmp_path / name)
+    argv = cmd.split()
+    assert argv[0] == "cc" and "-lbearssl" in argv, cmd
+    strict = ["-Wall", "-Wextra", "-Werror"]
+    for variant in (argv, [a for a in argv if a != "-lbearssl"] + ["-DWS_PROXY_NO_TLS"]):
+        cp = subprocess.run([cc] + variant[1:] + strict, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+        assert cp.returncode == 0, "%s failed:\n%s" % (" ".join(variant), cp.stderr)
+        assert (tmp_path / "embed").exists()
+        (tmp_path / "embed").unlink()
+
+
+def test_readme_and_header_stand_alone():
+    """They referred readers to a SPEC file that a clone does not contain."""
+    for name in ("README.md", "wsproxy.h"):
+        text = (Path(ROOT) / name).read_text()
+        assert "SPEC" not in text and "../" not in text, name

@@ -223,7 +223,8 @@ def test_max_connections_503(proxy):
 
 def test_max_connections_per_ip_503(proxy):
     p = proxy("--max-connections-per-ip", "1")
-    a = p.ws()
+    # Counted from accept: the readiness probe may still hold the slot.
+    a = _wait_accepts_ws(p, p.t(5))
     resp = p.http(ws_request())
     assert_complete(resp, 503)
     a.echo(b"first one unaffected")

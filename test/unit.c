@@ -838,6 +838,70 @@ static void test_restart_semantics(void)
     engine_stop(&e);
 }
 
+/* A restart onto another address with the same port: the addresses
+ * overlap, so the new listener cannot be bound while the old one lives.
+ * The restart fails, changes nothing, and names the conflict and the way
+ * out; following it works.  (127.0.0.1 and ::ffff:127.0.0.1 overlap as
+ * 0.0.0.0 and 127.0.0.1 do, and keep the test on loopback.) */
+static void test_restart_same_port_other_address(void)
+{
+    static const char *const addrs[][2] = {{"127.0.0.1", "::ffff:127.0.0.1"},
+                                           {"::ffff:127.0.0.1", "127.0.0.1"}};
+    struct engine e;
+    struct ws_proxy_config c;
+    struct ws_proxy_status st;
+    char err[256], want[256];
+    size_t i;
+    engine_start(&e);
+    for (i = 0; i < COUNT_OF(addrs); i++) {
+        ws_proxy *p;
+        int port, fd, fd2;
+        const char *from = addrs[i][0], *to = addrs[i][1];
+        local_config(&c, &e);
+        c.bind_address = from;
+        if (!(p = ws_proxy_start(&c, err, sizeof err))) {
+            FAIL("start on %s: %s", from, err);
+            continue;
+        }
+        port = port_of(p);
+        fd = ws_open(port);
+        CHECK(fd >= 0);
+        c.http_port = port, c.bind_address = to;
+        EQ_INT(ws_proxy_restart(p, &c, err, sizeof err), WS_PROXY_EBIND);
+        snprintf(want, sizeof want,
+                 "%s%s%s:%d): Address already in use (by this proxy, on %s%s%s:%d: one port "
+                 "cannot be held on two overlapping addresses; restart with no port first, "
+                 "then with the new address)",
+                 strchr(to, ':') ? "bind([" : "bind(", to, strchr(to, ':') ? "]" : "", port,
+                 strchr(from, ':') ? "[" : "", from, strchr(from, ':') ? "]" : "", port);
+        EQ_STR(err, want);
+        /* Nothing changed. */
+        EQ_INT(port_of(p), port);
+        EQ_INT(ws_echo(fd, "still here"), 0);
+        fd2 = ws_open(port);
+        CHECK(fd2 >= 0);
+        if (fd2 >= 0)
+            close(fd2);
+        /* The way out: no port, then the new address; connections go on. */
+        c.http_port = 0;
+        EQ_INT(ws_proxy_restart(p, &c, err, sizeof err), 0);
+        EQ_INT(ws_proxy_status(p, &st), 0);
+        EQ_INT(st.state, WS_PROXY_STOPPED);
+        c.http_port = port;
+        EQ_INT(ws_proxy_restart(p, &c, err, sizeof err), 0);
+        EQ_INT(port_of(p), port);
+        EQ_INT(ws_echo(fd, "moved"), 0);
+        fd2 = ws_open(port);
+        CHECK(fd2 >= 0);
+        if (fd2 >= 0)
+            close(fd2);
+        if (fd >= 0)
+            close(fd);
+        ws_proxy_stop(p);
+    }
+    engine_stop(&e);
+}
+
 /* A fatal loop error leaves the proxy FAILED until a restart. */
 static void test_failed_stays_failed(void)
 {
@@ -919,6 +983,271 @@ static void test_cycles_leave_nothing(void)
     engine_stop(&e);
 }
 
+/* ---- Metrics: the allow list and the exposition ---- */
+
+static void test_metrics_cidr(void)
+{
+    static const struct {
+        const char *list, *addr;
+        int want;
+    } t[] = {
+        {"127.0.0.0/8 ::1", "127.0.0.1", 1},
+        {"127.0.0.0/8 ::1", "127.255.0.9", 1},
+        {"127.0.0.0/8 ::1", "128.0.0.1", 0},
+        {"127.0.0.0/8 ::1", "::1", 1},
+        {"127.0.0.0/8 ::1", "::2", 0},
+        {"10.0.0.0/8,192.0.2.7", "192.0.2.7", 1},
+        {"10.0.0.0/8,192.0.2.7", "192.0.2.6", 0},
+        {"192.0.2.0/25", "192.0.2.127", 1},
+        {"192.0.2.0/25", "192.0.2.128", 0},
+        {"0.0.0.0/0", "203.0.113.9", 1},
+        {"0.0.0.0/0", "2001:db8::1", 0}, /* families never mix */
+        {"::/0", "2001:db8::1", 1},
+        {"2001:db8::/33", "2001:db8:7fff::1", 1},
+        {"2001:db8::/33", "2001:db8:8000::1", 0},
+        {"10.0.0.0/33", "10.0.0.1", -1},
+        {"::1/129", "::1", -1},
+        {"localhost", "127.0.0.1", -1},
+        {"10.0.0.0/", "10.0.0.1", -1},
+        {"10.0.0.0/8x", "10.0.0.1", -1},
+        {"10.0.0.0/-1", "10.0.0.1", -1},
+        {"", "10.0.0.1", 0},
+    };
+    size_t i;
+    for (i = 0; i < COUNT_OF(t); i++) {
+        uint8_t ip[16];
+        int fam = strchr(t[i].addr, ':') ? AF_INET6 : AF_INET;
+        CHECK(inet_pton(fam, t[i].addr, ip) == 1);
+        if (cidr_has(t[i].list, fam, ip) != t[i].want)
+            FAIL("cidr_has(\"%s\", %s) == %d, expected %d", t[i].list, t[i].addr,
+                 cidr_has(t[i].list, fam, ip), t[i].want);
+        EQ_INT(cidr_has(t[i].list, 0, NULL), t[i].want < 0 ? -1 : 0);
+    }
+}
+
+static void test_metrics_exposition(void)
+{
+    static char out[8192];
+    struct ws_proxy_status st;
+    const char *body;
+    unsigned clen = 0;
+    size_t n;
+    memset(&st, 0, sizeof st);
+    st.state = WS_PROXY_RUNNING;
+    metrics_handshake(&st, 0);    /* <= 1 ms */
+    metrics_handshake(&st, 1);
+    metrics_handshake(&st, 2);    /* <= 5 ms */
+    metrics_handshake(&st, 60000); /* over the last bound */
+    metrics_close(&st, 1000);
+    metrics_close(&st, 1005);    /* an empty Close */
+    metrics_close(&st, 1006);    /* no Close exchanged */
+    metrics_close(&st, 4000);
+    EQ_INT(st.closes[0], 1);
+    EQ_INT(st.closes[5], 1);
+    EQ_INT(st.closes[6], 1);
+    EQ_INT(st.closes[WS_PROXY_CLOSE_OTHER], 1);
+    n = metrics_write(&st, out, sizeof out);
+    CHECK(n > 0 && n < sizeof out);
+    out[n < sizeof out ? n : sizeof out - 1] = 0;
+    body = strstr(out, "\r\n\r\n");
+    CHECK(body != NULL);
+    CHECK(sscanf(strstr(out, "Content-Length: ") + 16, "%u", &clen) == 1);
+    EQ_INT(clen, n - (size_t)(body + 4 - out));
+    CHECK(strstr(out, "\nwsproxy_handshake_duration_seconds_bucket{le=\"0.001\"} 2\n"));
+    CHECK(strstr(out, "\nwsproxy_handshake_duration_seconds_bucket{le=\"0.005\"} 3\n"));
+    CHECK(strstr(out, "\nwsproxy_handshake_duration_seconds_bucket{le=\"10.000\"} 3\n"));
+    CHECK(strstr(out, "\nwsproxy_handshake_duration_seconds_bucket{le=\"+Inf\"} 4\n"));
+    CHECK(strstr(out, "\nwsproxy_handshake_duration_seconds_sum 60.003\n"));
+    CHECK(strstr(out, "\nwsproxy_closes_total{code=\"1005\"} 1\n"));
+    CHECK(strstr(out, "\nwsproxy_closes_total{code=\"other\"} 1\n"));
+    CHECK(strstr(out, "\nwsproxy_up 1\n"));
+    /* Too small a buffer: nothing, never a cut answer. */
+    EQ_INT(metrics_write(&st, out, 1024), 0);
+    EQ_INT(metrics_write(&st, out, 100), 0);
+}
+
+/* ---- Certificate and key files (the PEM and key parsing is ours) ---- */
+
+#ifndef WS_PROXY_NO_TLS
+/* A self-signed P-256 certificate (CN=fuzz.example, until 2126) and its
+ * PKCS#8 key: test data only. */
+static const char unit_cert_pem[] =
+    "-----BEGIN CERTIFICATE-----\n"
+    "MIIBhDCCASugAwIBAgIUJO28DPKurhTa9S2jX5hn83zNsQ0wCgYIKoZIzj0EAwIw\n"
+    "FzEVMBMGA1UEAwwMZnV6ei5leGFtcGxlMCAXDTI2MTIwMzA2NTg0MFoYDzIxMjYx\n"
+    "MTA5MDY1ODQwWjAXMRUwEwYDVQQDDAxmdXp6LmV4YW1wbGUwWTATBgcqhkjOPQIB\n"
+    "BggqhkjOPQMBBwNCAATe9yOxAUFSls+tphGMOyM/zGu1h9BF3ygIq1osEo+yGc2Q\n"
+    "iA+UbrtFscWcG2PdSuZd/QlHQVQQMt0ewEaZTTo4o1MwUTAdBgNVHQ4EFgQUWcg3\n"
+    "I0Ykcv1fO4iyXv3cDYK4r+QwHwYDVR0jBBgwFoAUWcg3I0Ykcv1fO4iyXv3cDYK4\n"
+    "r+QwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNHADBEAiBmvguTUPxH/7Xd\n"
+    "pRPNdWYsB77QR4qX6e2YNQ0jyVcXcgIgRulUlJ9NYOTGe5Kq3C6CG5VWy5mz9Yme\n"
+    "f1ywd8HqSOw=\n"
+    "-----END CERTIFICATE-----\n";
+static const char unit_key_pem[] =
+    "-----BEGIN PRIVATE KEY-----\n"
+    "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg4kR/TefTAe4JUWrg\n"
+    "1uxvXN5jLDDrJK8uGwrseZBGgq+hRANCAATe9yOxAUFSls+tphGMOyM/zGu1h9BF\n"
+    "3ygIq1osEo+yGc2QiA+UbrtFscWcG2PdSuZd/QlHQVQQMt0ewEaZTTo4\n"
+    "-----END PRIVATE KEY-----\n";
+
+static int tls_parse_text(const char *cert, const char *key, char *err, size_t errlen)
+{
+    struct bvec c, k;
+    struct tls_creds *cr = NULL;
+    int rc;
+    memset(&c, 0, sizeof c), memset(&k, 0, sizeof k);
+    c.p = (uint8_t *)cert, c.n = strlen(cert);
+    k.p = (uint8_t *)key, k.n = strlen(key);
+    err[0] = 0;
+    rc = tls_creds_parse(&c, &k, "c.pem", "k.pem", &cr, err, errlen);
+    CHECK(rc ? cr == NULL : cr != NULL);
+    tls_creds_free(cr);
+    return rc;
+}
+
+/* An empty PEM block is refused by name (it once made bvec_add call
+ * memcpy(NULL, NULL, 0): UBSan in build/asan/unit). */
+static void test_tls_pem_blocks(void)
+{
+    static const char empty_cert[] = "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n";
+    static const char empty_key[] = "-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n";
+    char err[256], both[4096];
+    EQ_INT(tls_parse_text(unit_cert_pem, unit_key_pem, err, sizeof err), 0);
+    EQ_INT(tls_parse_text(empty_cert, unit_key_pem, err, sizeof err), WS_PROXY_ETLS);
+    EQ_STR(err, "cert_file c.pem: an empty CERTIFICATE block");
+    snprintf(both, sizeof both, "%s%s", unit_cert_pem, empty_cert);
+    EQ_INT(tls_parse_text(both, unit_key_pem, err, sizeof err), WS_PROXY_ETLS);
+    EQ_STR(err, "cert_file c.pem: an empty CERTIFICATE block");
+    EQ_INT(tls_parse_text(unit_cert_pem, empty_key, err, sizeof err), WS_PROXY_ETLS);
+    EQ_STR(err, "key_file k.pem: an empty private key block");
+    EQ_INT(tls_parse_text("", unit_key_pem, err, sizeof err), WS_PROXY_ETLS);
+    EQ_STR(err, "cert_file c.pem: not a PEM file");
+    EQ_INT(tls_parse_text(unit_cert_pem, "", err, sizeof err), WS_PROXY_ETLS);
+    EQ_STR(err, "key_file k.pem: not a PEM file");
+    /* One file holding both, as operators often write it. */
+    snprintf(both, sizeof both, "%s%s", unit_key_pem, unit_cert_pem);
+    EQ_INT(tls_parse_text(both, both, err, sizeof err), 0);
+}
+#endif
+
+/* ---- ws_proxy_stop racing every other call ---- */
+
+/* A stop race that deadlocks must fail the case, not hang the run. */
+static void watchdog_fired(int sig)
+{
+    static const char msg[] = "unit: watchdog: the case did not finish "
+                              "(a call racing ws_proxy_stop hangs)\n";
+    (void)sig;
+    if (write(2, msg, sizeof msg - 1) < 0) {
+    }
+    _exit(3);
+}
+
+struct hammer {
+    ws_proxy *p;
+    const struct ws_proxy_config *c;
+    int which;       /* 0 status, 1 restart, 2 reopen_log, 3 a second stop */
+    int calls, bad;  /* calls that returned 0; calls with another code */
+    char bad_err[320]; /* room for a whole err[256] and a prefix */
+};
+
+static void *hammer_main(void *arg)
+{
+    struct hammer *h = arg;
+    unsigned seed = (unsigned)(uintptr_t)h;
+    int i;
+    if (h->which == 3) {
+        usleep((useconds_t)(rand_r(&seed) % 500));
+        ws_proxy_stop(h->p);
+        return NULL;
+    }
+    /* Bounded: the stop comes within a few ms. */
+    for (i = 0; i < 1000000; i++) {
+        struct ws_proxy_status st;
+        char err[256] = "";
+        int rc = h->which == 0   ? ws_proxy_status(h->p, &st)
+                 : h->which == 1 ? ws_proxy_restart(h->p, h->c, err, sizeof err)
+                                 : ws_proxy_reopen_log(h->p, err, sizeof err);
+        if (rc == WS_PROXY_ESTOPPED) {
+            if (h->which && strcmp(err, "the proxy is stopped or stopping")) {
+                snprintf(h->bad_err, sizeof h->bad_err, "ESTOPPED with \"%s\"", err);
+                h->bad++;
+            }
+            return NULL;
+        }
+        if (rc) {
+            snprintf(h->bad_err, sizeof h->bad_err, "%s: %s", ws_proxy_strerror(rc), err);
+            h->bad++;
+        } else
+            h->calls++;
+    }
+    return NULL;
+}
+
+/* Threads hammer status, restart and reopen_log (two of each) while the
+ * main thread stops the proxy, in some rounds together with a second stop:
+ * every call returns 0 or WS_PROXY_ESTOPPED, stop returns, nothing hangs
+ * (watchdog), nothing leaks (ASan) and nothing races (TSan). */
+static void test_stop_races_every_call(void)
+{
+    enum { NH = 7 };
+    struct engine e;
+    struct ws_proxy_config c;
+    struct ws_proxy_status st;
+    char err[256], dir[] = "/tmp/wsproxy-unit-XXXXXX", path[300];
+    int round, i, rounds = getenv("WSPROXY_STOP_ROUNDS") ? atoi(getenv("WSPROXY_STOP_ROUNDS")) : 300;
+    long total = 0;
+    unsigned seed = 12345;
+    int before;
+    signal(SIGALRM, watchdog_fired);
+    alarm(120);
+    engine_start(&e);
+    CHECK(mkdtemp(dir) != NULL);
+    before = count_fds();
+    for (round = 0; round < rounds && !failures; round++) {
+        struct hammer h[NH];
+        pthread_t th[NH];
+        int n = round % 4 == 3 ? NH : NH - 1; /* every 4th round: a second stop */
+        ws_proxy *p;
+        local_config(&c, &e);
+        c.log_dir = dir;
+        if (!(p = ws_proxy_start(&c, err, sizeof err))) {
+            FAIL("round %d: start: %s", round, err);
+            break;
+        }
+        c.http_port = port_of(p); /* restarts keep the listener */
+        for (i = 0; i < n; i++) {
+            memset(&h[i], 0, sizeof h[i]);
+            h[i].p = p, h[i].c = &c, h[i].which = i < 6 ? i % 3 : 3;
+            pthread_create(&th[i], NULL, hammer_main, &h[i]);
+        }
+        /* From "before any call ran" to "after many": every interleaving. */
+        usleep((useconds_t)(rand_r(&seed) % 3000));
+        ws_proxy_stop(p);
+        /* A late call on the stopped handle (the caller's error, but
+         * defined while the address is not reused; nothing started since). */
+        EQ_INT(ws_proxy_status(p, &st), WS_PROXY_ESTOPPED);
+        EQ_INT(ws_proxy_reopen_log(p, err, sizeof err), WS_PROXY_ESTOPPED);
+        EQ_INT(ws_proxy_restart(p, &c, err, sizeof err), WS_PROXY_ESTOPPED);
+        EQ_STR(err, "the proxy is stopped or stopping");
+        ws_proxy_stop(p); /* harmless */
+        for (i = 0; i < n; i++) {
+            pthread_join(th[i], NULL);
+            if (h[i].bad)
+                FAIL("round %d: thread %d (call %d): %s", round, i, h[i].which, h[i].bad_err);
+            total += h[i].calls;
+        }
+    }
+    alarm(0);
+    EQ_INT(count_fds(), before);
+    printf("stop_races_every_call: %d rounds, %ld calls completed before a stop\n", round,
+           total);
+    snprintf(path, sizeof path, "%s/websocket_proxy.log", dir);
+    unlink(path);
+    rmdir(dir);
+    engine_stop(&e);
+}
+
 /* ---- Runner ---- */
 
 static const struct {
@@ -940,8 +1269,15 @@ static const struct {
     {"frame_unmask", test_frame_unmask},
     {"config_validation", test_config_validation},
     {"restart_semantics", test_restart_semantics},
+    {"restart_same_port_other_address", test_restart_same_port_other_address},
     {"failed_stays_failed", test_failed_stays_failed},
     {"cycles_leave_nothing", test_cycles_leave_nothing},
+    {"metrics_cidr", test_metrics_cidr},
+    {"metrics_exposition", test_metrics_exposition},
+    {"stop_races_every_call", test_stop_races_every_call},
+#ifndef WS_PROXY_NO_TLS
+    {"tls_pem_blocks", test_tls_pem_blocks},
+#endif
 };
 
 int main(int argc, char **argv)

@@ -1,0 +1,705 @@
+/*
+ * wsproxy_plugin.c - wsproxy as a MariaDB daemon plugin.
+ *
+ * The plugin runs one ws_proxy (../../wsproxy.c, compiled in unchanged) in
+ * front of the server's own Unix socket.  Its configuration is the plugin's
+ * system variables (wsproxy_http_port, wsproxy_https_port, ...); it starts
+ * at plugin init and is restarted by SET GLOBAL wsproxy_restart = ON, which
+ * either fails with an SQL error (the proxy goes on exactly as before) or
+ * leaves the proxy listening where the variables say.  Its real state is in
+ * SHOW GLOBAL STATUS LIKE 'wsproxy%'.  See README.md next to this file.
+ *
+ * Identity.  Inside the server the relay is mariadbd itself, so on the
+ * server's Unix socket every WebSocket would carry the server's uid, and
+ * unix_socket authentication (Debian: root@localhost and mysql@localhost)
+ * would let any browser in as that account.  SO_PEERCRED records the
+ * effective uid of the *thread* that calls connect(), and every engine
+ * connect() is made by the proxy's loop thread, which inherits the
+ * credentials of the thread that calls ws_proxy_start().  So the plugin
+ * calls ws_proxy_start() from a short-lived thread of its own that first
+ * sets its effective uid (raw setresuid: this thread only, not glibc's
+ * process-wide setuid) to a uid with no passwd entry, for which unix_socket
+ * can find no user name and always refuses.  Real and saved uid stay the
+ * server's, and the filesystem uid is set back to the server's, so the loop
+ * still opens the log file and the server's socket as the server does.
+ * A server running as root always does this.  Any other server cannot, and
+ * gets a FAILED proxy whose reason names the settings to change, unless the
+ * unix_socket plugin is known to be off there (known once the server has
+ * started).  The PROXY v2 header is always on (MariaDB needs
+ * proxy_protocol_networks to include localhost), and a server running with
+ * skip-grant-tables is refused as well.
+ *
+ * Locking.  g_mu serialises every call on the proxy handle (start, restart,
+ * status, stop), so ws_proxy_stop() never races another call.  g_cfg_mu
+ * guards the string variables: their update callbacks (run by the server
+ * under LOCK_global_system_variables) swap the pointer under it, and the
+ * restart's check callback (run without that lock) copies them under it.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <linux/capability.h>
+
+#include <mysql/plugin.h>
+#include <mysqld_error.h>
+
+#include "wsproxy.h"
+
+#define PLUGIN_ERRLEN 512
+#define PLUGIN_PATHLEN 512
+
+/* Copies as much of src as fits, always terminated. */
+static void str_copy(char *dst, size_t size, const char *src)
+{
+    size_t n = strlen(src);
+    if (n >= size)
+        n = size - 1;
+    memcpy(dst, src, n);
+    dst[n] = 0;
+}
+
+/* ==== Server globals ======================================================
+ * mariadbd exports these; they are looked up at run time so that the .so
+ * links with -z defs (no undefined symbol but the services).  The C++
+ * functions are called by their mangled names; their bool is a char. */
+
+static const char *srv_str_ptr(const char *name)
+{
+    char **p = dlsym(RTLD_DEFAULT, name);
+    return p && *p ? *p : "";
+}
+
+static const char *srv_str_array(const char *name)
+{
+    const char *p = dlsym(RTLD_DEFAULT, name);
+    return p ? p : "";
+}
+
+/* plugin_is_ready(const LEX_CSTRING *, int) of sql_plugin.cc (C++). */
+typedef char (*plugin_is_ready_fn)(const MYSQL_CONST_LEX_STRING *, int);
+
+/* Whether the server has finished starting: before that, other plugins
+ * (unix_socket among them) may not be ready yet. */
+static int srv_started(void)
+{
+    const int *p = dlsym(RTLD_DEFAULT, "mysqld_server_started");
+    return p && *p;
+}
+
+static int srv_unix_socket_auth_active(void)
+{
+    MYSQL_CONST_LEX_STRING name = {"unix_socket", 11};
+    plugin_is_ready_fn f = (plugin_is_ready_fn)(uintptr_t)dlsym(
+        RTLD_DEFAULT, "_Z15plugin_is_readyPK25st_mysql_const_lex_stringi");
+    return f ? f(&name, MYSQL_AUTHENTICATION_PLUGIN) != 0 : 1;
+}
+
+/* Whether the server takes a PROXY header from a client on its Unix socket:
+ * "localhost" (or "*") in proxy_protocol_networks.  Once the server has
+ * parsed the setting, its own is_proxy_protocol_allowed() (C++) answers;
+ * at plugin init it has not yet, and the setting's text is read instead. */
+typedef char (*pp_allowed_fn)(const struct sockaddr *);
+
+static int srv_proxy_header_allowed(void)
+{
+    struct sockaddr_un un;
+    const size_t *count = dlsym(RTLD_DEFAULT, "proxy_protocol_subnet_count");
+    pp_allowed_fn f = (pp_allowed_fn)(uintptr_t)dlsym(
+        RTLD_DEFAULT, "_Z25is_proxy_protocol_allowedPK8sockaddr");
+    const char *s, *e;
+    if (f && count && *count) {
+        memset(&un, 0, sizeof un);
+        un.sun_family = AF_UNIX;
+        return f((const struct sockaddr *)&un) != 0;
+    }
+    s = srv_str_ptr("my_proxy_protocol_networks");
+    if (!strcmp(s, "*"))
+        return 1;
+    for (; *s; s = e) {
+        s += strspn(s, ", ");
+        e = s + strcspn(s, ", ");
+        if (e - s == 9 && !strncmp(s, "localhost", 9))
+            return 1;
+    }
+    return 0;
+}
+
+/* ==== System variables ==================================================== */
+
+static pthread_mutex_t g_cfg_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int opt_http_port, opt_https_port;
+static char *opt_bind_address, *opt_ssl_cert, *opt_ssl_key, *opt_allowed_origins,
+    *opt_log_dir;
+static unsigned opt_max_connections, opt_max_connections_per_ip;
+static unsigned long long opt_max_message;
+static unsigned opt_handshake_timeout_ms, opt_idle_timeout_ms, opt_ping_interval_ms,
+    opt_drain_timeout_ms;
+static my_bool opt_restart;
+
+/* MariaDB's update of a PLUGIN_VAR_MEMALLOC string copies the new value
+ * with the server's allocator and frees the old one; this does the same
+ * (my_strdup/my_free of mysys, looked up in mariadbd) under g_cfg_mu. */
+typedef char *(*my_strdup_fn)(unsigned key, const char *from, unsigned long flags);
+typedef void (*my_free_fn)(void *ptr);
+
+static void str_update(MYSQL_THD thd, struct st_mysql_sys_var *var, void *var_ptr,
+                       const void *save)
+{
+    my_strdup_fn dup = (my_strdup_fn)(uintptr_t)dlsym(RTLD_DEFAULT, "my_strdup");
+    my_free_fn fre = (my_free_fn)(uintptr_t)dlsym(RTLD_DEFAULT, "my_free");
+    const char *value = *(char *const *)save;
+    char *old, *copy = NULL;
+    (void)thd;
+    (void)var;
+    if (!dup || !fre || (value && !(copy = dup(0, value, 0))))
+        return; /* keeps the old value */
+    pthread_mutex_lock(&g_cfg_mu);
+    old = *(char **)var_ptr;
+    *(char **)var_ptr = copy;
+    pthread_mutex_unlock(&g_cfg_mu);
+    fre(old);
+}
+
+static int restart_check(MYSQL_THD thd, struct st_mysql_sys_var *var, void *save,
+                         struct st_mysql_value *value);
+static void restart_update(MYSQL_THD thd, struct st_mysql_sys_var *var, void *var_ptr,
+                           const void *save);
+
+#define STR_FLAGS (PLUGIN_VAR_RQCMDARG | PLUGIN_VAR_MEMALLOC)
+
+static MYSQL_SYSVAR_INT(http_port, opt_http_port, PLUGIN_VAR_RQCMDARG,
+    "TCP port for ws:// (0 = not set); takes effect at start and at "
+    "SET GLOBAL wsproxy_restart = ON", NULL, NULL, 0, 0, 65535, 0);
+static MYSQL_SYSVAR_INT(https_port, opt_https_port, PLUGIN_VAR_RQCMDARG,
+    "TCP port for wss:// (0 = not set); at most one of http_port and "
+    "https_port may be set", NULL, NULL, 0, 0, 65535, 0);
+static MYSQL_SYSVAR_STR(bind_address, opt_bind_address, STR_FLAGS,
+    "Numeric IPv4 or IPv6 address to listen on", NULL, str_update, "0.0.0.0");
+static MYSQL_SYSVAR_STR(ssl_cert, opt_ssl_cert, STR_FLAGS,
+    "PEM certificate chain for wss://; empty = the server's ssl_cert",
+    NULL, str_update, "");
+static MYSQL_SYSVAR_STR(ssl_key, opt_ssl_key, STR_FLAGS,
+    "PEM private key for wss://; empty = the server's ssl_key", NULL, str_update, "");
+static MYSQL_SYSVAR_STR(allowed_origins, opt_allowed_origins, STR_FLAGS,
+    "Origins allowed to connect, comma or space separated; empty = any",
+    NULL, str_update, "");
+static MYSQL_SYSVAR_STR(log_dir, opt_log_dir, STR_FLAGS,
+    "Directory of websocket_proxy.log; empty = the directory of the server's "
+    "error log, else the data directory", NULL, str_update, "");
+static MYSQL_SYSVAR_UINT(max_connections, opt_max_connections, PLUGIN_VAR_RQCMDARG,
+    "Open WebSocket connections at most", NULL, NULL, 1024, 1, 1000000, 0);
+static MYSQL_SYSVAR_UINT(max_connections_per_ip, opt_max_connections_per_ip,
+    PLUGIN_VAR_RQCMDARG, "Open WebSocket connections per client IP; 0 = unlimited",
+    NULL, NULL, 0, 0, 1000000, 0);
+static MYSQL_SYSVAR_ULONGLONG(max_message, opt_max_message, PLUGIN_VAR_RQCMDARG,
+    "Largest WebSocket message in bytes; 0 = no limit", NULL, NULL, 0, 0,
+    ~0ULL, 0);
+static MYSQL_SYSVAR_UINT(handshake_timeout_ms, opt_handshake_timeout_ms,
+    PLUGIN_VAR_RQCMDARG, "Time from accept to a complete handshake, ms",
+    NULL, NULL, 10000, 1, 3600000, 0);
+static MYSQL_SYSVAR_UINT(idle_timeout_ms, opt_idle_timeout_ms, PLUGIN_VAR_RQCMDARG,
+    "Close a connection idle this long, ms; 0 = never", NULL, NULL, 0, 0,
+    4000000000U, 0);
+static MYSQL_SYSVAR_UINT(ping_interval_ms, opt_ping_interval_ms, PLUGIN_VAR_RQCMDARG,
+    "Ping a client silent this long, ms; 0 = never", NULL, NULL, 0, 0,
+    4000000000U, 0);
+static MYSQL_SYSVAR_UINT(drain_timeout_ms, opt_drain_timeout_ms, PLUGIN_VAR_RQCMDARG,
+    "Bound of every closing exchange, ms", NULL, NULL, 5000, 1, 3600000, 0);
+static MYSQL_SYSVAR_BOOL(restart, opt_restart, PLUGIN_VAR_OPCMDARG | PLUGIN_VAR_NOCMDOPT,
+    "SET GLOBAL wsproxy_restart = ON applies the wsproxy_* variables: it fails "
+    "with the reason and changes nothing, or the proxy serves as they say. "
+    "Always reads OFF", restart_check, restart_update, 0);
+
+static struct st_mysql_sys_var *wsproxy_sysvars[] = {
+    MYSQL_SYSVAR(http_port), MYSQL_SYSVAR(https_port), MYSQL_SYSVAR(bind_address),
+    MYSQL_SYSVAR(ssl_cert), MYSQL_SYSVAR(ssl_key), MYSQL_SYSVAR(allowed_origins),
+    MYSQL_SYSVAR(log_dir), MYSQL_SYSVAR(max_connections),
+    MYSQL_SYSVAR(max_connections_per_ip), MYSQL_SYSVAR(max_message),
+    MYSQL_SYSVAR(handshake_timeout_ms), MYSQL_SYSVAR(idle_timeout_ms),
+    MYSQL_SYSVAR(ping_interval_ms), MYSQL_SYSVAR(drain_timeout_ms),
+    MYSQL_SYSVAR(restart), NULL};
+
+/* ==== Configuration ======================================================= */
+
+/* A configuration with its strings, copied from the variables. */
+struct plugin_cfg {
+    struct ws_proxy_config c;
+    char bind[64], cert[PLUGIN_PATHLEN], key[PLUGIN_PATHLEN], log_dir[PLUGIN_PATHLEN],
+        origins[4096], sock[PLUGIN_PATHLEN];
+};
+
+static int copy_str(char *dst, size_t size, const char *src, const char *what,
+                    char *err, size_t errlen)
+{
+    size_t n = src ? strlen(src) : 0;
+    if (n >= size) {
+        snprintf(err, errlen, "%s is longer than %u bytes", what, (unsigned)size - 1);
+        return -1;
+    }
+    memcpy(dst, src ? src : "", n + 1);
+    return 0;
+}
+
+/* Empty wsproxy_log_dir: the directory of the server's error log (relative
+ * to the data directory, where mariadbd runs), else the data directory. */
+static int default_log_dir(char *dst, size_t size, char *err, size_t errlen)
+{
+    const char *elog = srv_str_array("log_error_file");
+    const char *home = srv_str_array("mysql_real_data_home");
+    const char *slash = strrchr(elog, '/');
+    int n;
+    if (!*elog)
+        n = snprintf(dst, size, "%s", *home ? home : ".");
+    else if (!slash)
+        n = snprintf(dst, size, "%s", *home ? home : ".");
+    else if (elog[0] == '/')
+        n = snprintf(dst, size, "%.*s", slash == elog ? 1 : (int)(slash - elog), elog);
+    else
+        n = snprintf(dst, size, "%s/%.*s", *home ? home : ".", (int)(slash - elog), elog);
+    if (n < 0 || (size_t)n >= size) {
+        snprintf(err, errlen, "the default log directory is longer than %u bytes",
+                 (unsigned)size - 1);
+        return -1;
+    }
+    return 0;
+}
+
+static void log_to_server(void *user, int level, const char *line);
+
+static int cfg_build(struct plugin_cfg *pc, char *err, size_t errlen)
+{
+    const char *cert, *key;
+    int rc;
+    memset(pc, 0, sizeof *pc);
+    pthread_mutex_lock(&g_cfg_mu);
+    cert = opt_ssl_cert && *opt_ssl_cert ? opt_ssl_cert : srv_str_ptr("opt_ssl_cert");
+    key = opt_ssl_key && *opt_ssl_key ? opt_ssl_key : srv_str_ptr("opt_ssl_key");
+    rc = copy_str(pc->bind, sizeof pc->bind, opt_bind_address && *opt_bind_address
+                  ? opt_bind_address : "0.0.0.0", "wsproxy_bind_address", err, errlen) ||
+         copy_str(pc->cert, sizeof pc->cert, cert, "ssl_cert", err, errlen) ||
+         copy_str(pc->key, sizeof pc->key, key, "ssl_key", err, errlen) ||
+         copy_str(pc->origins, sizeof pc->origins, opt_allowed_origins,
+                  "wsproxy_allowed_origins", err, errlen) ||
+         copy_str(pc->log_dir, sizeof pc->log_dir, opt_log_dir, "wsproxy_log_dir",
+                  err, errlen);
+    pthread_mutex_unlock(&g_cfg_mu);
+    if (rc)
+        return -1;
+    if (!pc->log_dir[0] && default_log_dir(pc->log_dir, sizeof pc->log_dir, err, errlen))
+        return -1;
+    if (copy_str(pc->sock, sizeof pc->sock, srv_str_ptr("mysqld_unix_port"),
+                 "the server's socket path", err, errlen))
+        return -1;
+    if (opt_http_port && opt_https_port) {
+        snprintf(err, errlen, "http_port and https_port are mutually exclusive "
+                 "(wsproxy_http_port = %d, wsproxy_https_port = %d)",
+                 opt_http_port, opt_https_port);
+        return -1;
+    }
+    if (opt_https_port && (!pc->cert[0] || !pc->key[0])) {
+        snprintf(err, errlen, "https_proxy_port requires SSL to be enabled: set the "
+                 "server's ssl_cert and ssl_key (or wsproxy_ssl_cert and wsproxy_ssl_key)");
+        return -1;
+    }
+    if (!pc->sock[0]) {
+        snprintf(err, errlen, "the server has no Unix socket (socket is not set)");
+        return -1;
+    }
+    pc->c.http_port = opt_http_port;
+    pc->c.https_port = opt_https_port;
+    pc->c.bind_address = pc->bind;
+    pc->c.socket_path = pc->sock;
+    pc->c.cert_file = opt_https_port ? pc->cert : NULL;
+    pc->c.key_file = opt_https_port ? pc->key : NULL;
+    pc->c.log_dir = pc->log_dir;
+    pc->c.log_fn = log_to_server;
+    pc->c.allowed_origins = pc->origins;
+    pc->c.max_connections = opt_max_connections;
+    pc->c.max_connections_per_ip = opt_max_connections_per_ip;
+    pc->c.max_message = opt_max_message;
+    pc->c.handshake_timeout_ms = opt_handshake_timeout_ms;
+    pc->c.idle_timeout_ms = opt_idle_timeout_ms;
+    pc->c.ping_interval_ms = opt_ping_interval_ms;
+    pc->c.drain_timeout_ms = opt_drain_timeout_ms;
+    pc->c.proxy_protocol = WS_PROXY_PP_V2; /* always: see "Identity" above */
+    return 0;
+}
+
+/* ==== Logging ============================================================= */
+
+static void log_to_server(void *user, int level, const char *line)
+{
+    (void)user;
+    if (level > WS_PROXY_LOG_WARN)
+        return;
+    my_printf_error(ER_UNKNOWN_ERROR, "wsproxy: %s",
+                    ME_ERROR_LOG_ONLY | (level == WS_PROXY_LOG_WARN ? ME_WARNING : 0),
+                    line);
+}
+
+static void log_plugin(int level, const char *what)
+{
+    my_printf_error(ER_UNKNOWN_ERROR, "wsproxy: %s",
+                    ME_ERROR_LOG_ONLY | (level == WS_PROXY_LOG_ERROR ? 0 :
+                                         level == WS_PROXY_LOG_WARN ? ME_WARNING : ME_NOTE),
+                    what);
+}
+
+/* ==== The relay's identity ================================================ */
+
+/* A uid without a passwd entry: unix_socket maps the peer's uid to a user
+ * name with getpwuid() and refuses when there is none. */
+static int relay_uid_pick(uid_t *out)
+{
+    uid_t u;
+    char buf[4096];
+    struct passwd pw, *res;
+    for (u = 2147483646; u > 2147483646 - 256; u--) {
+        res = NULL;
+        if (getpwuid_r(u, &pw, buf, sizeof buf, &res) == 0 && !res) {
+            *out = u;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+struct spawn {
+    const struct ws_proxy_config *cfg;
+    int drop; /* give the thread (and so the loop) the uid below */
+    uid_t uid;
+    ws_proxy *p;
+    char err[PLUGIN_ERRLEN];
+};
+
+/* A non-zero euid clears the thread's effective capabilities (the
+ * permitted ones stay, real and saved uid being 0): take back the one that
+ * binds ports below 1024, for this thread and the loop it starts.  Best
+ * effort: without it such a port fails to bind with a clear reason. */
+static void cap_net_bind_service(void)
+{
+    struct __user_cap_header_struct h;
+    struct __user_cap_data_struct d[2];
+    memset(&h, 0, sizeof h);
+    memset(d, 0, sizeof d);
+    h.version = _LINUX_CAPABILITY_VERSION_3;
+    if (syscall(SYS_capget, &h, d) != 0)
+        return;
+    if (d[0].permitted & (1u << CAP_NET_BIND_SERVICE)) {
+        d[0].effective |= 1u << CAP_NET_BIND_SERVICE;
+        syscall(SYS_capset, &h, d);
+    }
+}
+
+static void *spawn_main(void *arg)
+{
+    struct spawn *s = arg;
+    if (s->drop) {
+        uid_t fs = geteuid();
+        /* Raw system calls: they change this thread only (glibc's wrappers
+         * would change every thread of the server). */
+        if (syscall(SYS_setresuid, (uid_t)-1, s->uid, (uid_t)-1) != 0) {
+            snprintf(s->err, sizeof s->err, "setresuid(-1, %u, -1): %s",
+                     (unsigned)s->uid, strerror(errno));
+            return NULL;
+        }
+        syscall(SYS_setfsuid, fs);
+        if (geteuid() != s->uid || (uid_t)syscall(SYS_setfsuid, (uid_t)-1) != fs) {
+            snprintf(s->err, sizeof s->err, "the relay thread's uid did not change");
+            return NULL;
+        }
+        cap_net_bind_service();
+    }
+    s->p = ws_proxy_start(s->cfg, s->err, sizeof s->err);
+    return NULL;
+}
+
+/* Checks that no WebSocket client can authenticate by the server's peer
+ * credentials, and whether the relay must take another uid for that. */
+static int identity_check(int *drop, uid_t *uid, char *err, size_t errlen)
+{
+    const char *noacl = dlsym(RTLD_DEFAULT, "opt_noacl");
+    if (noacl && *noacl) {
+        snprintf(err, errlen, "the server runs with skip_grant_tables: every WebSocket "
+                 "client would get in without a password; start it without "
+                 "skip-grant-tables");
+        return -1;
+    }
+    if (!srv_proxy_header_allowed()) {
+        snprintf(err, errlen, "the server does not accept the PROXY header on its "
+                 "Unix socket: add localhost to proxy_protocol_networks "
+                 "(e.g. proxy_protocol_networks = localhost)");
+        return -1;
+    }
+    if (geteuid() == 0) {
+        /* always, so that enabling unix_socket later cannot change this */
+        if (relay_uid_pick(uid)) {
+            snprintf(err, errlen, "found no uid without a passwd entry for the relay");
+            return -1;
+        }
+        *drop = 1;
+        return 0;
+    }
+    *drop = 0;
+    /* While the server starts, unix_socket is not ready yet: count it */
+    if (srv_started() && !srv_unix_socket_auth_active())
+        return 0; /* nothing authenticates by peer credentials */
+    {
+        char buf[4096];
+        struct passwd pwb, *pw = NULL;
+        const char *name = getpwuid_r(geteuid(), &pwb, buf, sizeof buf, &pw) == 0 && pw
+                           ? pw->pw_name : "?";
+        snprintf(err, errlen, "mariadbd runs as '%s' (uid %u) and cannot give the "
+                 "relay an identity of its own, so unix_socket authentication would "
+                 "let WebSocket clients in as '%s': run mariadbd as root (user = root), "
+                 "or turn unix_socket authentication off (unix_socket = OFF) and "
+                 "SET GLOBAL wsproxy_restart = ON", name, (unsigned)geteuid(), name);
+    }
+    return -1;
+}
+
+/* ==== The proxy =========================================================== */
+
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static ws_proxy *g_proxy;     /* NULL: not started, g_state/g_reason say why */
+static int g_state = WS_PROXY_STOPPED;
+static char g_reason[PLUGIN_ERRLEN];
+
+static ws_proxy *proxy_spawn(const struct ws_proxy_config *cfg, char *err, size_t errlen)
+{
+    struct spawn s;
+    pthread_t t;
+    memset(&s, 0, sizeof s);
+    s.cfg = cfg;
+    if (identity_check(&s.drop, &s.uid, err, errlen))
+        return NULL;
+    if (pthread_create(&t, NULL, spawn_main, &s)) {
+        snprintf(err, errlen, "pthread_create failed");
+        return NULL;
+    }
+    pthread_join(t, NULL);
+    if (!s.p) {
+        str_copy(err, errlen, s.err);
+        return NULL;
+    }
+    if (s.drop) {
+        char line[160];
+        snprintf(line, sizeof line, "engine connections are made as uid %u, which has "
+                 "no passwd entry: unix_socket authenticates none of them", (unsigned)s.uid);
+        log_plugin(WS_PROXY_LOG_INFO, line);
+    }
+    return s.p;
+}
+
+/* Applies the variables; 0, or -1 with the reason and nothing changed.
+ * Caller holds g_mu. */
+static int proxy_apply(char *err, size_t errlen)
+{
+    static struct plugin_cfg pc; /* under g_mu */
+    int drop;
+    uid_t uid;
+    if (cfg_build(&pc, err, errlen))
+        return -1;
+    if (g_proxy) {
+        /* the loop thread keeps the identity it was started with */
+        if (identity_check(&drop, &uid, err, errlen))
+            return -1;
+        return ws_proxy_restart(g_proxy, &pc.c, err, errlen) ? -1 : 0;
+    }
+    if (!pc.c.http_port && !pc.c.https_port) {
+        g_state = WS_PROXY_STOPPED;
+        g_reason[0] = 0;
+        return 0;
+    }
+    if (!(g_proxy = proxy_spawn(&pc.c, err, errlen)))
+        return -1;
+    g_reason[0] = 0;
+    return 0;
+}
+
+static int restart_check(MYSQL_THD thd, struct st_mysql_sys_var *var, void *save,
+                         struct st_mysql_value *value)
+{
+    char err[PLUGIN_ERRLEN], buf[16];
+    int len = sizeof buf, on, rc;
+    long long v;
+    (void)thd;
+    (void)var;
+    if (value->value_type(value) == MYSQL_VALUE_TYPE_STRING) {
+        const char *s = value->val_str(value, buf, &len);
+        if (s && (!strcasecmp(s, "ON") || !strcasecmp(s, "TRUE") || !strcmp(s, "1")))
+            on = 1;
+        else if (s && (!strcasecmp(s, "OFF") || !strcasecmp(s, "FALSE") || !strcmp(s, "0")))
+            on = 0;
+        else
+            return 1;
+    } else {
+        value->val_int(value, &v);
+        if (v != 0 && v != 1)
+            return 1;
+        on = (int)v;
+    }
+    *(my_bool *)save = 0;
+    if (!on)
+        return 0;
+    pthread_mutex_lock(&g_mu);
+    rc = proxy_apply(err, sizeof err);
+    pthread_mutex_unlock(&g_mu);
+    if (rc) {
+        my_printf_error(ER_UNKNOWN_ERROR, "wsproxy_restart failed: %s", 0, err);
+        return 1;
+    }
+    return 0;
+}
+
+static void restart_update(MYSQL_THD thd, struct st_mysql_sys_var *var, void *var_ptr,
+                           const void *save)
+{
+    (void)thd;
+    (void)var;
+    (void)save;
+    *(my_bool *)var_ptr = 0; /* reads back OFF */
+}
+
+/* ==== Status variables ==================================================== */
+
+struct show_buf {
+    struct st_mysql_show_var vars[20];
+    unsigned long long n[16];
+    int port;
+    char state[16], scheme[8], reason[PLUGIN_ERRLEN];
+};
+
+static int show_wsproxy(MYSQL_THD thd, struct st_mysql_show_var *var, void *buff,
+                        struct system_status_var *sv, enum enum_var_type scope)
+{
+    static const char *refused[] = {"refused_400", "refused_403", "refused_426",
+                                    "refused_431", "refused_502", "refused_503",
+                                    "refused_timeout"};
+    struct show_buf *b = buff;
+    struct ws_proxy_status st;
+    const char *reason;
+    struct st_mysql_show_var *v;
+    int i, k = 0;
+    (void)thd;
+    (void)sv;
+    (void)scope;
+    typedef char buf_fits[sizeof(struct show_buf) <= SHOW_VAR_FUNC_BUFF_SIZE ? 1 : -1];
+    (void)sizeof(buf_fits);
+    memset(&st, 0, sizeof st);
+    memset(b, 0, sizeof *b);
+    pthread_mutex_lock(&g_mu);
+    if (!g_proxy || ws_proxy_status(g_proxy, &st) != 0) {
+        st.state = g_proxy ? WS_PROXY_FAILED : g_state;
+        reason = g_proxy ? "ws_proxy_status failed" : g_reason;
+    } else {
+        reason = st.reason;
+    }
+    str_copy(b->reason, sizeof b->reason, reason);
+    pthread_mutex_unlock(&g_mu);
+    snprintf(b->state, sizeof b->state, "%s", st.state == WS_PROXY_RUNNING ? "RUNNING" :
+             st.state == WS_PROXY_FAILED ? "FAILED" : "STOPPED");
+    snprintf(b->scheme, sizeof b->scheme, "%s",
+             st.state != WS_PROXY_RUNNING ? "" : st.tls ? "wss" : "ws");
+    b->port = st.port;
+    v = b->vars;
+#define SV(nm, val, ty) (v->name = (nm), v->value = (void *)(val), v->type = (ty), v++)
+    SV("state", b->state, SHOW_CHAR);
+    SV("reason", b->reason, SHOW_CHAR);
+    SV("port", &b->port, SHOW_INT);
+    SV("scheme", b->scheme, SHOW_CHAR);
+    b->n[k] = st.conns_open;
+    SV("connections_open", &b->n[k++], SHOW_ULONGLONG);
+    b->n[k] = st.conns_total;
+    SV("connections_total", &b->n[k++], SHOW_ULONGLONG);
+    b->n[k] = st.bytes_to_engine;
+    SV("bytes_to_engine", &b->n[k++], SHOW_ULONGLONG);
+    b->n[k] = st.bytes_to_client;
+    SV("bytes_to_client", &b->n[k++], SHOW_ULONGLONG);
+    for (i = 0; i < WS_PROXY_REFUSED_COUNT_; i++) {
+        b->n[k] = st.refused[i];
+        SV(refused[i], &b->n[k++], SHOW_ULONGLONG);
+    }
+    b->n[k] = st.tls_failures;
+    SV("tls_failures", &b->n[k++], SHOW_ULONGLONG);
+    b->n[k] = st.protocol_errors;
+    SV("protocol_errors", &b->n[k++], SHOW_ULONGLONG);
+    SV(NULL, NULL, SHOW_UNDEF);
+#undef SV
+    var->type = SHOW_ARRAY;
+    var->value = (void *)b->vars;
+    return 0;
+}
+
+static struct st_mysql_show_var wsproxy_status[] = {
+    {"wsproxy", (void *)show_wsproxy, SHOW_FUNC},
+    {NULL, NULL, SHOW_UNDEF}};
+
+/* ==== Plugin init and deinit ============================================== */
+
+static int wsproxy_init(void *p)
+{
+    char err[PLUGIN_ERRLEN], line[PLUGIN_ERRLEN + 64];
+    int rc;
+    (void)p;
+    pthread_mutex_lock(&g_mu);
+    g_proxy = NULL;
+    g_state = WS_PROXY_STOPPED;
+    g_reason[0] = 0;
+    if ((rc = proxy_apply(err, sizeof err)) != 0) {
+        /* never fail the server's start: the proxy stays FAILED until
+         * SET GLOBAL wsproxy_restart = ON */
+        g_state = WS_PROXY_FAILED;
+        str_copy(g_reason, sizeof g_reason, err);
+        snprintf(line, sizeof line, "not serving: %s", err);
+        log_plugin(WS_PROXY_LOG_ERROR, line);
+    }
+    pthread_mutex_unlock(&g_mu);
+    return 0;
+}
+
+static int wsproxy_deinit(void *p)
+{
+    (void)p;
+    pthread_mutex_lock(&g_mu);
+    ws_proxy_stop(g_proxy); /* Close 1001 to every client, joins the loop */
+    g_proxy = NULL;
+    g_state = WS_PROXY_STOPPED;
+    g_reason[0] = 0;
+    pthread_mutex_unlock(&g_mu);
+    return 0;
+}
+
+static struct st_mysql_daemon wsproxy_info = {MYSQL_DAEMON_INTERFACE_VERSION};
+
+/* plugin.h's export macro is empty on gcc; the .so is built with
+ * -fvisibility=hidden, so the declaration is made visible here. */
+#pragma GCC visibility push(default)
+maria_declare_plugin(wsproxy){
+    MYSQL_DAEMON_PLUGIN,
+    &wsproxy_info,
+    "wsproxy",
+    "The wsproxy authors",
+    "WebSocket (ws:// and wss://) proxy in front of the server's Unix socket",
+    PLUGIN_LICENSE_BSD,
+    wsproxy_init,
+    wsproxy_deinit,
+    0x0100,
+    wsproxy_status,
+    wsproxy_sysvars,
+    WS_PROXY_VERSION,
+    MariaDB_PLUGIN_MATURITY_GAMMA} maria_declare_plugin_end;
+#pragma GCC visibility pop

@@ -1,0 +1,104 @@
+/*
+ * LD_PRELOAD shim for test_faults.py (plain build only: ASan insists on
+ * coming first).  It fakes what the kernel does rarely:
+ *
+ *   WSPROXY_SHIM_ACCEPT=ENETDOWN,EPERM,...   the next accept()/accept4()
+ *       calls fail with these errno values, one each, before the real
+ *       call runs (the pending connection stays queued, as when Linux
+ *       reports a new connection's network error);
+ *   every socket() without SOCK_CLOEXEC and every pipe() is reported on
+ *       stderr ("shim: ..."), since a host thread that forks in between
+ *       would leak the descriptor.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static int queue[64], nqueue, next, loaded;
+
+static int errno_named(const char *s, size_t n)
+{
+    static const struct { const char *name; int value; } t[] = {
+        {"ENETDOWN", ENETDOWN}, {"ENOPROTOOPT", ENOPROTOOPT}, {"EHOSTDOWN", EHOSTDOWN},
+        {"ENONET", ENONET}, {"EHOSTUNREACH", EHOSTUNREACH}, {"EOPNOTSUPP", EOPNOTSUPP},
+        {"ENETUNREACH", ENETUNREACH}, {"EPERM", EPERM}, {"ECONNABORTED", ECONNABORTED},
+        {"EPROTO", EPROTO}, {"EINTR", EINTR}};
+    size_t i;
+    for (i = 0; i < sizeof t / sizeof t[0]; i++)
+        if (strlen(t[i].name) == n && !memcmp(t[i].name, s, n))
+            return t[i].value;
+    return 0;
+}
+
+/* The next injected errno, or 0 to run the real call. */
+static int injected(void)
+{
+    int e = 0;
+    pthread_mutex_lock(&mu);
+    if (!loaded) {
+        const char *s = getenv("WSPROXY_SHIM_ACCEPT");
+        loaded = 1;
+        while (s && *s && nqueue < 64) {
+            size_t n = strcspn(s, ",");
+            if ((queue[nqueue] = errno_named(s, n)) != 0)
+                nqueue++;
+            s += n + (s[n] == ',');
+        }
+    }
+    if (next < nqueue)
+        e = queue[next++];
+    pthread_mutex_unlock(&mu);
+    return e;
+}
+
+int accept4(int fd, struct sockaddr *a, socklen_t *len, int flags)
+{
+    static int (*real)(int, struct sockaddr *, socklen_t *, int);
+    int e = injected();
+    if (e) {
+        errno = e;
+        return -1;
+    }
+    if (!real)
+        *(void **)&real = dlsym(RTLD_NEXT, "accept4");
+    return real(fd, a, len, flags);
+}
+
+int accept(int fd, struct sockaddr *a, socklen_t *len)
+{
+    return accept4(fd, a, len, 0);
+}
+
+static void report(const char *what)
+{
+    if (write(2, what, strlen(what)) < 0) {
+    }
+}
+
+int socket(int domain, int type, int protocol)
+{
+    static int (*real)(int, int, int);
+    if (!real)
+        *(void **)&real = dlsym(RTLD_NEXT, "socket");
+    if (!(type & SOCK_CLOEXEC))
+        report("shim: socket() without SOCK_CLOEXEC\n");
+    return real(domain, type, protocol);
+}
+
+int pipe(int fds[2])
+{
+    static int (*real)(int *);
+    if (!real)
+        *(void **)&real = dlsym(RTLD_NEXT, "pipe");
+    report("shim: pipe() without O_CLOEXEC\n");
+    return real(fds);
+}

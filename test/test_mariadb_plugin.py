@@ -1,0 +1,891 @@
+"""The MariaDB daemon plugin (engines/mariadb, issue 9) in Debian's real
+MariaDB: build/mariadb/wsproxy.so loaded into private servers
+(--plugin-dir=build/mariadb --plugin-load-add=wsproxy.so, a temp datadir and
+socket), configured from my.cnf and by SQL, queried through the WebSocket
+with npm mysql2 (test/query.js, test/e2e/sql_client.js) and with a small
+MySQL-protocol client below (sessions held open across restarts).
+
+The data directory comes from mariadb-install-db --user=mysql, as Debian's
+package makes it: root@localhost and mysql@localhost both IDENTIFIED VIA
+mysql_native_password USING 'invalid' OR unix_socket.
+
+Run:  make mariadb-plugin && /usr/bin/python3 -m pytest test/test_mariadb_plugin.py -q
+"""
+
+import hashlib
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from conftest import (OP_CLOSE, WSClient, ConnectionClosed, free_port, port_accepts,
+                      wait_until)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PLUGIN_DIR = os.path.join(ROOT, "build", "mariadb")
+PLUGIN = os.path.join(PLUGIN_DIR, "wsproxy.so")
+QUERY_JS = os.path.join(HERE, "query.js")
+SQL_CLIENT = os.path.join(HERE, "e2e", "sql_client.js")
+
+
+def _find(*names):
+    for n in names:
+        p = shutil.which(n)
+        if p:
+            return p
+        for d in ("/usr/sbin", "/usr/bin"):
+            if os.access(os.path.join(d, n), os.X_OK):
+                return os.path.join(d, n)
+    pytest.fail("%s not installed (test/deps.sh installs it)" % names[0])
+
+
+def node():
+    n = shutil.which("node")
+    if not n:
+        pytest.fail("node is not installed (test/deps.sh installs it)")
+    for mod in ("ws", "mysql2"):
+        if not os.path.isfile(os.path.join(HERE, "node_modules", mod, "package.json")):
+            pytest.fail("test/node_modules/%s is missing: run test/deps.sh" % mod)
+    return n
+
+
+# ---------------------------------------------------------------------------
+# private servers
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def template(tmp_path_factory):
+    """One initialised data directory, copied for every server."""
+    if not os.path.isfile(PLUGIN):
+        pytest.fail("%s is missing: run `make mariadb-plugin`" % PLUGIN)
+    d = tempfile.mkdtemp(prefix="wsplug", dir="/tmp")
+    os.chmod(d, 0o755)
+    data = os.path.join(d, "data")
+    cp = subprocess.run([_find("mariadb-install-db", "mysql_install_db"), "--no-defaults",
+                         "--user=mysql", "--datadir=" + data, "--skip-test-db",
+                         "--auth-root-authentication-method=socket"],
+                        capture_output=True, text=True, timeout=120,
+                        stdin=subprocess.DEVNULL)
+    assert cp.returncode == 0, "mariadb-install-db failed:\n%s%s" % (cp.stdout, cp.stderr)
+    yield data
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class Server:
+    """A mariadbd on a private socket with the plugin, configured by my.cnf."""
+
+    def __init__(self, template, user="root", cnf=None, load=True, args=()):
+        self.dir = tempfile.mkdtemp(prefix="wsplug", dir="/tmp")   # short paths
+        os.chmod(self.dir, 0o755)
+        self.data = os.path.join(self.dir, "data")
+        shutil.copytree(template, self.data, symlinks=True)
+        self.sock = os.path.join(self.dir, "mysqld.sock")
+        self.errpath = os.path.join(self.dir, "mysqld.err")
+        self.user = user
+        if user != "root":
+            pw = pwd.getpwnam(user)
+            for base, dirs, files in os.walk(self.dir):
+                for n in [base] + [os.path.join(base, x) for x in dirs + files]:
+                    os.lchown(n, pw.pw_uid, pw.pw_gid)
+        opts = {
+            "datadir": self.data, "socket": self.sock, "log-error": self.errpath,
+            "pid-file": os.path.join(self.dir, "mysqld.pid"), "user": user,
+            "skip-networking": None, "innodb-buffer-pool-size": "32M",
+            "innodb-log-file-size": "16M", "plugin-dir": PLUGIN_DIR,
+            "proxy_protocol_networks": "localhost", "max-connections": "300",
+        }
+        if load:
+            opts["plugin-load-add"] = "wsproxy.so"
+        opts.update(cnf or {})
+        self.opts = opts
+        self.cnf = os.path.join(self.dir, "my.cnf")
+        self.write_cnf()
+        self.client = _find("mariadb", "mysql")
+        self.args = list(args)
+        self.proc = None
+        self.rootpw = None   # None: root logs in by unix_socket (we are root)
+
+    def write_cnf(self):
+        with open(self.cnf, "w") as f:
+            f.write("[mariadbd]\n")
+            for k, v in self.opts.items():
+                if v is not False:
+                    f.write("%s\n" % k if v is None else "%s = %s\n" % (k, v))
+
+    def start(self, timeout=60, setup=True):
+        env = dict(os.environ)
+        # no network namespace here (the proxy's port must be reachable):
+        # keep MariaDB's reverse lookup of 127.0.0.2 short
+        env["RES_OPTIONS"] = "timeout:1 attempts:1"
+        self.proc = subprocess.Popen(
+            [_find("mariadbd", "mysqld"), "--defaults-file=" + self.cnf] + self.args,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail("mariadbd exited (%s) during start:\n%s"
+                            % (self.proc.returncode, self.errlog()[-3000:]))
+            if os.path.exists(self.sock) and self.sql("SELECT 1", check=False)[0] == 0:
+                break
+            time.sleep(0.1)
+        else:
+            self.kill()
+            pytest.fail("mariadbd did not answer within %ss:\n%s"
+                        % (timeout, self.errlog()[-3000:]))
+        if not setup:
+            return self
+        self.sql("CREATE DATABASE IF NOT EXISTS demo;"
+                 "CREATE USER IF NOT EXISTS demo@'%' IDENTIFIED BY 'demo';"
+                 "CREATE USER IF NOT EXISTS demo@localhost IDENTIFIED BY 'demo';"
+                 "GRANT ALL ON demo.* TO demo@'%'; GRANT ALL ON demo.* TO demo@localhost;")
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def sql(self, sql, user="root", password=None, check=True):
+        if user == "root" and password is None:
+            password = self.rootpw
+        """Runs SQL with the mariadb client on the socket; returns (rc,
+        rows, stderr) or, with check, the rows (lists of strings)."""
+        argv = [self.client, "--no-defaults", "--protocol=socket", "--socket=" + self.sock,
+                "-u" + user, "--batch", "-N", "-e", sql]
+        if password is not None:
+            argv.insert(5, "--password=" + password)
+        cp = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+        rows = [line.split("\t") for line in cp.stdout.splitlines()]
+        if check:
+            assert cp.returncode == 0, "SQL %r failed: %s" % (sql, cp.stderr)
+            return rows
+        return cp.returncode, rows, cp.stderr
+
+    def status(self):
+        return dict(self.sql("SHOW GLOBAL STATUS LIKE 'wsproxy%'"))
+
+    def var(self, name):
+        return self.sql("SELECT @@GLOBAL.%s" % name)[0][0]
+
+    def restart(self, check=True):
+        rc, _, err = self.sql("SET GLOBAL wsproxy_restart = ON", check=False)
+        if check:
+            assert rc == 0, "wsproxy_restart failed: %s" % err
+        return rc, err
+
+    def errlog(self):
+        try:
+            with open(self.errpath, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def fds(self):
+        """Descriptors of mariadbd once settled (client sockets of the
+        statements just run may still be closing): the least of a few looks."""
+        n = []
+        for _ in range(6):
+            n.append(len(os.listdir("/proc/%d/fd" % self.pid)))
+            time.sleep(0.05)
+        return min(n)
+
+    def threads(self):
+        return len(os.listdir("/proc/%d/task" % self.pid))
+
+    def stop(self, timeout=30):
+        """SIGTERM; returns the seconds the server took to exit."""
+        if not self.proc or self.proc.poll() is not None:
+            return 0.0
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail("mariadbd did not stop within %ss of SIGTERM:\n%s"
+                        % (timeout, self.errlog()[-3000:]))
+        # a crash at shutdown (plugin deinit, freeing the variables) shows here
+        assert self.proc.returncode == 0 and "got signal" not in self.errlog(), \
+            "mariadbd exited with %s:\n%s" % (self.proc.returncode, self.errlog()[-3000:])
+        return time.monotonic() - t0
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def server_factory(template):
+    made = []
+
+    def make(**kw):
+        s = Server(template, **kw)
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        s.cleanup()
+
+
+# ---------------------------------------------------------------------------
+# clients
+# ---------------------------------------------------------------------------
+
+def query(port, sql, user="demo", password="demo", scheme="ws", ca=None,
+          host="127.0.0.1"):
+    """test/query.js through the WebSocket; returns (rc, rows or stderr)."""
+    argv = [node(), QUERY_JS, "--url", "%s://%s:%d/" % (scheme, host, port), "--user", user,
+            "--password=" + password, "--database=", "--json", "--timeout", "15000"]
+    if ca:
+        argv += ["--ca", ca]
+    cp = subprocess.run(argv + [sql], capture_output=True, text=True, timeout=30,
+                        stdin=subprocess.DEVNULL)
+    if cp.returncode == 0:
+        return 0, json.loads(cp.stdout.strip().splitlines()[-1])
+    return cp.returncode, cp.stderr.strip()
+
+
+def whoami(port, user, password, local_address, ca=None):
+    """sql_client.js whoami from a given source address; a refused login is
+    a result ({"ok": false, "message": ...})."""
+    host = "[::1]" if ":" in local_address else "127.0.0.1"
+    argv = [node(), SQL_CLIENT, "whoami", "--url",
+            "%s://%s:%d/" % ("wss" if ca else "ws", host, port), "--user", user,
+            "--password", password, "--database", "", "--local-address", local_address,
+            "--timeout", "20000"]
+    if ca:
+        argv += ["--ca", ca]
+    cp = subprocess.run(argv, capture_output=True, text=True, timeout=40,
+                        stdin=subprocess.DEVNULL)
+    assert cp.returncode == 0 or cp.stdout.strip(), \
+        "sql_client.js whoami failed:\n%s\n%s" % (cp.stdout, cp.stderr)
+    r = json.loads(cp.stdout.strip().splitlines()[-1])
+    assert r.get("localAddress") in (None, local_address), r
+    return r
+
+
+class MySession:
+    """A MySQL-protocol session (mysql_native_password) over a WebSocket,
+    held open by the test."""
+
+    def __init__(self, port, user="demo", password="demo"):
+        self.ws = WSClient(port, timeout=15.0)
+        self.ws.handshake()
+        self.rbuf = b""
+        seq, greet = self.packet()
+        assert greet[0] == 10, "not a handshake v10: %r" % greet[:20]
+        p = greet.index(b"\0", 1) + 1
+        salt = greet[p + 4:p + 12]
+        p += 4 + 8 + 1 + 2 + 1 + 2 + 2 + 1 + 10
+        salt += greet[p:p + 12]
+        caps = 0x1 | 0x200 | 0x8000 | 0x80000   # long pw, 4.1, secure conn, plugin auth
+        body = (struct.pack("<IIB23x", caps, 1 << 24, 33) + user.encode() + b"\0"
+                + bytes([20]) + self.scramble(password, salt) + b"mysql_native_password\0")
+        self.send(seq + 1, body)
+        seq, r = self.packet()
+        if r[0] == 0xFE:   # auth switch: the plugin name, NUL, the new salt
+            name, _, salt = r[1:].partition(b"\0")
+            self.send(seq + 1, self.scramble(password, salt[:20]))
+            seq, r = self.packet()
+        assert r[0] == 0, "login failed: %r" % r
+
+    @staticmethod
+    def scramble(password, salt):
+        h1 = hashlib.sha1(password.encode()).digest()
+        h2 = hashlib.sha1(salt + hashlib.sha1(h1).digest()).digest()
+        return bytes(a ^ b for a, b in zip(h1, h2))
+
+    def send(self, seq, body):
+        self.ws.send_frame(2, struct.pack("<I", len(body))[:3] + bytes([seq & 255]) + body)
+
+    def packet(self):
+        while True:
+            if len(self.rbuf) >= 4:
+                n = int.from_bytes(self.rbuf[:3], "little")
+                if len(self.rbuf) >= 4 + n:
+                    seq, body = self.rbuf[3], self.rbuf[4:4 + n]
+                    self.rbuf = self.rbuf[4 + n:]
+                    return seq, body
+            f = self.ws.recv_frame()
+            if f.opcode == OP_CLOSE:
+                raise ConnectionClosed("Close %r" % f.payload[:2])
+            self.rbuf += f.payload
+
+    def query(self, sql):
+        """Rows of a SELECT, as lists of strings (NULL = None)."""
+        self.send(0, b"\x03" + sql.encode())
+        _, r = self.packet()
+        assert r[0] not in (0xFF,), "query failed: %r" % r
+        ncols = r[0]
+        for _ in range(ncols):
+            self.packet()
+        _, r = self.packet()
+        assert r[0] == 0xFE, r           # EOF after the column definitions
+        rows = []
+        while True:
+            _, r = self.packet()
+            if r[0] == 0xFE and len(r) < 9:
+                return rows
+            row, p = [], 0
+            for _ in range(ncols):
+                if r[p] == 0xFB:
+                    row.append(None)
+                    p += 1
+                    continue
+                n, p = r[p], p + 1     # values here are short
+                row.append(r[p:p + n].decode())
+                p += n
+            rows.append(row)
+
+    def close_code(self, timeout=10):
+        """Reads until the server's Close; returns its code."""
+        deadline = time.monotonic() + timeout
+        while True:
+            f = self.ws.recv_frame(max(0.05, deadline - time.monotonic()))
+            if f.opcode == OP_CLOSE:
+                return struct.unpack("!H", f.payload[:2])[0] if len(f.payload) >= 2 else None
+
+    def close(self):
+        self.ws.abort()
+
+
+# ---------------------------------------------------------------------------
+# the main server: run as root, Option 1 (my.cnf) over ws://
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def main(template):
+    port = free_port()
+    s = Server(template, cnf={"wsproxy_http_port": port, "wsproxy_bind_address": "::"})
+    s.port = port
+    try:
+        s.start()
+        yield s
+    finally:
+        s.cleanup()
+
+
+def back_to(s, port):
+    """Puts the main server's proxy back on `port` (ws://)."""
+    s.sql("SET GLOBAL wsproxy_https_port = 0; SET GLOBAL wsproxy_http_port = %d;"
+          "SET GLOBAL wsproxy_bind_address = '::'" % port)
+    s.restart()
+    assert s.status()["Wsproxy_port"] == str(port)
+
+
+def test_option1_my_cnf_serves_ws_and_a_real_query(main):
+    st = main.status()
+    assert (st["Wsproxy_state"], st["Wsproxy_port"], st["Wsproxy_scheme"],
+            st["Wsproxy_reason"]) == ("RUNNING", str(main.port), "ws", ""), st
+    rc, rows = query(main.port, "SELECT 6*7 AS answer, CURRENT_USER() AS who")
+    assert rc == 0, rows
+    assert rows == [{"answer": 42, "who": "demo@localhost"}], rows
+    st2 = main.status()
+    assert int(st2["Wsproxy_connections_total"]) > int(st["Wsproxy_connections_total"])
+    assert int(st2["Wsproxy_bytes_to_engine"]) > 0 and int(st2["Wsproxy_bytes_to_client"]) > 0
+    for k in ("connections_open", "refused_400", "refused_403", "refused_426", "refused_431",
+              "refused_502", "refused_503", "refused_timeout", "tls_failures",
+              "protocol_errors"):
+        assert re.fullmatch(r"\d+", st2["Wsproxy_" + k]), (k, st2)
+    assert main.var("wsproxy_restart") == "0"
+
+
+def test_log_file_next_to_the_error_log(main):
+    path = os.path.join(main.dir, "websocket_proxy.log")
+    wait_until(lambda: os.path.exists(path), 5, what=path)
+    with open(path) as f:
+        text = f.read()
+    assert re.search(r"INFO .*started", text), text[-2000:]
+    assert "closed 1000" in text, text[-2000:]
+
+
+def test_restart_reads_back_off_and_keeps_the_port(main):
+    main.restart()
+    assert main.var("wsproxy_restart") == "0"
+    st = main.status()
+    assert st["Wsproxy_state"] == "RUNNING" and st["Wsproxy_port"] == str(main.port)
+
+
+def test_port_variable_alone_changes_nothing(main):
+    other = free_port()
+    try:
+        main.sql("SET GLOBAL wsproxy_http_port = %d" % other)
+        assert main.status()["Wsproxy_port"] == str(main.port)
+        assert not port_accepts(other)
+        assert query(main.port, "SELECT 1 AS x")[0] == 0
+    finally:
+        main.sql("SET GLOBAL wsproxy_http_port = %d" % main.port)
+
+
+def test_restart_moves_the_port_and_live_sessions_survive(main):
+    live = MySession(main.port)
+    assert live.query("SELECT 1+1") == [["2"]]
+    new = free_port()
+    try:
+        main.sql("SET GLOBAL wsproxy_http_port = %d" % new)
+        main.restart()
+        st = main.status()
+        assert (st["Wsproxy_state"], st["Wsproxy_port"]) == ("RUNNING", str(new)), st
+        assert query(new, "SELECT 2 AS x") == (0, [{"x": 2}])
+        assert not port_accepts(main.port, host="::1")
+        # the session opened on the old port goes on
+        assert live.query("SELECT CONCAT('still ', 'here')") == [["still here"]]
+    finally:
+        live.close()
+        back_to(main, main.port)
+
+
+def test_restart_onto_a_taken_port_fails_and_the_old_port_serves(main):
+    taken = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    taken.bind(("::", 0))
+    taken.listen(1)
+    tport = taken.getsockname()[1]
+    live = MySession(main.port)
+    try:
+        main.sql("SET GLOBAL wsproxy_http_port = %d" % tport)
+        rc, err = main.restart(check=False)
+        assert rc != 0 and "Address already in use" in err, err
+        assert "wsproxy_restart failed" in err, err
+        st = main.status()
+        # the status is the truth; the variables say what was asked for
+        assert (st["Wsproxy_state"], st["Wsproxy_port"]) == ("RUNNING", str(main.port)), st
+        assert main.var("wsproxy_http_port") == str(tport)
+        assert query(main.port, "SELECT 3 AS x") == (0, [{"x": 3}])
+        assert live.query("SELECT 4") == [["4"]]
+    finally:
+        taken.close()
+        live.close()
+        back_to(main, main.port)
+
+
+def test_https_without_any_certificate_is_refused(main):
+    try:
+        main.sql("SET GLOBAL wsproxy_http_port = 0; SET GLOBAL wsproxy_https_port = %d"
+                 % free_port())
+        rc, err = main.restart(check=False)
+        assert rc != 0 and "https_proxy_port requires SSL to be enabled" in err, err
+        st = main.status()
+        assert (st["Wsproxy_state"], st["Wsproxy_port"], st["Wsproxy_scheme"]) == (
+            "RUNNING", str(main.port), "ws"), st
+    finally:
+        back_to(main, main.port)
+
+
+def test_both_ports_at_runtime_refused_until_one_is_cleared(main):
+    try:
+        main.sql("SET GLOBAL wsproxy_https_port = %d" % free_port())
+        rc, err = main.restart(check=False)
+        assert rc != 0 and "http_port and https_port are mutually exclusive" in err, err
+        assert main.status()["Wsproxy_port"] == str(main.port)
+    finally:
+        back_to(main, main.port)
+
+
+def test_restart_needs_the_privilege_of_set_global(main):
+    main.sql("CREATE USER IF NOT EXISTS lowpriv@localhost IDENTIFIED BY 'lowpw';"
+             "GRANT ALL ON demo.* TO lowpriv@localhost")
+    main.sql("SET GLOBAL wsproxy_http_port = %d" % free_port())
+    try:
+        rc, _, err = main.sql("SET GLOBAL wsproxy_restart = ON", user="lowpriv",
+                              password="lowpw", check=False)
+        assert rc != 0 and "Access denied" in err, err
+        assert main.status()["Wsproxy_port"] == str(main.port)
+        # SHOW STATUS needs no privilege
+        rc, rows, err = main.sql("SHOW GLOBAL STATUS LIKE 'wsproxy_state'", user="lowpriv",
+                                 password="lowpw", check=False)
+        assert rc == 0 and rows == [["Wsproxy_state", "RUNNING"]], (rows, err)
+    finally:
+        back_to(main, main.port)
+
+
+def test_proxy_protocol_networks_without_localhost_is_refused(main):
+    try:
+        main.sql("SET GLOBAL proxy_protocol_networks = '10.0.0.0/8'")
+        rc, err = main.restart(check=False)
+        assert rc != 0 and "proxy_protocol_networks" in err, err
+        assert main.status()["Wsproxy_state"] == "RUNNING"
+    finally:
+        main.sql("SET GLOBAL proxy_protocol_networks = 'localhost'")
+
+
+# ---------------------------------------------------------------------------
+# security: no WebSocket client inherits the server's identity
+# ---------------------------------------------------------------------------
+
+ADDRESSES = ["127.0.0.1", "::1", "127.0.0.2"]
+
+
+def assert_refused(r, user, *also):
+    whys = ("Access denied for user '%s'" % user,) + also
+    assert r["ok"] is False and r.get("stage") == "login", r
+    assert any(w in r.get("message", "") for w in whys), r
+
+
+@pytest.mark.parametrize("addr", ADDRESSES)
+def test_server_as_root_refuses_passwordless_root_and_mysql(main, addr):
+    for user in ("root", "mysql"):
+        assert_refused(whoami(main.port, user, "", addr), user)
+    r = whoami(main.port, "demo", "demo", addr)
+    assert r["ok"] is True and r["user"].startswith("demo@"), r
+    # the same accounts do get in on the server's socket, by unix_socket,
+    # for the local system user root: the accounts are Debian's defaults
+    assert main.sql("SELECT CURRENT_USER()") == [["root@localhost"]]
+
+
+def test_the_relay_thread_has_a_uid_without_a_passwd_entry(main):
+    uids = set()
+    for t in os.listdir("/proc/%d/task" % main.pid):
+        with open("/proc/%d/task/%s/status" % (main.pid, t)) as f:
+            real, eff = re.search(r"^Uid:\s+(\d+)\s+(\d+)", f.read(), re.M).groups()
+        if eff != "0":
+            uids.add((real, eff))
+    assert len(uids) == 1, uids
+    real, eff = uids.pop()
+    assert real == "0"
+    with pytest.raises(KeyError):
+        pwd.getpwuid(int(eff))
+    assert "[Note] mariadbd: wsproxy: engine connections are made as uid %s" % eff \
+        in main.errlog()
+
+
+def test_server_as_mysql_refuses_unless_unix_socket_is_off(server_factory):
+    port = free_port()
+    s = server_factory(user="mysql", cnf={"wsproxy_http_port": port}).start()
+    st = s.status()
+    assert st["Wsproxy_state"] == "FAILED", st
+    assert "runs as 'mysql'" in st["Wsproxy_reason"], st
+    assert "user = root" in st["Wsproxy_reason"] and "unix_socket = OFF" in st["Wsproxy_reason"]
+    assert not port_accepts(port)
+    assert "wsproxy: not serving: mariadbd runs as 'mysql'" in s.errlog()
+    rc, err = s.restart(check=False)
+    assert rc != 0 and "runs as 'mysql'" in err, err
+    assert s.status()["Wsproxy_state"] == "FAILED"
+    # With unix_socket off nothing trusts peer credentials: the relay may be
+    # 'mysql'.  (root needs a password then.)
+    s.sql("ALTER USER root@localhost IDENTIFIED VIA mysql_native_password "
+          "USING PASSWORD('rootpw') OR unix_socket")
+    s.stop()
+    s.opts["unix_socket"] = "OFF"
+    s.write_cnf()
+    s.rootpw = "rootpw"
+    s.start()
+    # at start the server cannot tell yet whether unix_socket will be active
+    assert s.status()["Wsproxy_state"] == "FAILED"
+    s.restart()
+    assert s.status()["Wsproxy_state"] == "RUNNING"
+    # INSTALL SONAME in a running server knows at once
+    s.sql("UNINSTALL SONAME 'wsproxy'")
+    s.sql("INSTALL SONAME 'wsproxy'; SET GLOBAL wsproxy_http_port = %d; "
+          "SET GLOBAL wsproxy_restart = ON" % port)
+    assert s.status()["Wsproxy_state"] == "RUNNING"
+    for addr in ("127.0.0.1", "127.0.0.2"):
+        for user in ("root", "mysql"):
+            assert_refused(whoami(port, user, "", addr), user,
+                           "Plugin 'unix_socket' is not loaded")
+        assert whoami(port, "demo", "demo", addr)["ok"] is True
+
+
+# ---------------------------------------------------------------------------
+# other servers started from my.cnf
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    import sys
+    sys.path.insert(0, HERE)
+    from e2e.certs import make_certs
+    return make_certs(tmp_path_factory.mktemp("plugcerts"))
+
+
+def test_option1_wss_with_the_servers_certificate(server_factory, certs):
+    port = free_port()
+    s = server_factory(cnf={"wsproxy_https_port": port, "ssl_cert": certs.chain,
+                            "ssl_key": certs.key, "skip-name-resolve": None}).start()
+    st = s.status()
+    assert (st["Wsproxy_state"], st["Wsproxy_scheme"], st["Wsproxy_port"]) == (
+        "RUNNING", "wss", str(port)), st
+    rc, rows = query(port, "SELECT 'tls' AS x", scheme="wss", ca=certs.ca)
+    assert (rc, rows) == (0, [{"x": "tls"}]), rows
+    # skip_name_resolve: every proxied client is 'localhost' to MariaDB, the
+    # relay's uid still gets nobody in
+    for addr in ("127.0.0.1", "127.0.0.2"):
+        assert_refused(whoami(port, "root", "", addr, ca=certs.ca), "root")
+    # the 2-day test certificate: wsproxy's warning reaches the error log
+    assert re.search(r"\[Warning\] mariadbd: wsproxy: .*certificate expires", s.errlog())
+
+
+def test_both_ports_in_my_cnf_server_starts_proxy_does_not(server_factory):
+    a, b = free_port(), free_port()
+    s = server_factory(cnf={"wsproxy_http_port": a, "wsproxy_https_port": b}).start()
+    st = s.status()
+    assert st["Wsproxy_state"] == "FAILED", st
+    assert "http_port and https_port are mutually exclusive" in st["Wsproxy_reason"], st
+    assert not port_accepts(a) and not port_accepts(b)
+    assert re.search(r"\[ERROR\] mariadbd: wsproxy: not serving: http_port and https_port "
+                     r"are mutually exclusive", s.errlog())
+    rc, err = s.restart(check=False)
+    assert rc != 0 and "http_port and https_port are mutually exclusive" in err, err
+    assert s.status()["Wsproxy_state"] == "FAILED"
+    # https alone, and the server has no certificate
+    s.sql("SET GLOBAL wsproxy_http_port = 0")
+    rc, err = s.restart(check=False)
+    assert rc != 0 and "https_proxy_port requires SSL to be enabled" in err, err
+    s.sql("SET GLOBAL wsproxy_https_port = 0; SET GLOBAL wsproxy_http_port = %d" % a)
+    s.restart()
+    st = s.status()
+    assert (st["Wsproxy_state"], st["Wsproxy_port"]) == ("RUNNING", str(a)), st
+
+
+def test_failed_stays_failed_until_restart(server_factory):
+    port = free_port()
+    s = server_factory(cnf={"wsproxy_http_port": port, "proxy_protocol_networks": False})
+    s.start()
+    st = s.status()
+    assert st["Wsproxy_state"] == "FAILED" and "proxy_protocol_networks" in st["Wsproxy_reason"]
+    s.sql("SET GLOBAL proxy_protocol_networks = 'localhost'")
+    time.sleep(1.5)
+    assert s.status()["Wsproxy_state"] == "FAILED"   # never restarts itself
+    assert not port_accepts(port)
+    s.restart()
+    assert s.status()["Wsproxy_state"] == "RUNNING"
+    assert query(port, "SELECT 5 AS x") == (0, [{"x": 5}])
+
+
+# ---------------------------------------------------------------------------
+# lifecycle: INSTALL / UNINSTALL at runtime, server shutdown
+# ---------------------------------------------------------------------------
+
+RELAY_UID_MIN = 2147483646 - 256
+
+
+def relay_threads(pid):
+    """Threads of mariadbd with the relay's effective uid."""
+    n = 0
+    for t in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/status" % (pid, t)) as f:
+                eff = int(re.search(r"^Uid:\s+\d+\s+(\d+)", f.read(), re.M).group(1))
+        except (OSError, AttributeError):
+            continue
+        n += eff >= RELAY_UID_MIN
+    return n
+
+
+class Hammer:
+    """Other sessions running SHOW STATUS and SET GLOBAL wsproxy_restart in a
+    loop (errors such as "unknown variable" while uninstalled are expected)."""
+
+    def __init__(self, s, n=2):
+        self.s, self.stop_ev, self.runs = s, threading.Event(), 0
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def run(self):
+        sql = "SHOW GLOBAL STATUS LIKE 'wsproxy%'; SET GLOBAL wsproxy_restart = ON"
+        while not self.stop_ev.is_set():
+            try:
+                subprocess.run([self.s.client, "--no-defaults", "--socket=" + self.s.sock,
+                                "-uroot", "--force", "-e", sql], capture_output=True,
+                               timeout=30, stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                pass
+            self.runs += 1
+
+    def stop(self):
+        self.stop_ev.set()
+        for t in self.threads:
+            t.join(40)
+        assert not any(t.is_alive() for t in self.threads), "a hammer session hung"
+
+
+def installed(s):
+    return s.sql("SELECT COUNT(*) FROM information_schema.plugins "
+                 "WHERE plugin_name = 'wsproxy'") == [["1"]]
+
+
+def install(s, port):
+    """INSTALL SONAME and start serving on `port`.  While another session
+    holds the plugin, MariaDB defers an UNINSTALL until it lets go ("Plugin
+    is busy"), and a new INSTALL is refused meanwhile: retry."""
+    deadline = time.monotonic() + 20
+    while True:
+        rc, _, err = s.sql("INSTALL SONAME 'wsproxy'; SELECT @@wsproxy_http_port",
+                           check=False)
+        if rc == 0:
+            break
+        assert time.monotonic() < deadline, "INSTALL SONAME kept failing: %s" % err
+        time.sleep(0.02)
+    s.sql("SET GLOBAL wsproxy_http_port = %d; SET GLOBAL wsproxy_restart = ON" % port)
+
+
+def uninstall(s):
+    s.sql("UNINSTALL SONAME 'wsproxy'")
+    wait_until(lambda: not installed(s), 20, what="wsproxy uninstalled")
+
+
+def test_install_uninstall_cycles_leave_no_thread_or_descriptor(server_factory):
+    s = server_factory(load=False).start()
+    port = free_port()
+    install(s, port)                   # warm-up: first dlopen, caches
+    uninstall(s)
+    fds0 = s.fds()
+    # a session open at UNINSTALL gets Close 1001
+    install(s, port)
+    live = MySession(port)
+    assert live.query("SELECT 1") == [["1"]]
+    s.sql("UNINSTALL SONAME 'wsproxy'")
+    assert live.close_code() == 1001
+    live.close()
+    assert not port_accepts(port)
+    assert relay_threads(s.pid) == 0
+    hammer = Hammer(s)
+    try:
+        t0 = time.monotonic()
+        for i in range(49):
+            install(s, port)
+            if i % 10 == 0:
+                assert query(port, "SELECT %d AS i" % i) == (0, [{"i": i}])
+            uninstall(s)
+        took = time.monotonic() - t0
+    finally:
+        hammer.stop()
+    assert hammer.runs > 0
+    assert relay_threads(s.pid) == 0
+    fds1 = s.fds()
+    assert fds1 <= fds0, "descriptors of mariadbd: %d before, %d after" % (fds0, fds1)
+    assert not port_accepts(port)
+    print("50 INSTALL/restart/UNINSTALL cycles: %.2f s, %d hammer runs, %d fds"
+          % (took, hammer.runs, fds0))
+
+
+def test_shutdown_with_connections_and_concurrent_status_does_not_hang(server_factory):
+    port = free_port()
+    s = server_factory(cnf={"wsproxy_http_port": port}).start()
+    sessions = [MySession(port) for _ in range(5)]
+    for m in sessions:
+        assert m.query("SELECT 7") == [["7"]]
+    idle = WSClient(port)
+    idle.handshake()
+    hammer = Hammer(s)
+    time.sleep(0.3)
+    took = s.stop(timeout=30)
+    hammer.stop()
+    # MariaDB ends its client sessions before it deinitialises plugins: the
+    # engine closes first (1000), or the plugin's stop does (1001)
+    codes = sorted(m.close_code() for m in sessions)
+    assert set(codes) <= {1000, 1001}, codes
+    assert s.proc.returncode == 0, s.errlog()[-2000:]
+    assert "wsproxy" not in "".join(l for l in s.errlog().splitlines() if "[ERROR]" in l)
+    print("shutdown with 6 WebSockets open and 2 status sessions: %.2f s, Close codes %s"
+          % (took, codes))
+
+
+def test_a_port_below_1024_binds_although_the_relay_is_not_root(main):
+    low = next((p for p in range(1000, 600, -1)
+                if not port_accepts(p) and not port_accepts(p, host="::1")), None)
+    assert low, "no free port in 601..1000"
+    try:
+        main.sql("SET GLOBAL wsproxy_http_port = %d" % low)
+        main.restart()
+        assert main.status()["Wsproxy_port"] == str(low)
+        assert query(low, "SELECT 8 AS x") == (0, [{"x": 8}])
+    finally:
+        back_to(main, main.port)
+
+
+def test_log_dir_and_allowed_origins_by_sql(main, tmp_path):
+    logdir = tmp_path / "wslogs"
+    logdir.mkdir()
+    before = int(main.status()["Wsproxy_refused_403"])
+    try:
+        main.sql("SET GLOBAL wsproxy_log_dir = '%s'; "
+                 "SET GLOBAL wsproxy_allowed_origins = 'https://app.example, https://b.example'"
+                 % logdir)
+        main.restart()
+        ws = WSClient(main.port)
+        ws.handshake(headers=[("Origin", "https://evil.example")], expect=403)
+        ws.abort()
+        ws = WSClient(main.port)
+        ws.handshake(headers=[("Origin", "https://B.example")])
+        ws.abort()
+        assert int(main.status()["Wsproxy_refused_403"]) == before + 1
+        wait_until(lambda: "403" in (logdir / "websocket_proxy.log").read_text(), 5,
+                   what="the 403 in the new log")
+    finally:
+        main.sql("SET GLOBAL wsproxy_log_dir = DEFAULT; SET GLOBAL wsproxy_allowed_origins = ''")
+        back_to(main, main.port)
+
+
+def test_build_refuses_mismatched_dev_headers(tmp_path):
+    fake = tmp_path / "dpkg-query"
+    fake.write_text('#!/bin/sh\ncase "$*" in *libmariadbd-dev*) echo 1:10.11.18-0+deb12u1;; '
+                    '*) echo 1:10.11.19-0+deb12u1;; esac\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH="%s:%s" % (tmp_path, os.environ["PATH"]))
+    cp = subprocess.run(["make", "-s", "-C", ROOT, "mariadb-version-check"], env=env,
+                        capture_output=True, text=True, timeout=30)
+    assert cp.returncode != 0
+    assert "libmariadbd-dev 1:10.11.18-0+deb12u1 does not match mariadb-server " \
+           "1:10.11.19-0+deb12u1" in cp.stdout + cp.stderr, cp.stdout + cp.stderr
+
+
+def test_skip_grant_tables_is_refused(server_factory):
+    port = free_port()
+    s = server_factory(cnf={"wsproxy_http_port": port, "skip-grant-tables": None})
+    s.start(setup=False)
+    st = s.status()
+    assert st["Wsproxy_state"] == "FAILED" and "skip_grant_tables" in st["Wsproxy_reason"], st
+    assert not port_accepts(port)
+
+
+def test_no_port_stops_listening_and_sessions_go_on(main):
+    live = MySession(main.port)
+    try:
+        main.sql("SET GLOBAL wsproxy_http_port = 0")
+        main.restart()
+        st = main.status()
+        assert (st["Wsproxy_state"], st["Wsproxy_port"], st["Wsproxy_reason"]) == (
+            "STOPPED", "0", ""), st
+        assert not port_accepts(main.port) and not port_accepts(main.port, host="::1")
+        assert live.query("SELECT 'on'") == [["on"]]
+    finally:
+        live.close()
+        back_to(main, main.port)
+
+
+def test_command_line_options(server_factory):
+    """The options work on mariadbd's command line too (plugin loaded there)."""
+    port = free_port()
+    s = server_factory(load=False, args=["--plugin-load-add=wsproxy.so",
+                                         "--wsproxy-http-port=%d" % port,
+                                         "--wsproxy-max-connections=2"]).start()
+    st = s.status()
+    assert (st["Wsproxy_state"], st["Wsproxy_port"]) == ("RUNNING", str(port)), st
+    assert s.var("wsproxy_max_connections") == "2"
+    a, b = MySession(port), MySession(port)
+    try:
+        ws = WSClient(port)
+        ws.handshake(expect=503)
+        ws.abort()
+        assert int(s.status()["Wsproxy_refused_503"]) == 1
+    finally:
+        a.close()
+        b.close()

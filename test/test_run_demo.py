@@ -1,0 +1,167 @@
+"""`make run` (test/run-demo.sh) as a newcomer meets it, over ws:// and, with
+TLS=1, over wss:// with its throwaway CA.  Issue 10.
+
+Each case starts the real script on free ports (its own MariaDB, wsproxy, the
+studio's page server), reads the banner, uses what it prints -- the studio
+URL, the /health line, the query.js command, the CA -- and stops it with
+SIGTERM, which must stop everything and remove its directory.
+"""
+
+import os
+import re
+import selectors
+import shutil
+import signal
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+from conftest import BINS, ROOT, free_port
+from engine import Engine
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+QUERY = os.path.join(HERE, "query.js")
+
+
+class Demo:
+    def __init__(self, tls, **extra_env):
+        b = next((x for x in BINS if not x.slow), BINS[0])
+        self.port, self.studio_port = free_port(), free_port()
+        env = dict(os.environ, PORT=str(self.port), STUDIO_PORT=str(self.studio_port),
+                   WSPROXY=b.path, TLS="1" if tls else "0", **extra_env)
+        self.proc = subprocess.Popen(["bash", os.path.join(HERE, "run-demo.sh")],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        self.out = ""
+        self.read_until(r"Press Ctrl-C to stop", 90)
+        m = re.search(r"removes (/\S+?)\)", self.out)
+        assert m, self.out
+        self.tmp = m.group(1)
+
+    def read_until(self, pattern, timeout):
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.out):
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None and not sel.select(0):
+                raise AssertionError("run-demo.sh: no /%s/ in:\n%s" % (pattern, self.out))
+            if sel.select(min(left, 1.0)):
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    raise AssertionError("run-demo.sh ended (%s):\n%s"
+                                         % (self.proc.wait(10), self.out))
+                self.out += chunk.decode(errors="replace")
+        sel.close()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(40)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            raise AssertionError("run-demo.sh did not stop within 40 s of SIGTERM")
+        self.out += self.proc.stdout.read().decode(errors="replace")
+        return rc
+
+
+def query(url, sql, *args):
+    cp = subprocess.run(["node", QUERY, "--url", url, *args, sql], cwd=HERE,
+                        capture_output=True, text=True, timeout=60,
+                        stdin=subprocess.DEVNULL)
+    return cp
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+def test_make_run_serves_the_studio(tls):
+    d = Demo(tls)
+    try:
+        out = d.out
+        assert out.count("deps.sh: ok") == 1, out
+        scheme, ws = ("https", "wss") if tls else ("http", "ws")
+        origin = "%s://127.0.0.1:%d" % (scheme, d.studio_port)
+        url = "%s://127.0.0.1:%d/" % (ws, d.port)
+        assert "accepts pages from %s only" % origin in out, out
+        assert re.search(r"health +: 200 OK - wsproxy \S+ running, \d+ connections open", out), out
+        page = "%s/#url=%s&user=demo&password=demo&database=demo" % (origin, url)
+        assert page in out, out
+        ca = None
+        ctx = None
+        if tls:
+            m = re.search(r"--ignore-certificate-errors-spki-list=([A-Za-z0-9+/=]{44}) ", out)
+            assert m, out
+            ca = os.path.join(d.tmp, "tls", "ca.pem")
+            assert ("--ca %s" % ca) in out, out
+            ctx = ssl.create_default_context(cafile=ca)
+        # the page, over https with the CA for localhost and 127.0.0.1
+        for host in ("127.0.0.1", "localhost"):
+            with urllib.request.urlopen("%s://%s:%d/index.html" % (scheme, host, d.studio_port),
+                                        timeout=10, context=ctx) as r:
+                body = r.read().decode()
+            assert r.status == 200 and 'id="sql"' in body
+        # the printed query.js command, with several statements
+        extra = ["--ca", ca] if ca else []
+        cp = query(url, "CREATE TABLE IF NOT EXISTS demo_t (id INT); "
+                   "INSERT INTO demo_t VALUES (1), (2); SELECT COUNT(*) AS n FROM demo_t",
+                   "--json", *extra)
+        assert cp.returncode == 0, cp.stderr
+        lines = cp.stdout.strip().splitlines()
+        assert len(lines) == 3 and lines[2] == '[{"n":"2"}]', cp.stdout
+        # the studio's origin is let through, another one refused
+        cp = query(url, "SELECT 1", "--origin", origin, *extra)
+        assert cp.returncode == 0, cp.stderr
+        cp = query(url, "SELECT 1", "--origin", "http://127.0.0.1:1", *extra)
+        assert cp.returncode == 1 and "403" in cp.stderr, cp.stderr
+        with open(os.path.join(d.tmp, "studio-http.log")) as f:
+            log = f.read()
+        assert "GET /index.html" in log and "password" not in log, log
+        # The proxy runs inside MariaDB (Option 1); the printed SQL moves it
+        # (Option 3), and the new URL serves while the old port is closed.
+        assert "wsproxy is running inside MariaDB" in out, out
+        m = re.search(r'(mariadb --no-defaults --socket=\S+ -uroot -e) \\\n\s+"(SET GLOBAL [^"]+)"',
+                      out)
+        assert m, out
+        cp = subprocess.run(m.group(1).split() + [m.group(2)], capture_output=True, text=True,
+                            timeout=30, stdin=subprocess.DEVNULL)
+        assert cp.returncode == 0, cp.stderr
+        new = re.search(r"the URL becomes (\S+)/\)", out).group(1) + "/"
+        assert re.search(r"Wsproxy_state\s+RUNNING", cp.stdout), cp.stdout
+        assert re.search(r"Wsproxy_port\s+%d" % int(new.rsplit(":", 1)[1].strip("/")),
+                         cp.stdout), cp.stdout
+        cp = query(new, "SELECT 1 AS one", "--json", *extra)
+        assert cp.returncode == 0 and '"one":1' in cp.stdout, (cp.stdout, cp.stderr)
+    finally:
+        rc = d.stop()
+    assert rc == 0, d.out
+    assert "mariadb: stopped" in d.out, d.out
+    assert not os.path.exists(d.tmp), d.out
+
+
+def test_make_run_in_front_of_an_existing_engine(tmp_path):
+    """SOCKET=: the standalone program (as nobody) fronts a running engine,
+    and the banner shows no demo credentials that engine may not have."""
+    sockdir = tempfile.mkdtemp(prefix="wsd", dir="/tmp")
+    os.chmod(sockdir, 0o755)
+    e = Engine(sockdir, mode="echo")
+    os.chmod(e.path, 0o777)
+    try:
+        d = Demo(False, SOCKET=e.path)
+        try:
+            assert "wsproxy is running (pid" in d.out and "as nobody" in d.out, d.out
+            assert "password" not in d.out.split("Press Ctrl-C")[0].split("engine ")[1], d.out
+            assert "--user USER --password PASSWORD" in d.out, d.out
+            assert re.search(r"health +: 200 OK", d.out), d.out
+        finally:
+            rc = d.stop()
+        assert rc == 0, d.out
+        assert "stopped wsproxy" in d.out and "mariadb" not in d.out, d.out
+    finally:
+        e.stop()
+        shutil.rmtree(sockdir, ignore_errors=True)
