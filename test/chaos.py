@@ -33,8 +33,9 @@ Invariants (a failure names the connection, the seed and what happened when):
               an echo engine, stalls included) get every byte back, in order,
               and the engine gets every byte; everything any client or engine
               receives is a prefix of what was sent; data decoded before a
-              protocol violation reaches the echo engine (RFC 6455 7.1.7); the
-              client's Close code is echoed and TCP closed after it.
+              protocol violation reaches the echo engine (RFC 6455 7.1.7).
+  close       a well-behaved client's Close is answered with its code and
+              TCP closed after it; the proxy closes no such client itself.
   protocol    server frames are unmasked, RSV clear, binary FIN data, Close
               codes valid, nothing after a Close; violations get 1002, 1007
               or 1009 as RFC 6455 says; 101 with the right Accept.
@@ -1058,14 +1059,14 @@ class Client:
                           ", proxy closed" if self.gone() else ""))
         if self.srv_close:
             if wb:
-                self.fail("exact", "unexpected Close %r from the proxy" %
+                self.fail("close", "unexpected Close %r from the proxy" %
                           (self.srv_close,))
             self._finish_polite()
             await self.wait_eof(cfg.general + 1 if wb else 3.0)
             return
         if self.gone():
             if wb:
-                self.fail("exact", "proxy closed the connection without a Close")
+                self.fail("close", "proxy closed the connection without a Close")
             return
         v = p.variant if p.ckind == "closer" else "wait"
         await self.closing(v, wb)
@@ -1131,10 +1132,10 @@ class Client:
             if v in CLOSER_WAITS and not (v == "close_fin" and p.tls):
                 got = await self.until(lambda: self.srv_close or self.gone(), g)
                 if wb and not self.srv_close:
-                    self.fail("exact", "no Close answered ours within %.1fs (%s)"
+                    self.fail("close", "no Close answered ours within %.1fs (%s)"
                               % (g, "proxy closed" if got else "timeout"))
                 elif wb and self.srv_close[0] != code:
-                    self.fail("exact", "our Close %s was answered with %r" %
+                    self.fail("close", "our Close %s was answered with %r" %
                               (code, self.srv_close))
                 if v == "close_wait_notify" and not self.gone():
                     self.queue_notify()
