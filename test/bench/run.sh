@@ -43,10 +43,6 @@ for tool in socat taskset timeout strip awk; do
 done
 [ -x "$WSPROXY_BIN" ] || die "$WSPROXY_BIN not found: run make first (or set WSPROXY_BIN)"
 WSPROXY_BIN=$(cd "$(dirname "$WSPROXY_BIN")" && pwd)/$(basename "$WSPROXY_BIN")
-ALLOW_ROOT=
-if [ "$(id -u)" = 0 ] && "$WSPROXY_BIN" --help 2>&1 | grep -q -- --allow-root; then
-	ALLOW_ROOT=--allow-root
-fi
 
 if [ "$(nproc)" -ge 2 ]; then
 	PROXY_CPU=0
@@ -206,8 +202,11 @@ start_proxy() {
 		PROXY_LOG=$TMP/wsproxy-$port
 		mkdir -p "$PROXY_LOG"
 		args=(--bind 127.0.0.1 --socket "$2" --max-connections 9000 --log-dir "$PROXY_LOG")
-		# As root (CI): the bench's own engine trusts nobody by uid, so stay root.
-		[ -n "$ALLOW_ROOT" ] && args+=("$ALLOW_ROOT")
+		# As root (CI): the bench's own engine trusts nobody by uid, so stay
+		# root, with a binary that knows the option (an older one may not).
+		if [ "$(id -u)" = 0 ] && "$WSPROXY_BIN" --help 2>&1 | grep -q -- --allow-root; then
+			args+=(--allow-root)
+		fi
 		if [ "$1" = wss ]; then
 			args+=(--https-port "$port" --cert "$TMP/pki/server.pem" --key "$TMP/pki/server.key")
 		else
