@@ -1224,6 +1224,7 @@ struct conn {
     unsigned close_rcvd : 1, close_sent : 1, drop : 1;
     unsigned ping_due : 1, pong_due : 1, over_limit : 1;
     unsigned i_borrowed : 1; /* ib is the transport's, not the free list's */
+    unsigned again : 1;   /* the turn budget ran out with work left (rule 9) */
     uint32_t i_borrowed_len;
     uint16_t close_code; /* the code we send (0 = empty Close) */
     uint16_t status;     /* HTTP status answered */
@@ -2431,6 +2432,11 @@ static void tr_free(struct conn *c)
  *  8. A connection paused by its engine is never pinged out: while
  *     up_paused() the client's frames cannot be read, so its silence
  *     says nothing (conn_timers).
+ *  9. Work a connection holds is never left waiting for a poll event that
+ *     will not come: when conn_step() stops on WS_PROXY_TURN_BUDGET with
+ *     bytes still to move (undecoded frames in ib after a burst of Pings,
+ *     a consumed chunk not yet released), it sets `again` and the loop
+ *     does not sleep; likewise for decrypted bytes BearSSL holds.
  */
 
 /* Is the proxy holding client payload the engine has not taken yet? */
@@ -3150,6 +3156,7 @@ static void conn_linger(ws_proxy *p, struct conn *c, int64_t now)
 static void conn_step(ws_proxy *p, struct conn *c, int64_t now)
 {
     int budget = WS_PROXY_TURN_BUDGET;
+    c->again = 0;
     /* Before the relay, TLS records move here whatever else is wanted: a
      * first flight larger than the socket buffer goes out on POLLOUT. */
     if (c->phase <= PH_CONNECT && tr_pump(c) < 0) {
@@ -3185,6 +3192,7 @@ static void conn_step(ws_proxy *p, struct conn *c, int64_t now)
         if (!moved)
             break;
     }
+    c->again = budget < 0 && c->phase != PH_DEAD; /* rule 9 */
     /* Rule 4: a closed TLS session can carry nothing more either way. */
     if (c->phase != PH_DEAD && c->phase != PH_TLS && tr_pump(c) < 0) {
         conn_why(c, "client closed the connection");
@@ -3695,7 +3703,7 @@ static int loop_add(ws_proxy *p, size_t *n, int fd, int ev)
  * full one.  A new connection is hot. */
 static int conn_hot(const struct conn *c, int64_t now)
 {
-    return c->phase != PH_OPEN || now - c->t_io < WS_PROXY_HOT_MS;
+    return c->phase != PH_OPEN || c->again || now - c->t_io < WS_PROXY_HOT_MS;
 }
 
 static void loop_sort(ws_proxy *p, int64_t now)
@@ -3767,8 +3775,8 @@ static void loop_turn(ws_proxy *p)
         int64_t d = conn_deadline(c);
         c->pi_c = loop_add(p, &n, c->cfd, conn_client_events(c));
         c->pi_e = loop_add(p, &n, c->efd, conn_engine_events(c));
-        if (tr_buffered(c) && conn_reads_client(c))
-            d = now; /* decrypted bytes wait: do not sleep */
+        if (c->again || (tr_buffered(c) && conn_reads_client(c)))
+            d = now; /* work or decrypted bytes wait: do not sleep (rule 9) */
         next = d < next ? d : next;
     }
     timeout = next == INT64_MAX ? -1 : next <= now ? 0 : next - now > 86400000 ? 86400000 : (int)(next - now);

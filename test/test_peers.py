@@ -498,3 +498,24 @@ def test_vanished_client_found_by_keepalive(proxy, engine):
     idle = int(out.split("timer:(keepalive,")[1].split("sec")[0].split("min")[0])
     assert 30 <= idle <= 60, out
     c.close()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+def test_burst_of_pings_in_one_segment_all_answered(proxy, engine, certs, tls):
+    """40 Pings in one write, then a Close: more control frames than one
+    loop turn's budget handles.  The rest must not wait for a poll event
+    that never comes (the chunk they sit in blocks reading)."""
+    e = engine("echo")
+    p = start(proxy, e, tls, certs)
+    c = client(p, tls, certs)
+    c.send(b"".join(frame(OP_PING, b"p%02d" % i) for i in range(40)) +
+           frame(OP_CLOSE, close_payload(1000)))
+    pongs = []
+    deadline = time.monotonic() + p.t(5)
+    while True:
+        f = c.recv_frame(max(0.05, deadline - time.monotonic()))
+        if f.opcode == OP_CLOSE:
+            break
+        assert f.opcode == OP_PONG, f
+        pongs.append(f.payload)
+    assert pongs == [b"p%02d" % i for i in range(40)], pongs
