@@ -15,7 +15,14 @@
  * polls only those, and the idle rest every WS_PROXY_COLD_MS, so thousands
  * of idle WebSockets do not slow the busy ones.  API calls from other
  * threads post a command into a mailbox, wake the loop through a pipe, and
- * wait on a condition variable until the loop has acted.
+ * wait on a condition variable until the loop has acted; a process-wide
+ * table of live handles lets a call that races ws_proxy_stop() return
+ * WS_PROXY_ESTOPPED instead of touching a stopping proxy.
+ *
+ * Connections: an explicit phase and a state per direction, with the rules
+ * that tie them to the buffers and to poll interest written at the top of
+ * the section "Connections".  Every socket is watched for errors and
+ * hang-ups in every state, so no engine session outlives its client.
  *
  * Memory: a connection costs sizeof(struct conn) (under 1 KiB) plus one
  * pollfd per socket while idle.  Data buffers (WS_PROXY_BUF_SIZE each, at
