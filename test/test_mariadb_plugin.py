@@ -30,6 +30,7 @@ import pytest
 
 from conftest import (OP_CLOSE, WSClient, ConnectionClosed, free_port, port_accepts,
                       wait_until)
+from test_e2e_mariadb import _find as find_program
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -40,14 +41,10 @@ SQL_CLIENT = os.path.join(HERE, "e2e", "sql_client.js")
 
 
 def _find(*names):
-    for n in names:
-        p = shutil.which(n)
-        if p:
-            return p
-        for d in ("/usr/sbin", "/usr/bin"):
-            if os.access(os.path.join(d, n), os.X_OK):
-                return os.path.join(d, n)
-    pytest.fail("%s not installed (test/deps.sh installs it)" % names[0])
+    p = find_program(*names)
+    if not p:
+        pytest.fail("%s not installed (test/deps.sh installs it)" % names[0])
+    return p
 
 
 def node():
