@@ -38,6 +38,7 @@ PLUGIN_DIR = os.path.join(ROOT, "build", "mariadb")
 PLUGIN = os.path.join(PLUGIN_DIR, "wsproxy.so")
 QUERY_JS = os.path.join(HERE, "query.js")
 SQL_CLIENT = os.path.join(HERE, "e2e", "sql_client.js")
+FAULT_SHIM = os.path.join(ROOT, "build", "shim", "fault.so")
 
 
 def _find(*names):
@@ -120,8 +121,8 @@ class Server:
                 if v is not False:
                     f.write("%s\n" % k if v is None else "%s = %s\n" % (k, v))
 
-    def start(self, timeout=60, setup=True):
-        env = dict(os.environ)
+    def start(self, timeout=60, setup=True, env=None):
+        env = dict(os.environ, **(env or {}))
         # no network namespace here (the proxy's port must be reachable):
         # keep MariaDB's reverse lookup of 127.0.0.2 short
         env["RES_OPTIONS"] = "timeout:1 attempts:1"
@@ -202,17 +203,18 @@ class Server:
         return len(os.listdir("/proc/%d/task" % self.pid))
 
     def stop(self, timeout=30):
-        """SIGTERM; returns the seconds the server took to exit."""
-        if not self.proc or self.proc.poll() is not None:
+        """SIGTERM unless it has exited; returns the seconds it took to exit."""
+        if not self.proc:
             return 0.0
         t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail("mariadbd did not stop within %ss of SIGTERM:\n%s"
-                        % (timeout, self.errlog()[-3000:]))
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                pytest.fail("mariadbd did not stop within %ss of SIGTERM:\n%s"
+                            % (timeout, self.errlog()[-3000:]))
         # a crash at shutdown (plugin deinit, freeing the variables) shows here
         assert self.proc.returncode == 0 and "got signal" not in self.errlog(), \
             "mariadbd exited with %s:\n%s" % (self.proc.returncode, self.errlog()[-3000:])
@@ -222,6 +224,7 @@ class Server:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self.proc = None
 
     def cleanup(self):
         self.stop()
@@ -292,6 +295,7 @@ class MySession:
         salt = greet[p + 4:p + 12]
         p += 4 + 8 + 1 + 2 + 1 + 2 + 2 + 1 + 10
         salt += greet[p:p + 12]
+        self.salt = salt
         caps = 0x1 | 0x200 | 0x8000 | 0x80000   # long pw, 4.1, secure conn, plugin auth
         body = (struct.pack("<IIB23x", caps, 1 << 24, 33) + user.encode() + b"\0"
                 + bytes([20]) + self.scramble(password, salt) + b"mysql_native_password\0")
@@ -351,6 +355,24 @@ class MySession:
                 p += n
             rows.append(row)
 
+    def change_user(self, user, password):
+        """COM_CHANGE_USER; True if the server accepted it."""
+        body = (b"\x11" + user.encode() + b"\0" + bytes([20])
+                + self.scramble(password, self.salt) + b"\0" + struct.pack("<H", 33)
+                + b"mysql_native_password\0")
+        self.send(0, body)
+        seq, r = self.packet()
+        while r[0] == 0xFE and len(r) > 1:   # auth switch: answer each plugin asked for
+            name, _, salt = r[1:].partition(b"\0")
+            self.send(seq + 1, self.scramble(password, salt[:20])
+                      if name == b"mysql_native_password" else b"")
+            seq, r = self.packet()
+        assert r[0] in (0x00, 0xFF), r
+        if r[0] == 0x00:
+            return True
+        # the server ends a session whose change of user failed
+        return False
+
     def close_code(self, timeout=10):
         """Reads until the server's Close; returns its code."""
         deadline = time.monotonic() + timeout
@@ -367,16 +389,22 @@ class MySession:
 # the main server: run as root, Option 1 (my.cnf) over ws://
 # ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def main(template):
+def serving(template, user):
+    """A server run as `user` with the proxy on a free port (ws://, ::)."""
     port = free_port()
-    s = Server(template, cnf={"wsproxy_http_port": port, "wsproxy_bind_address": "::"})
+    s = Server(template, user=user,
+               cnf={"wsproxy_http_port": port, "wsproxy_bind_address": "::"})
     s.port = port
     try:
         s.start()
         yield s
     finally:
         s.cleanup()
+
+
+@pytest.fixture(scope="module")
+def main(template):
+    yield from serving(template, "root")
 
 
 def back_to(s, port):
@@ -535,68 +563,86 @@ def assert_refused(r, user, *also):
     assert any(w in r.get("message", "") for w in whys), r
 
 
+@pytest.fixture(scope="module")
+def as_mysql(template):
+    """A server run as the service account, as Debian's systemd unit runs it."""
+    yield from serving(template, "mysql")
+
+
+@pytest.fixture(params=["root", "mysql"])
+def either(request):
+    """The server run as root (main), then as mysql (as_mysql)."""
+    return request.getfixturevalue("main" if request.param == "root" else "as_mysql")
+
+
+def local_login(s, user, as_user):
+    """CURRENT_USER() of a password-less login on the server's socket by a
+    local client running as the system user `as_user`."""
+    cp = subprocess.run(["runuser", "-u", as_user, "--", s.client, "--no-defaults",
+                         "--socket=" + s.sock, "-u" + user, "-N", "-e", "SELECT CURRENT_USER()"],
+                        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    return cp.stdout.strip() if cp.returncode == 0 else cp.stderr.strip()
+
+
 @pytest.mark.parametrize("addr", ADDRESSES)
-def test_server_as_root_refuses_passwordless_root_and_mysql(main, addr):
+def test_no_websocket_login_by_the_servers_peer_credentials(either, addr):
+    s = either
+    st = s.status()
+    assert (st["Wsproxy_state"], st["Wsproxy_reason"]) == ("RUNNING", ""), st
     for user in ("root", "mysql"):
-        assert_refused(whoami(main.port, user, "", addr), user)
-    r = whoami(main.port, "demo", "demo", addr)
+        assert_refused(whoami(s.port, user, "", addr), user)
+    r = whoami(s.port, "demo", "demo", addr)
     assert r["ok"] is True and r["user"].startswith("demo@"), r
-    # the same accounts do get in on the server's socket, by unix_socket,
-    # for the local system user root: the accounts are Debian's defaults
-    assert main.sql("SELECT CURRENT_USER()") == [["root@localhost"]]
 
 
-def test_the_relay_thread_has_a_uid_without_a_passwd_entry(main):
-    uids = set()
-    for t in os.listdir("/proc/%d/task" % main.pid):
-        with open("/proc/%d/task/%s/status" % (main.pid, t)) as f:
-            real, eff = re.search(r"^Uid:\s+(\d+)\s+(\d+)", f.read(), re.M).groups()
-        if eff != "0":
-            uids.add((real, eff))
-    assert len(uids) == 1, uids
-    real, eff = uids.pop()
-    assert real == "0"
-    with pytest.raises(KeyError):
-        pwd.getpwuid(int(eff))
-    assert "[Note] mariadbd: wsproxy: engine connections are made as uid %s" % eff \
-        in main.errlog()
+def test_change_user_to_the_servers_account_is_refused(either):
+    m = MySession(either.port)
+    try:
+        for user in ("root", "mysql"):
+            assert m.change_user(user, "") is False
+        assert m.change_user("demo", "demo") is True
+        assert m.query("SELECT CURRENT_USER()")[0][0].startswith("demo@")
+    finally:
+        m.close()
 
 
-def test_server_as_mysql_refuses_unless_unix_socket_is_off(server_factory):
+def test_local_clients_still_log_in_by_unix_socket(either):
+    """The accounts are Debian's defaults, and the plugin takes nothing from
+    a local client: on the socket, the system users root and mysql get in
+    by unix_socket as before, whoever the server runs as."""
+    assert local_login(either, "root", "root") == "root@localhost"
+    assert local_login(either, "mysql", "mysql") == "mysql@localhost"
+    assert "Access denied" in local_login(either, "root", "mysql")
+
+
+def test_without_the_credentials_hook_unix_socket_means_not_serving(server_factory):
+    """Where the plugin cannot hook the server's getsockopt (here the shim
+    makes the plugin's mprotect fail), it does not serve while
+    unix_socket is on, and says what to change; with unix_socket off it
+    serves."""
     port = free_port()
-    s = server_factory(user="mysql", cnf={"wsproxy_http_port": port}).start()
+    env = {"LD_PRELOAD": FAULT_SHIM, "WSPROXY_SHIM_MPROTECT": "EACCES",
+           "WSPROXY_SHIM_MPROTECT_FROM": "/wsproxy.so"}
+    s = server_factory(user="mysql", cnf={"wsproxy_http_port": port})
+    s.start(env=env)
     st = s.status()
     assert st["Wsproxy_state"] == "FAILED", st
-    assert "runs as 'mysql'" in st["Wsproxy_reason"], st
-    assert "user = root" in st["Wsproxy_reason"] and "unix_socket = OFF" in st["Wsproxy_reason"]
+    assert "unix_socket = OFF" in st["Wsproxy_reason"], st
+    assert "mprotect" in st["Wsproxy_reason"], st
     assert not port_accepts(port)
-    assert "wsproxy: not serving: mariadbd runs as 'mysql'" in s.errlog()
-    rc, err = s.restart(check=False)
-    assert rc != 0 and "runs as 'mysql'" in err, err
-    assert s.status()["Wsproxy_state"] == "FAILED"
-    # With unix_socket off nothing trusts peer credentials: the relay may be
-    # 'mysql'.  (root needs a password then.)
     s.sql("ALTER USER root@localhost IDENTIFIED VIA mysql_native_password "
           "USING PASSWORD('rootpw') OR unix_socket")
     s.stop()
     s.opts["unix_socket"] = "OFF"
     s.write_cnf()
     s.rootpw = "rootpw"
-    s.start()
-    # at start the server cannot tell yet whether unix_socket will be active
-    assert s.status()["Wsproxy_state"] == "FAILED"
-    s.restart()
+    s.start(env=env)
+    s.restart()    # unix_socket's state is known once the server has started
     assert s.status()["Wsproxy_state"] == "RUNNING"
-    # INSTALL SONAME in a running server knows at once
-    s.sql("UNINSTALL SONAME 'wsproxy'")
-    s.sql("INSTALL SONAME 'wsproxy'; SET GLOBAL wsproxy_http_port = %d; "
-          "SET GLOBAL wsproxy_restart = ON" % port)
-    assert s.status()["Wsproxy_state"] == "RUNNING"
-    for addr in ("127.0.0.1", "127.0.0.2"):
-        for user in ("root", "mysql"):
-            assert_refused(whoami(port, user, "", addr), user,
-                           "Plugin 'unix_socket' is not loaded")
-        assert whoami(port, "demo", "demo", addr)["ok"] is True
+    for user in ("root", "mysql"):
+        assert_refused(whoami(port, user, "", "127.0.0.1"), user,
+                       "Plugin 'unix_socket' is not loaded")
+    assert whoami(port, "demo", "demo", "127.0.0.1")["ok"] is True
 
 
 # ---------------------------------------------------------------------------
@@ -620,8 +666,8 @@ def test_option1_wss_with_the_servers_certificate(server_factory, certs):
         "RUNNING", "wss", str(port)), st
     rc, rows = query(port, "SELECT 'tls' AS x", scheme="wss", ca=certs.ca)
     assert (rc, rows) == (0, [{"x": "tls"}]), rows
-    # skip_name_resolve: every proxied client is 'localhost' to MariaDB, the
-    # relay's uid still gets nobody in
+    # skip_name_resolve: every proxied client is an address to MariaDB, and
+    # nobody gets in by the server's peer credentials
     for addr in ("127.0.0.1", "127.0.0.2"):
         assert_refused(whoami(port, "root", "", addr, ca=certs.ca), "root")
     # the 2-day test certificate: wsproxy's warning reaches the error log
@@ -669,19 +715,15 @@ def test_failed_stays_failed_until_restart(server_factory):
 # lifecycle: INSTALL / UNINSTALL at runtime, server shutdown
 # ---------------------------------------------------------------------------
 
-RELAY_UID_MIN = 2147483646 - 256
-
-
 def relay_threads(pid):
-    """Threads of mariadbd with the relay's effective uid."""
+    """Threads of mariadbd named wsproxy (the proxy's loop)."""
     n = 0
     for t in os.listdir("/proc/%d/task" % pid):
         try:
-            with open("/proc/%d/task/%s/status" % (pid, t)) as f:
-                eff = int(re.search(r"^Uid:\s+\d+\s+(\d+)", f.read(), re.M).group(1))
-        except (OSError, AttributeError):
+            with open("/proc/%d/task/%s/comm" % (pid, t)) as f:
+                n += f.read().strip() == "wsproxy"
+        except OSError:
             continue
-        n += eff >= RELAY_UID_MIN
     return n
 
 
@@ -753,6 +795,9 @@ def test_install_uninstall_cycles_leave_no_thread_or_descriptor(server_factory):
     live.close()
     assert not port_accepts(port)
     assert relay_threads(s.pid) == 0
+    install(s, port)
+    assert relay_threads(s.pid) == 1    # the loop thread is found by its name
+    uninstall(s)
     hammer = Hammer(s)
     try:
         t0 = time.monotonic()
@@ -773,9 +818,11 @@ def test_install_uninstall_cycles_leave_no_thread_or_descriptor(server_factory):
           % (took, hammer.runs, fds0))
 
 
-def test_shutdown_with_connections_and_concurrent_status_does_not_hang(server_factory):
+@pytest.mark.parametrize("how", ["sigterm", "sql", "sql-through-the-proxy"])
+def test_shutdown_with_connections_and_concurrent_status_does_not_hang(server_factory, how):
     port = free_port()
     s = server_factory(cnf={"wsproxy_http_port": port}).start()
+    s.sql("GRANT SHUTDOWN ON *.* TO demo@localhost")
     sessions = [MySession(port) for _ in range(5)]
     for m in sessions:
         assert m.query("SELECT 7") == [["7"]]
@@ -783,29 +830,27 @@ def test_shutdown_with_connections_and_concurrent_status_does_not_hang(server_fa
     idle.handshake()
     hammer = Hammer(s)
     time.sleep(0.3)
-    took = s.stop(timeout=30)
+    if how == "sql":
+        s.sql("SHUTDOWN")
+    elif how == "sql-through-the-proxy":
+        sessions[0].send(0, b"\x03SHUTDOWN")
+    t0 = time.monotonic()
+    if how != "sigterm":
+        s.proc.wait(30)
+    took = s.stop(timeout=30) + time.monotonic() - t0
     hammer.stop()
-    # MariaDB ends its client sessions before it deinitialises plugins: the
-    # engine closes first (1000), or the plugin's stop does (1001)
+    # the proxy stops (1001) before MariaDB ends its client sessions (which
+    # would close each WebSocket with 1000, as an engine that hangs up does)
     codes = sorted(m.close_code() for m in sessions)
-    assert set(codes) <= {1000, 1001}, codes
+    assert set(codes) == {1001}, codes
+    f = idle.recv_frame(5)
+    while f.opcode != OP_CLOSE:         # the server's greeting first
+        f = idle.recv_frame(5)
+    assert f.payload[:2] == struct.pack("!H", 1001)
     assert s.proc.returncode == 0, s.errlog()[-2000:]
     assert "wsproxy" not in "".join(l for l in s.errlog().splitlines() if "[ERROR]" in l)
-    print("shutdown with 6 WebSockets open and 2 status sessions: %.2f s, Close codes %s"
-          % (took, codes))
-
-
-def test_a_port_below_1024_binds_although_the_relay_is_not_root(main):
-    low = next((p for p in range(1000, 600, -1)
-                if not port_accepts(p) and not port_accepts(p, host="::1")), None)
-    assert low, "no free port in 601..1000"
-    try:
-        main.sql("SET GLOBAL wsproxy_http_port = %d" % low)
-        main.restart()
-        assert main.status()["Wsproxy_port"] == str(low)
-        assert query(low, "SELECT 8 AS x") == (0, [{"x": 8}])
-    finally:
-        back_to(main, main.port)
+    print("shutdown (%s) with 6 WebSockets open and 2 status sessions: %.2f s, Close "
+          "codes %s" % (how, took, codes))
 
 
 def test_log_dir_and_allowed_origins_by_sql(main, tmp_path):

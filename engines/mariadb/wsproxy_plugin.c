@@ -10,24 +10,16 @@
  * SHOW GLOBAL STATUS LIKE 'wsproxy%'.  See README.md next to this file.
  *
  * Identity.  Inside the server the relay is mariadbd itself, so on the
- * server's Unix socket every WebSocket would carry the server's uid, and
- * unix_socket authentication (Debian: root@localhost and mysql@localhost)
- * would let any browser in as that account.  SO_PEERCRED records the
- * effective uid of the *thread* that calls connect(), and every engine
- * connect() is made by the proxy's loop thread, which inherits the
- * credentials of the thread that calls ws_proxy_start().  So the plugin
- * calls ws_proxy_start() from a short-lived thread of its own that first
- * sets its effective uid (raw setresuid: this thread only, not glibc's
- * process-wide setuid) to a uid with no passwd entry, for which unix_socket
- * can find no user name and always refuses.  Real and saved uid stay the
- * server's, and the filesystem uid is set back to the server's, so the loop
- * still opens the log file and the server's socket as the server does.
- * A server running as root always does this.  Any other server cannot, and
- * gets a FAILED proxy whose reason names the settings to change, unless the
- * unix_socket plugin is known to be off there (known once the server has
- * started).  The PROXY v2 header is always on (MariaDB needs
- * proxy_protocol_networks to include localhost), and a server running with
- * skip-grant-tables is refused as well.
+ * server's Unix socket every WebSocket would carry the server's own peer
+ * credentials, and unix_socket authentication (Debian: root@localhost and
+ * mysql@localhost) would let any browser in as that account.  The plugin
+ * wraps the server's getsockopt so that a peer which is mariadbd itself
+ * has no user name (see "The relay's identity").  The PROXY v2 header is
+ * always on (MariaDB needs proxy_protocol_networks to include localhost),
+ * and a server running with skip-grant-tables is refused.
+ *
+ * Shutdown.  The proxy is stopped (Close 1001) when the server starts
+ * ending its sessions, not after (see "Shutdown").
  *
  * Locking.  g_mu serialises every call on the proxy handle (start, restart,
  * status, stop), so ws_proxy_stop() never races another call.  g_cfg_mu
@@ -38,19 +30,19 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <link.h>
+#include <poll.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <unistd.h>
-
-#include <linux/capability.h>
 
 #include <mysql/plugin.h>
 #include <mysqld_error.h>
@@ -358,78 +350,236 @@ static void log_plugin(int level, const char *what)
                     what);
 }
 
-/* ==== The relay's identity ================================================ */
+/* ==== Hooks in mariadbd ===================================================
+ * Two things the plugin needs are not in MariaDB's plugin API, so it wraps
+ * two functions mariadbd imports from libc, by their entries in its GOT:
+ * getsockopt (see "The relay's identity") and poll (see "Shutdown").
+ *
+ * An entry is found through the main program's relocations and must hold
+ * the function's address, or it is left alone: a server laid out
+ * otherwise is never written.  Relocation made the GOT read-only (RELRO),
+ * so its page is made writable for the one store and restored.  A wrapper
+ * reads the original from h->orig, which is set before the entry and kept
+ * after it is restored, so a call already past the entry finishes right.
+ *
+ * The wrappers' code must outlive every call into it, also after UNINSTALL
+ * SONAME: the library is made RTLD_NODELETE, so deinit puts the entries
+ * back but the code stays mapped (and INSTALL SONAME finds it again, with
+ * its statics as deinit left them). */
 
-/* A uid without a passwd entry: unix_socket maps the peer's uid to a user
- * name with getpwuid() and refuses when there is none. */
-static int relay_uid_pick(uid_t *out)
-{
-    uid_t u;
-    char buf[4096];
-    struct passwd pw, *res;
-    for (u = 2147483646; u > 2147483646 - 256; u--) {
-        res = NULL;
-        if (getpwuid_r(u, &pw, buf, sizeof buf, &res) == 0 && !res) {
-            *out = u;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-struct spawn {
-    const struct ws_proxy_config *cfg;
-    int drop; /* give the thread (and so the loop) the uid below */
-    uid_t uid;
-    ws_proxy *p;
-    char err[PLUGIN_ERRLEN];
+struct hook {
+    const char *name;
+    void *wrapper;
+    void *orig;  /* the server's function, once found */
+    void **slot; /* its GOT entry while wrapped, else NULL */
 };
 
-/* A non-zero euid clears the thread's effective capabilities (the
- * permitted ones stay, real and saved uid being 0): take back the one that
- * binds ports below 1024, for this thread and the loop it starts.  Best
- * effort: without it such a port fails to bind with a clear reason. */
-static void cap_net_bind_service(void)
+/* The protection of the page holding addr, from /proc/self/maps; -1 if
+ * not found. */
+static int page_prot(const void *addr)
 {
-    struct __user_cap_header_struct h;
-    struct __user_cap_data_struct d[2];
-    memset(&h, 0, sizeof h);
-    memset(d, 0, sizeof d);
-    h.version = _LINUX_CAPABILITY_VERSION_3;
-    if (syscall(SYS_capget, &h, d) != 0)
-        return;
-    if (d[0].permitted & (1u << CAP_NET_BIND_SERVICE)) {
-        d[0].effective |= 1u << CAP_NET_BIND_SERVICE;
-        syscall(SYS_capset, &h, d);
-    }
+    FILE *f = fopen("/proc/self/maps", "re");
+    char line[512], perms[8];
+    unsigned long lo, hi, a = (unsigned long)(uintptr_t)addr;
+    int prot = -1;
+    if (!f)
+        return -1;
+    while (prot < 0 && fgets(line, sizeof line, f))
+        if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 && a >= lo && a < hi)
+            prot = (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
+                   (perms[2] == 'x' ? PROT_EXEC : 0);
+    fclose(f);
+    return prot;
 }
 
-static void *spawn_main(void *arg)
+/* Replaces *slot by value if it holds expect.  0, or -1 with the reason. */
+static int slot_swap(void **slot, void *expect, void *value, char *err, size_t errlen)
 {
-    struct spawn *s = arg;
-    if (s->drop) {
-        uid_t fs = geteuid();
-        /* Raw system calls: they change this thread only (glibc's wrappers
-         * would change every thread of the server). */
-        if (syscall(SYS_setresuid, (uid_t)-1, s->uid, (uid_t)-1) != 0) {
-            snprintf(s->err, sizeof s->err, "setresuid(-1, %u, -1): %s",
-                     (unsigned)s->uid, strerror(errno));
-            return NULL;
-        }
-        syscall(SYS_setfsuid, fs);
-        if (geteuid() != s->uid || (uid_t)syscall(SYS_setfsuid, (uid_t)-1) != fs) {
-            snprintf(s->err, sizeof s->err, "the relay thread's uid did not change");
-            return NULL;
-        }
-        cap_net_bind_service();
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    void *page = (void *)((uintptr_t)slot & ~(uintptr_t)(pg - 1));
+    int prot = page_prot(slot);
+    err[0] = 0;
+    if (prot < 0)
+        snprintf(err, errlen, "the GOT is not in /proc/self/maps");
+    else if (!(prot & PROT_WRITE) && mprotect(page, pg, prot | PROT_WRITE))
+        snprintf(err, errlen, "mprotect: %s", strerror(errno));
+    else {
+        if (!__atomic_compare_exchange_n(slot, &expect, value, 0, __ATOMIC_SEQ_CST,
+                                         __ATOMIC_SEQ_CST))
+            snprintf(err, errlen, "the GOT entry changed meanwhile");
+        if (!(prot & PROT_WRITE))
+            mprotect(page, pg, prot);
     }
-    s->p = ws_proxy_start(s->cfg, s->err, sizeof s->err);
-    return NULL;
+    return err[0] ? -1 : 0;
+}
+
+static int keep_loaded(char *err, size_t errlen)
+{
+    static int kept;
+    Dl_info di;
+    if (kept)
+        return 0;
+    if (!dladdr((void *)(uintptr_t)keep_loaded, &di) || !di.dli_fname ||
+        !dlopen(di.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE)) {
+        snprintf(err, errlen, "cannot keep the plugin's library loaded: %s", dlerror());
+        return -1;
+    }
+    kept = 1;
+    return 0;
+}
+
+#if __ELF_NATIVE_CLASS == 64
+#define REL_SYM ELF64_R_SYM
+#else
+#define REL_SYM ELF32_R_SYM
+#endif
+
+/* dl_iterate_phdr() callback: the GOT entry of h->name in the main program
+ * (the first object reported), into h->slot if it holds h->orig. */
+static int got_search_main(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    struct hook *h = arg;
+    const ElfW(Dyn) *d = NULL;
+    const ElfW(Sym) *sym = NULL;
+    const char *str = NULL;
+    const ElfW(Rela) *rel[2] = {NULL, NULL};
+    size_t relsz[2] = {0, 0}, i, k;
+    int pltrela = 0;
+    ElfW(Addr) base = info->dlpi_addr;
+    (void)size;
+    for (i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
+            d = (const ElfW(Dyn) *)(base + info->dlpi_phdr[i].p_vaddr);
+    /* glibc rewrites these addresses in place, other loaders may not */
+#define DYN_PTR(v) ((v) >= base ? (v) : base + (v))
+    for (; d && d->d_tag != DT_NULL; d++) {
+        switch (d->d_tag) {
+        case DT_SYMTAB: sym = (const ElfW(Sym) *)DYN_PTR(d->d_un.d_ptr); break;
+        case DT_STRTAB: str = (const char *)DYN_PTR(d->d_un.d_ptr); break;
+        case DT_JMPREL: rel[0] = (const ElfW(Rela) *)DYN_PTR(d->d_un.d_ptr); break;
+        case DT_PLTRELSZ: relsz[0] = d->d_un.d_val; break;
+        case DT_PLTREL: pltrela = d->d_un.d_val == DT_RELA; break;
+        case DT_RELA: rel[1] = (const ElfW(Rela) *)DYN_PTR(d->d_un.d_ptr); break;
+        case DT_RELASZ: relsz[1] = d->d_un.d_val; break;
+        default: break;
+        }
+    }
+#undef DYN_PTR
+    if (!pltrela)
+        rel[0] = NULL;
+    for (k = 0; k < 2 && sym && str && !h->slot; k++)
+        for (i = 0; rel[k] && i < relsz[k] / sizeof(ElfW(Rela)); i++) {
+            void **slot = (void **)(base + rel[k][i].r_offset);
+            size_t si = REL_SYM(rel[k][i].r_info);
+            if (si && !strcmp(str + sym[si].st_name, h->name) && *slot == h->orig) {
+                h->slot = slot;
+                break;
+            }
+        }
+    return 1; /* the main program only */
+}
+
+/* Wraps h; 0, or -1 with the reason.  Caller holds g_mu. */
+static int hook_set(struct hook *h, char *err, size_t errlen)
+{
+    void **slot;
+    char why[96];
+    if (h->slot)
+        return 0;
+    __atomic_store_n(&h->orig, dlsym(RTLD_DEFAULT, h->name), __ATOMIC_RELEASE);
+    if (h->orig)
+        dl_iterate_phdr(got_search_main, h);
+    if (!h->slot) {
+        snprintf(err, errlen, "mariadbd has no GOT entry for %s", h->name);
+        return -1;
+    }
+    slot = h->slot;
+    h->slot = NULL;
+    if (keep_loaded(why, sizeof why) || slot_swap(slot, h->orig, h->wrapper, why, sizeof why)) {
+        snprintf(err, errlen, "cannot wrap mariadbd's %s: %s", h->name, why);
+        return -1;
+    }
+    h->slot = slot;
+    return 0;
+}
+
+static void hook_unset(struct hook *h)
+{
+    char why[96];
+    if (h->slot)
+        slot_swap(h->slot, h->wrapper, h->orig, why, sizeof why);
+    h->slot = NULL;
+}
+
+/* ==== The relay's identity ================================================
+ * Every engine connection the proxy makes is a connection of mariadbd to
+ * its own socket, so SO_PEERCRED on the server's end of it names the
+ * server's own uid, and unix_socket authentication would let a WebSocket
+ * client in as the account of that name (Debian: root@localhost and
+ * mysql@localhost, all privileges).  No uid change can help a server that
+ * is not root, so the plugin changes what the server is told instead:
+ * while it is loaded, a peer that is mariadbd itself is reported to the
+ * server (whose built-in unix_socket plugin asks getsockopt(SO_PEERCRED))
+ * with uid and gid -1, which no passwd entry has: unix_socket refuses it
+ * ("Access denied"), at login and at COM_CHANGE_USER alike, whatever the
+ * client's address and whoever the server runs as.  Every other peer (a
+ * local client, another process's proxy), and every other option, passes
+ * through untouched.
+ *
+ * Where the hook cannot be set (a server built otherwise, a policy that
+ * forbids mprotect), the plugin serves only while unix_socket is off. */
+
+typedef int (*getsockopt_fn)(int, int, int, void *, socklen_t *);
+
+static int peer_getsockopt(int fd, int level, int name, void *val, socklen_t *len);
+
+static struct hook g_peer_hook = {"getsockopt", (void *)(uintptr_t)peer_getsockopt,
+                                  NULL, NULL};
+static char g_peer_err[160]; /* why g_peer_hook is not set */
+
+static int peer_getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+{
+    getsockopt_fn real =
+        (getsockopt_fn)(uintptr_t)__atomic_load_n(&g_peer_hook.orig, __ATOMIC_ACQUIRE);
+    int rc = real(fd, level, name, val, len);
+    if (rc == 0 && level == SOL_SOCKET && name == SO_PEERCRED && val && len &&
+        *len >= sizeof(struct ucred)) {
+        struct ucred *u = val;
+        if (u->pid == getpid()) {
+            u->uid = (uid_t)-1;
+            u->gid = (gid_t)-1;
+        }
+    }
+    return rc;
+}
+
+/* Sets the hook and checks it through the server's GOT entry: the peer of
+ * a socketpair is this process.  Caller holds g_mu. */
+static void identity_hook_set(void)
+{
+    int sv[2], ok;
+    struct ucred u;
+    socklen_t len = sizeof u;
+    if (g_peer_hook.slot || hook_set(&g_peer_hook, g_peer_err, sizeof g_peer_err))
+        return;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
+        snprintf(g_peer_err, sizeof g_peer_err, "socketpair: %s", strerror(errno));
+        hook_unset(&g_peer_hook);
+        return;
+    }
+    ok = ((getsockopt_fn)(uintptr_t)*g_peer_hook.slot)(sv[0], SOL_SOCKET, SO_PEERCRED,
+                                                       &u, &len) == 0 && u.uid == (uid_t)-1;
+    close(sv[0]);
+    close(sv[1]);
+    if (!ok) {
+        snprintf(g_peer_err, sizeof g_peer_err, "the getsockopt hook does not answer");
+        hook_unset(&g_peer_hook);
+    }
 }
 
 /* Checks that no WebSocket client can authenticate by the server's peer
- * credentials, and whether the relay must take another uid for that. */
-static int identity_check(int *drop, uid_t *uid, char *err, size_t errlen)
+ * credentials, nor without any. */
+static int identity_check(char *err, size_t errlen)
 {
     const char *noacl = dlsym(RTLD_DEFAULT, "opt_noacl");
     if (noacl && *noacl) {
@@ -444,31 +594,59 @@ static int identity_check(int *drop, uid_t *uid, char *err, size_t errlen)
                  "(e.g. proxy_protocol_networks = localhost)");
         return -1;
     }
-    if (geteuid() == 0) {
-        /* always, so that enabling unix_socket later cannot change this */
-        if (relay_uid_pick(uid)) {
-            snprintf(err, errlen, "found no uid without a passwd entry for the relay");
-            return -1;
-        }
-        *drop = 1;
-        return 0;
-    }
-    *drop = 0;
     /* While the server starts, unix_socket is not ready yet: count it */
-    if (srv_started() && !srv_unix_socket_auth_active())
-        return 0; /* nothing authenticates by peer credentials */
+    if (g_peer_hook.slot || (srv_started() && !srv_unix_socket_auth_active()))
+        return 0;
     {
         char buf[4096];
         struct passwd pwb, *pw = NULL;
         const char *name = getpwuid_r(geteuid(), &pwb, buf, sizeof buf, &pw) == 0 && pw
                            ? pw->pw_name : "?";
-        snprintf(err, errlen, "mariadbd runs as '%s' (uid %u) and cannot give the "
-                 "relay an identity of its own, so unix_socket authentication would "
-                 "let WebSocket clients in as '%s': run mariadbd as root (user = root), "
-                 "or turn unix_socket authentication off (unix_socket = OFF) and "
-                 "SET GLOBAL wsproxy_restart = ON", name, (unsigned)geteuid(), name);
+        snprintf(err, errlen, "unix_socket authentication would let WebSocket clients in "
+                 "as '%s', the server's own user, since the plugin cannot hide the "
+                 "server's peer credentials (%s): turn unix_socket authentication off "
+                 "(unix_socket = OFF) and SET GLOBAL wsproxy_restart = ON",
+                 name, g_peer_err);
     }
     return -1;
+}
+
+/* ==== Shutdown ============================================================
+ * At shutdown MariaDB ends its client sessions first, which would close
+ * each relayed WebSocket with 1000, as an engine that hangs up does, and
+ * deinitialises plugins later.  The proxy is to stop first, with Close 1001
+ * ("going away").  MariaDB tells no plugin that it is shutting down, but
+ * its main thread leaves the poll() of its accept loop for that (with
+ * abort_loop set), before it ends any session.  So mariadbd's poll is
+ * wrapped, and the first call to return after abort_loop is set stops the
+ * proxy.  Without the hook, deinit stops it (clients then mostly see 1000). */
+
+typedef int (*poll_fn)(struct pollfd *, nfds_t, int);
+
+static int shutdown_poll(struct pollfd *fds, nfds_t n, int timeout);
+
+static struct hook g_poll_hook = {"poll", (void *)(uintptr_t)shutdown_poll, NULL, NULL};
+static const volatile char *g_abort_loop; /* mariadbd's abort_loop */
+static int g_shutdown;                    /* the server is shutting down */
+
+static void proxy_shutdown(void);
+
+static int shutdown_poll(struct pollfd *fds, nfds_t n, int timeout)
+{
+    poll_fn real = (poll_fn)(uintptr_t)__atomic_load_n(&g_poll_hook.orig, __ATOMIC_ACQUIRE);
+    int rc = real(fds, n, timeout), e = errno;
+    if (g_abort_loop && *g_abort_loop && !__atomic_load_n(&g_shutdown, __ATOMIC_ACQUIRE)) {
+        proxy_shutdown();
+        errno = e; /* the server looks at EINTR */
+    }
+    return rc;
+}
+
+static void shutdown_hook_set(void)
+{
+    char err[160];
+    if ((g_abort_loop = dlsym(RTLD_DEFAULT, "abort_loop")) != NULL)
+        hook_set(&g_poll_hook, err, sizeof err);
 }
 
 /* ==== The proxy =========================================================== */
@@ -478,29 +656,36 @@ static ws_proxy *g_proxy;     /* NULL: not started, g_state/g_reason say why */
 static int g_state = WS_PROXY_STOPPED;
 static char g_reason[PLUGIN_ERRLEN];
 
+struct spawn {
+    const struct ws_proxy_config *cfg;
+    ws_proxy *p;
+    char err[PLUGIN_ERRLEN];
+};
+
+static void *spawn_main(void *arg)
+{
+    struct spawn *s = arg;
+    /* the loop thread inherits the name: "wsproxy" in top -H, ps -L */
+    pthread_setname_np(pthread_self(), "wsproxy");
+    s->p = ws_proxy_start(s->cfg, s->err, sizeof s->err);
+    return NULL;
+}
+
+/* Starts the proxy from a thread of its own, whose name its loop thread
+ * inherits. */
 static ws_proxy *proxy_spawn(const struct ws_proxy_config *cfg, char *err, size_t errlen)
 {
     struct spawn s;
     pthread_t t;
     memset(&s, 0, sizeof s);
     s.cfg = cfg;
-    if (identity_check(&s.drop, &s.uid, err, errlen))
-        return NULL;
     if (pthread_create(&t, NULL, spawn_main, &s)) {
         snprintf(err, errlen, "pthread_create failed");
         return NULL;
     }
     pthread_join(t, NULL);
-    if (!s.p) {
+    if (!s.p)
         str_copy(err, errlen, s.err);
-        return NULL;
-    }
-    if (s.drop) {
-        char line[160];
-        snprintf(line, sizeof line, "engine connections are made as uid %u, which has "
-                 "no passwd entry: unix_socket authenticates none of them", (unsigned)s.uid);
-        log_plugin(WS_PROXY_LOG_INFO, line);
-    }
     return s.p;
 }
 
@@ -509,16 +694,14 @@ static ws_proxy *proxy_spawn(const struct ws_proxy_config *cfg, char *err, size_
 static int proxy_apply(char *err, size_t errlen)
 {
     static struct plugin_cfg pc; /* under g_mu */
-    int drop;
-    uid_t uid;
-    if (cfg_build(&pc, err, errlen))
+    if (g_shutdown) {
+        snprintf(err, errlen, "the server is shutting down");
         return -1;
-    if (g_proxy) {
-        /* the loop thread keeps the identity it was started with */
-        if (identity_check(&drop, &uid, err, errlen))
-            return -1;
-        return ws_proxy_restart(g_proxy, &pc.c, err, errlen) ? -1 : 0;
     }
+    if (cfg_build(&pc, err, errlen) || identity_check(err, errlen))
+        return -1;
+    if (g_proxy)
+        return ws_proxy_restart(g_proxy, &pc.c, err, errlen) ? -1 : 0;
     if (!pc.c.http_port && !pc.c.https_port) {
         g_state = WS_PROXY_STOPPED;
         g_reason[0] = 0;
@@ -528,6 +711,18 @@ static int proxy_apply(char *err, size_t errlen)
         return -1;
     g_reason[0] = 0;
     return 0;
+}
+
+/* Stops the proxy for good: every client gets Close 1001. */
+static void proxy_shutdown(void)
+{
+    pthread_mutex_lock(&g_mu);
+    ws_proxy_stop(g_proxy); /* Close 1001 to every client, joins the loop */
+    g_proxy = NULL;
+    g_state = WS_PROXY_STOPPED;
+    g_reason[0] = 0;
+    __atomic_store_n(&g_shutdown, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&g_mu);
 }
 
 static int restart_check(MYSQL_THD thd, struct st_mysql_sys_var *var, void *save,
@@ -659,6 +854,9 @@ static int wsproxy_init(void *p)
     g_proxy = NULL;
     g_state = WS_PROXY_STOPPED;
     g_reason[0] = 0;
+    __atomic_store_n(&g_shutdown, 0, __ATOMIC_RELEASE);
+    identity_hook_set();
+    shutdown_hook_set();
     if ((rc = proxy_apply(err, sizeof err)) != 0) {
         /* never fail the server's start: the proxy stays FAILED until
          * SET GLOBAL wsproxy_restart = ON */
@@ -674,11 +872,10 @@ static int wsproxy_init(void *p)
 static int wsproxy_deinit(void *p)
 {
     (void)p;
+    proxy_shutdown();
     pthread_mutex_lock(&g_mu);
-    ws_proxy_stop(g_proxy); /* Close 1001 to every client, joins the loop */
-    g_proxy = NULL;
-    g_state = WS_PROXY_STOPPED;
-    g_reason[0] = 0;
+    hook_unset(&g_poll_hook);
+    hook_unset(&g_peer_hook);
     pthread_mutex_unlock(&g_mu);
     return 0;
 }

@@ -8,7 +8,10 @@
  *       reports a new connection's network error);
  *   every socket() without SOCK_CLOEXEC and every pipe() is reported on
  *       stderr ("shim: ..."), since a host thread that forks in between
- *       would leak the descriptor.
+ *       would leak the descriptor;
+ *   WSPROXY_SHIM_MPROTECT=EACCES WSPROXY_SHIM_MPROTECT_FROM=wsproxy.so
+ *       mprotect() called from the object of that name fails with that
+ *       errno, as under a policy that forbids it (test_mariadb_plugin.py).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -31,7 +34,7 @@ static int errno_named(const char *s, size_t n)
         {"ENETDOWN", ENETDOWN}, {"ENOPROTOOPT", ENOPROTOOPT}, {"EHOSTDOWN", EHOSTDOWN},
         {"ENONET", ENONET}, {"EHOSTUNREACH", EHOSTUNREACH}, {"EOPNOTSUPP", EOPNOTSUPP},
         {"ENETUNREACH", ENETUNREACH}, {"EPERM", EPERM}, {"ECONNABORTED", ECONNABORTED},
-        {"EPROTO", EPROTO}, {"EINTR", EINTR}};
+        {"EPROTO", EPROTO}, {"EINTR", EINTR}, {"EACCES", EACCES}};
     size_t i;
     for (i = 0; i < sizeof t / sizeof t[0]; i++)
         if (strlen(t[i].name) == n && !memcmp(t[i].name, s, n))
@@ -101,4 +104,30 @@ int pipe(int fds[2])
         *(void **)&real = dlsym(RTLD_NEXT, "pipe");
     report("shim: pipe() without O_CLOEXEC\n");
     return real(fds);
+}
+
+/* Whether the code at pc belongs to an object whose file name ends with
+ * name. */
+static int called_from(const void *pc, const char *name)
+{
+    Dl_info info;
+    size_t n, m = strlen(name);
+    if (!dladdr(pc, &info) || !info.dli_fname)
+        return 0;
+    n = strlen(info.dli_fname);
+    return n >= m && !strcmp(info.dli_fname + n - m, name);
+}
+
+int mprotect(void *addr, size_t len, int prot)
+{
+    static int (*real)(void *, size_t, int);
+    const char *e = getenv("WSPROXY_SHIM_MPROTECT");
+    const char *from = getenv("WSPROXY_SHIM_MPROTECT_FROM");
+    if (e && from && called_from(__builtin_return_address(0), from)) {
+        errno = errno_named(e, strlen(e));
+        return -1;
+    }
+    if (!real)
+        *(void **)&real = dlsym(RTLD_NEXT, "mprotect");
+    return real(addr, len, prot);
 }
