@@ -131,7 +131,7 @@ if [ -n "$SOCKET" ]; then
         [ -x "$BIN" ] || die "WSPROXY=$BIN is not an executable"
     fi
 else
-    [ "$(id -u)" -eq 0 ] || die "the demo's MariaDB runs as root (so that the plugin can give its relay a uid of its own): run as root, or use SOCKET="
+    [ "$(id -u)" -eq 0 ] || die "the demo's MariaDB runs as root (it reads the plugin and its data wherever the checkout lives): run as root, or use SOCKET="
     make -s -C "$REPO" mariadb-plugin
 fi
 [ -f "$STUDIO_DIR/index.html" ] || die "$STUDIO_DIR/index.html is missing"

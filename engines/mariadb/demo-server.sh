@@ -12,8 +12,9 @@
 # wss:// on PORT (wsproxy_https_port) with that certificate instead.
 #
 # Needs build/mariadb/wsproxy.so (make mariadb-plugin).  The server runs as
-# root: only then can the plugin give its relay a uid of its own (see
-# engines/mariadb/README.md, "Security").  Output of start, one per line:
+# root, so that it reads the plugin and DIR wherever the checkout lives (the
+# plugin serves as safely under Debian's `mysql`: engines/mariadb/README.md,
+# "Security").  Output of start, one per line:
 #   socket=DIR/mysqld.sock  pid=N  errlog=DIR/mysqld.err  cnf=DIR/my.cnf  state=RUNNING
 set -euo pipefail
 
@@ -58,7 +59,7 @@ do_start() {
     local port=${1:-} origins=${2:-}
     [[ $port =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] || usage
     [ -f "$PLUGIN_DIR/wsproxy.so" ] || die "$PLUGIN_DIR/wsproxy.so is missing: run make mariadb-plugin"
-    [ "$(id -u)" -eq 0 ] || die "run as root: the server runs as root so that the plugin can serve (README)"
+    [ "$(id -u)" -eq 0 ] || die "run as root: the demo server runs as root"
     MARIADBD=$(find_prog mariadbd mysqld) || die "mariadbd not found (install mariadb-server)"
     INSTALL_DB=$(find_prog mariadb-install-db mysql_install_db) || die "mariadb-install-db not found"
     CLIENT=$(find_prog mariadb mysql) || die "mariadb client not found (install mariadb-client)"
