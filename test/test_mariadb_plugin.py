@@ -83,7 +83,7 @@ def template(tmp_path_factory):
 class Server:
     """A mariadbd on a private socket with the plugin, configured by my.cnf."""
 
-    def __init__(self, template, user="root", cnf=None, load=True, args=()):
+    def __init__(self, template, user="root", cnf=None, load=True, args=(), direct=False):
         self.dir = tempfile.mkdtemp(prefix="wsplug", dir="/tmp")   # short paths
         os.chmod(self.dir, 0o755)
         self.data = os.path.join(self.dir, "data")
@@ -105,6 +105,9 @@ class Server:
         }
         if load:
             opts["plugin-load-add"] = "wsproxy.so"
+        if direct:      # started as `user`, as systemd's User= does: no user option
+            del opts["user"]
+        self.direct = direct
         opts.update(cnf or {})
         self.opts = opts
         self.cnf = os.path.join(self.dir, "my.cnf")
@@ -129,7 +132,9 @@ class Server:
         self.proc = subprocess.Popen(
             [_find("mariadbd", "mysqld"), "--defaults-file=" + self.cnf] + self.args,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+            stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+            **({"user": self.user, "group": self.user, "extra_groups": []}
+               if self.direct else {}))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -389,10 +394,10 @@ class MySession:
 # the main server: run as root, Option 1 (my.cnf) over ws://
 # ---------------------------------------------------------------------------
 
-def serving(template, user):
+def serving(template, user, direct=False):
     """A server run as `user` with the proxy on a free port (ws://, ::)."""
     port = free_port()
-    s = Server(template, user=user,
+    s = Server(template, user=user, direct=direct,
                cnf={"wsproxy_http_port": port, "wsproxy_bind_address": "::"})
     s.port = port
     try:
@@ -565,8 +570,9 @@ def assert_refused(r, user, *also):
 
 @pytest.fixture(scope="module")
 def as_mysql(template):
-    """A server run as the service account, as Debian's systemd unit runs it."""
-    yield from serving(template, "mysql")
+    """A server run as the service account, as Debian's systemd unit runs it:
+    started as mysql, never root."""
+    yield from serving(template, "mysql", direct=True)
 
 
 @pytest.fixture(params=["root", "mysql"])
@@ -610,6 +616,9 @@ def test_local_clients_still_log_in_by_unix_socket(either):
     """The accounts are Debian's defaults, and the plugin takes nothing from
     a local client: on the socket, the system users root and mysql get in
     by unix_socket as before, whoever the server runs as."""
+    with open("/proc/%d/status" % either.pid) as f:      # real, effective, saved
+        uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)\s+(\d+)", f.read(), re.M).groups()
+    assert set(uids) == {str(pwd.getpwnam(either.user).pw_uid)}, uids
     assert local_login(either, "root", "root") == "root@localhost"
     assert local_login(either, "mysql", "mysql") == "mysql@localhost"
     assert "Access denied" in local_login(either, "root", "mysql")
