@@ -91,7 +91,12 @@ class Server:
         self.sock = os.path.join(self.dir, "mysqld.sock")
         self.errpath = os.path.join(self.dir, "mysqld.err")
         self.user = user
+        plugin_dir = PLUGIN_DIR
         if user != "root":
+            # a copy the server's user can read wherever the checkout lives
+            plugin_dir = os.path.join(self.dir, "plugin")
+            os.mkdir(plugin_dir)
+            shutil.copy(PLUGIN, plugin_dir)
             pw = pwd.getpwnam(user)
             for base, dirs, files in os.walk(self.dir):
                 for n in [base] + [os.path.join(base, x) for x in dirs + files]:
@@ -100,7 +105,7 @@ class Server:
             "datadir": self.data, "socket": self.sock, "log-error": self.errpath,
             "pid-file": os.path.join(self.dir, "mysqld.pid"), "user": user,
             "skip-networking": None, "innodb-buffer-pool-size": "32M",
-            "innodb-log-file-size": "16M", "plugin-dir": PLUGIN_DIR,
+            "innodb-log-file-size": "16M", "plugin-dir": plugin_dir,
             "proxy_protocol_networks": "localhost", "max-connections": "300",
         }
         if load:
