@@ -832,10 +832,14 @@ def test_install_uninstall_cycles_leave_no_thread_or_descriptor(server_factory):
           % (took, hammer.runs, fds0))
 
 
-@pytest.mark.parametrize("how", ["sigterm", "sql", "sql-through-the-proxy"])
+@pytest.mark.parametrize("how", ["sigterm", "sql", "sql-through-the-proxy",
+                                 "sigterm-thread-pool"])
 def test_shutdown_with_connections_and_concurrent_status_does_not_hang(server_factory, how):
     port = free_port()
-    s = server_factory(cnf={"wsproxy_http_port": port}).start()
+    cnf = {"wsproxy_http_port": port}
+    if how.endswith("thread-pool"):
+        cnf["thread_handling"] = "pool-of-threads"
+    s = server_factory(cnf=cnf).start()
     s.sql("GRANT SHUTDOWN ON *.* TO demo@localhost")
     sessions = [MySession(port) for _ in range(5)]
     for m in sessions:
@@ -849,7 +853,7 @@ def test_shutdown_with_connections_and_concurrent_status_does_not_hang(server_fa
     elif how == "sql-through-the-proxy":
         sessions[0].send(0, b"\x03SHUTDOWN")
     t0 = time.monotonic()
-    if how != "sigterm":
+    if how.startswith("sql"):
         s.proc.wait(30)
     took = s.stop(timeout=30) + time.monotonic() - t0
     hammer.stop()
