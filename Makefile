@@ -171,8 +171,18 @@ mariadb-version-check:
 	    echo "  a daemon plugin loads only into the exact server version it was built for;"; \
 	    echo "  install the same version of both (apt-get install libmariadbd-dev=$$srv)"; exit 1; fi
 
+PLUGIN_LINK = -pthread -fPIC -shared -fvisibility=hidden -DMYSQL_DYNAMIC_PLUGIN \
+    -isystem $(MARIADB_INC) -I. -Wl,-z,defs -Wl,--exclude-libs,libbearssl.a
+
 build/mariadb/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb-version-check
 	@mkdir -p $(@D)
-	$(CC) $(WARN) $(CFLAGS) $(TLSFLAGS) -pthread -fPIC -shared -fvisibility=hidden \
-	    -DMYSQL_DYNAMIC_PLUGIN -isystem $(MARIADB_INC) -I. -Wl,-z,defs -Wl,--exclude-libs,libbearssl.a -o $@ \
+	$(CC) $(WARN) $(CFLAGS) $(TLSFLAGS) $(PLUGIN_LINK) -o $@ \
+	    engines/mariadb/wsproxy_plugin.c wsproxy.c $(TLSLIBS) $(MARIADB_SERVICES)
+
+# The same with ASan+UBSan, for the tests (mariadbd gets the runtime preloaded).
+.PHONY: mariadb-plugin-asan
+mariadb-plugin-asan: build/mariadb-asan/wsproxy.so
+build/mariadb-asan/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb-version-check
+	@mkdir -p $(@D)
+	$(CC) $(WARN) -g -O1 $(SAN) $(TLSFLAGS) $(PLUGIN_LINK) -o $@ \
 	    engines/mariadb/wsproxy_plugin.c wsproxy.c $(TLSLIBS) $(MARIADB_SERVICES)

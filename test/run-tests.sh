@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 make -s all build/unit build/asan/unit build/tsan/unit build/header_test build/fuzz build/shim/fault.so
 # Warnings are errors with clang too, with and without TLS.
 make -s build/clang/wsproxy build/clang/notls.o
-# The MariaDB daemon plugin (test/test_mariadb_plugin.py loads it).
-make -s mariadb-plugin
+# The MariaDB daemon plugin, plain and ASan+UBSan (test/test_mariadb_plugin.py
+# loads each into real servers).
+make -s mariadb-plugin mariadb-plugin-asan
 export WSPROXY_BINS="${WSPROXY_BINS:-plain=build/wsproxy asan=build/asan/wsproxy}"
 exec /usr/bin/python3 -m pytest test -q -p no:cacheprovider -o junit_family=xunit2 "$@"

@@ -9,7 +9,12 @@ The data directory comes from mariadb-install-db --user=mysql, as Debian's
 package makes it: root@localhost and mysql@localhost both IDENTIFIED VIA
 mysql_native_password USING 'invalid' OR unix_socket.
 
-Run:  make mariadb-plugin && /usr/bin/python3 -m pytest test/test_mariadb_plugin.py -q
+Every server test runs with the plain build and with the ASan+UBSan build
+(build/mariadb-asan, the sanitizer runtime preloaded into mariadbd); a
+sanitizer report in the error log fails the test.
+
+Run:  make mariadb-plugin mariadb-plugin-asan &&
+      /usr/bin/python3 -m pytest test/test_mariadb_plugin.py -q
 """
 
 import hashlib
@@ -36,6 +41,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PLUGIN_DIR = os.path.join(ROOT, "build", "mariadb")
 PLUGIN = os.path.join(PLUGIN_DIR, "wsproxy.so")
+# Every server test runs with the plain build and with the ASan+UBSan build
+# (make mariadb-plugin-asan), whose runtime is then preloaded into mariadbd.
+BUILDS = {"plain": PLUGIN_DIR, "asan": os.path.join(ROOT, "build", "mariadb-asan")}
 QUERY_JS = os.path.join(HERE, "query.js")
 SQL_CLIENT = os.path.join(HERE, "e2e", "sql_client.js")
 FAULT_SHIM = os.path.join(ROOT, "build", "shim", "fault.so")
@@ -62,11 +70,24 @@ def node():
 # private servers
 # ---------------------------------------------------------------------------
 
+class Build:
+    def __init__(self, data, name):
+        self.data, self.san = data, name == "asan"
+        self.plugin_dir = BUILDS[name]
+
+
+@pytest.fixture(scope="session", params=sorted(BUILDS))
+def template(request, initialised):
+    """The data directory to copy, and the plugin build to load."""
+    plugin = os.path.join(BUILDS[request.param], "wsproxy.so")
+    if not os.path.isfile(plugin):
+        pytest.fail("%s is missing: run `make mariadb-plugin mariadb-plugin-asan`" % plugin)
+    return Build(initialised, request.param)
+
+
 @pytest.fixture(scope="session")
-def template(tmp_path_factory):
+def initialised():
     """One initialised data directory, copied for every server."""
-    if not os.path.isfile(PLUGIN):
-        pytest.fail("%s is missing: run `make mariadb-plugin`" % PLUGIN)
     d = tempfile.mkdtemp(prefix="wsplug", dir="/tmp")
     os.chmod(d, 0o755)
     data = os.path.join(d, "data")
@@ -87,16 +108,17 @@ class Server:
         self.dir = tempfile.mkdtemp(prefix="wsplug", dir="/tmp")   # short paths
         os.chmod(self.dir, 0o755)
         self.data = os.path.join(self.dir, "data")
-        shutil.copytree(template, self.data, symlinks=True)
+        shutil.copytree(template.data, self.data, symlinks=True)
+        self.san = template.san
         self.sock = os.path.join(self.dir, "mysqld.sock")
         self.errpath = os.path.join(self.dir, "mysqld.err")
         self.user = user
-        plugin_dir = PLUGIN_DIR
+        plugin_dir = template.plugin_dir
         if user != "root":
             # a copy the server's user can read wherever the checkout lives
             plugin_dir = os.path.join(self.dir, "plugin")
             os.mkdir(plugin_dir)
-            shutil.copy(PLUGIN, plugin_dir)
+            shutil.copy(os.path.join(template.plugin_dir, "wsproxy.so"), plugin_dir)
             pw = pwd.getpwnam(user)
             for base, dirs, files in os.walk(self.dir):
                 for n in [base] + [os.path.join(base, x) for x in dirs + files]:
@@ -131,6 +153,13 @@ class Server:
 
     def start(self, timeout=60, setup=True, env=None):
         env = dict(os.environ, **(env or {}))
+        if self.san:
+            runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], text=True,
+                                     capture_output=True).stdout.strip()
+            env["LD_PRELOAD"] = " ".join(filter(None, [runtime, env.get("LD_PRELOAD")]))
+            # mariadbd itself is not instrumented: its leaks at exit are not ours
+            env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=1"
+            env["UBSAN_OPTIONS"] = "print_stacktrace=1"
         # no network namespace here (the proxy's port must be reachable):
         # keep MariaDB's reverse lookup of 127.0.0.2 short
         env["RES_OPTIONS"] = "timeout:1 attempts:1"
@@ -152,6 +181,9 @@ class Server:
             self.kill()
             pytest.fail("mariadbd did not answer within %ss:\n%s"
                         % (timeout, self.errlog()[-3000:]))
+        if self.san:
+            with open("/proc/%d/maps" % self.pid) as f:
+                assert "libasan" in f.read(), "the sanitizer runtime is not in mariadbd"
         if not setup:
             return self
         self.sql("CREATE DATABASE IF NOT EXISTS demo;"
@@ -225,6 +257,9 @@ class Server:
                 self.kill()
                 pytest.fail("mariadbd did not stop within %ss of SIGTERM:\n%s"
                             % (timeout, self.errlog()[-3000:]))
+        # mariadbd's stderr is its error log: the sanitizers report there
+        assert "ERROR: AddressSanitizer" not in self.errlog() and \
+            "runtime error:" not in self.errlog(), self.errlog()[-6000:]
         # a crash at shutdown (plugin deinit, freeing the variables) shows here
         assert self.proc.returncode == 0 and "got signal" not in self.errlog(), \
             "mariadbd exited with %s:\n%s" % (self.proc.returncode, self.errlog()[-3000:])
@@ -581,8 +616,9 @@ def as_mysql(template):
 
 
 @pytest.fixture(params=["root", "mysql"])
-def either(request):
-    """The server run as root (main), then as mysql (as_mysql)."""
+def either(request, template):
+    """The server run as root (main), then as mysql (as_mysql), of the
+    template's build."""
     return request.getfixturevalue("main" if request.param == "root" else "as_mysql")
 
 
