@@ -17,6 +17,7 @@ Run:  make mariadb-plugin mariadb-plugin-asan &&
       /usr/bin/python3 -m pytest test/test_mariadb_plugin.py -q
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -35,7 +36,7 @@ import pytest
 
 from conftest import (OP_CLOSE, WSClient, ConnectionClosed, free_port, port_accepts,
                       wait_until)
-from test_e2e_mariadb import _find as find_program
+from test_e2e_mariadb import _find as find_program, require_node as node
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -56,19 +57,16 @@ def _find(*names):
     return p
 
 
-def node():
-    n = shutil.which("node")
-    if not n:
-        pytest.fail("node is not installed (test/deps.sh installs it)")
-    for mod in ("ws", "mysql2"):
-        if not os.path.isfile(os.path.join(HERE, "node_modules", mod, "package.json")):
-            pytest.fail("test/node_modules/%s is missing: run test/deps.sh" % mod)
-    return n
-
-
 # ---------------------------------------------------------------------------
 # private servers
 # ---------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def asan_runtime():
+    """The ASan runtime the sanitized plugin was linked against."""
+    return subprocess.run(["gcc", "-print-file-name=libasan.so"], text=True,
+                          capture_output=True, check=True).stdout.strip()
+
 
 class Build:
     def __init__(self, data, name):
@@ -154,9 +152,7 @@ class Server:
     def start(self, timeout=60, setup=True, env=None):
         env = dict(os.environ, **(env or {}))
         if self.san:
-            runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], text=True,
-                                     capture_output=True).stdout.strip()
-            env["LD_PRELOAD"] = " ".join(filter(None, [runtime, env.get("LD_PRELOAD")]))
+            env["LD_PRELOAD"] = " ".join(filter(None, [asan_runtime(), env.get("LD_PRELOAD")]))
             # mariadbd itself is not instrumented: its leaks at exit are not ours
             env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=1"
             env["UBSAN_OPTIONS"] = "print_stacktrace=1"
