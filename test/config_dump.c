@@ -2,7 +2,7 @@
  * test/test_config.py to compare with MariaDB's my_print_defaults:
  *   "ok <hex of allowed_origins>" or "error <reason>".
  * Built by the test itself: cc -DWSPROXY_CLI -pthread config_dump.c */
-#include "../wsproxy.c"
+#include "../program/main.c"
 
 int main(int argc, char **argv)
 {

@@ -13,7 +13,7 @@
  * test/test_fuzz.py runs it for a bounded time in `make test`.
  */
 #define WSPROXY_CLI
-#include "../wsproxy.c"
+#include "../program/main.c"
 
 #define FUZZ_ASSERT(c)                                                       \
     do {                                                                     \
