@@ -35,7 +35,7 @@ all: build/wsproxy build/wsproxy.o build/asan/wsproxy build/notls/wsproxy
 
 build/wsproxy: $(PROG) $(SRC)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -o $@ $(PROG) $(TLSLIBS) $(LDFLAGS)
+	$(CC) $(ALL_CFLAGS) -o $@ $(PROG) wsproxy.c $(TLSLIBS) $(LDFLAGS)
 
 build/wsproxy.o: $(SRC)
 	@mkdir -p $(@D)
@@ -43,15 +43,15 @@ build/wsproxy.o: $(SRC)
 
 build/asan/wsproxy: $(PROG) $(SRC)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(SAN) -o $@ $(PROG) $(TLSLIBS) $(LDFLAGS)
+	$(CC) $(ALL_CFLAGS) $(SAN) -o $@ $(PROG) wsproxy.c $(TLSLIBS) $(LDFLAGS)
 
 build/notls/wsproxy: $(PROG) $(SRC)
 	@mkdir -p $(@D)
-	$(CC) $(WARN) $(CFLAGS) -DWS_PROXY_NO_TLS -pthread -o $@ $(PROG) $(LDFLAGS)
+	$(CC) $(WARN) $(CFLAGS) -DWS_PROXY_NO_TLS -pthread -o $@ $(PROG) wsproxy.c $(LDFLAGS)
 
 build/clang/wsproxy: $(PROG) $(SRC)
 	@mkdir -p $(@D)
-	clang $(ALL_CFLAGS) -o $@ $(PROG) $(TLSLIBS) $(LDFLAGS)
+	clang $(ALL_CFLAGS) -o $@ $(PROG) wsproxy.c $(TLSLIBS) $(LDFLAGS)
 
 build/clang/notls.o: $(SRC)
 	@mkdir -p $(@D)

@@ -30,9 +30,11 @@
  * free list only while bytes are in flight and returned when drained.  There
  * is no allocation per message.
  *
- * Compile-time options: WS_PROXY_NO_TLS builds without BearSSL;
- * WSPROXY_MAIN adds the standalone program's main(); the WS_PROXY_* tunables
- * below may be overridden with -D.
+ * This file is the library and nothing else: the standalone wsproxy
+ * program (program/main.c) is a client of wsproxy.h, as every engine is.
+ *
+ * Compile-time options: WS_PROXY_NO_TLS builds without BearSSL; the
+ * WS_PROXY_* tunables below may be overridden with -D.
  */
 
 /* ==== Includes, tunables, portability =================================== */
@@ -147,7 +149,6 @@
 #define DEFAULT_MAX_CONNECTIONS 1024u
 #define DEFAULT_HANDSHAKE_MS 10000u
 #define DEFAULT_DRAIN_MS 5000u
-#define MAX_CONNECTIONS_LIMIT 1000000u
 /* Room in front of an outgoing payload for the largest server header. */
 #define FRAME_HEADROOM 10
 
@@ -3907,9 +3908,9 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
         return err_set(err, errlen, WS_PROXY_EINVAL,
                        "bind_address: not a numeric IPv4 or IPv6 address: %s",
                        in->bind_address);
-    if (in->max_connections > MAX_CONNECTIONS_LIMIT)
+    if (in->max_connections > WS_PROXY_MAX_CONNECTIONS_LIMIT)
         return err_set(err, errlen, WS_PROXY_EINVAL, "max_connections over %u",
-                       MAX_CONNECTIONS_LIMIT);
+                       WS_PROXY_MAX_CONNECTIONS_LIMIT);
     if (in->proxy_protocol < 0 || in->proxy_protocol > WS_PROXY_PP_OFF)
         return err_set(err, errlen, WS_PROXY_EINVAL,
                        "proxy_protocol must be v2, v1 or off");

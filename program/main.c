@@ -1,13 +1,6 @@
 /*
- * program/main.c - the standalone wsproxy program.
- * MIT licence; see LICENSE.
- */
-#ifndef WSPROXY_CLI
-#define WSPROXY_MAIN
-#endif
-#include "../wsproxy.c"
-
-/* ==== The wsproxy program ================================================
+ * program/main.c - the standalone wsproxy program, a client of wsproxy.h
+ * like every engine.  MIT licence; see LICENSE.
  *
  * Options are collected once from argv; a configuration is built from the
  * --config file (if any) and then those options, so the command line wins
@@ -18,9 +11,10 @@
  *
  * The --config file is read the way MariaDB reads an option file
  * (mysys/my_default.c; `my_print_defaults --defaults-file=F wsproxy` shows
- * what MariaDB makes of one), with the differences the README lists: lines
- * of any length, lines before the first [section] taken as [wsproxy], and
- * every doubtful line an error naming the file and line, never skipped.
+ * what MariaDB makes of one), with the differences docs/program.md lists:
+ * lines of any length, lines before the first [section] taken as
+ * [wsproxy], and every doubtful line an error naming the file and line,
+ * never skipped.
  *
  * Started as root, the program needs --user NAME (or --allow-root).  It
  * takes NAME's groups, and on Linux its uid with only the capabilities to
@@ -31,23 +25,66 @@
  * Exit status: 0 after SIGTERM/SIGINT, 1 when the proxy cannot start, 2 for
  * a usage or configuration error.
  *
- * WSPROXY_CLI alone compiles the configuration reader without main() (for
- * test/fuzz.c and test/config_dump.c).
+ * WSPROXY_NO_MAIN compiles only the configuration reader, without main()
+ * (test/fuzz.c and test/config_dump.c include this file).
  */
-#if defined(WSPROXY_MAIN) && !defined(WSPROXY_CLI)
-#define WSPROXY_CLI
+
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* setresuid */
 #endif
-#ifdef WSPROXY_CLI
+#if !defined(_GNU_SOURCE) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE
+#endif
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include "../wsproxy.h"
+
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
 #ifdef __linux__
 #include <linux/capability.h>
 #include <sys/syscall.h>
 #endif
+
+#define CLI_COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+#ifdef MSG_NOSIGNAL
+#define CLI_SEND_FLAGS MSG_NOSIGNAL
+#else
+#define CLI_SEND_FLAGS 0
+#endif
+
+/* Formats a one-line reason into err; returns code. */
+static int cli_err(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return code;
+}
 
 /* Largest configuration file read, bytes (each !include counts apart). */
 #ifndef WS_PROXY_CONFIG_MAX
@@ -105,14 +142,14 @@ static const struct cli_opt cli_opts[] = {
     {"config", T_FILE, 0, NULL},
     {"config-section", T_SECTION, CLI_AT(section), NULL},
 };
-typedef char cli_opts_fit[COUNT_OF(cli_opts) <= CLI_MAX_OPTS ? 1 : -1];
+typedef char cli_opts_fit[CLI_COUNT(cli_opts) <= CLI_MAX_OPTS ? 1 : -1];
 
 /* The largest number, or the longest string, an option takes; 0 = the
  * field's own range.  The library would refuse more, without a file:line. */
 static unsigned long long cli_max(const struct cli_opt *o)
 {
     if (o->off == CFG_AT(max_connections))
-        return MAX_CONNECTIONS_LIMIT;
+        return WS_PROXY_MAX_CONNECTIONS_LIMIT;
     if (o->off == CFG_AT(socket_path))
         return sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
     return 0;
@@ -217,7 +254,7 @@ static int cli_set(struct cli *s, const struct cli_opt *o, const char *v,
 {
     char *field = (char *)s + o->off, name[64];
     unsigned long long n, max = cli_max(o);
-    union conn_addr a;
+    unsigned char addr[16];
     if (!key) {
         snprintf(name, sizeof name, "--%s", o->name);
         key = name;
@@ -225,23 +262,23 @@ static int cli_set(struct cli *s, const struct cli_opt *o, const char *v,
     switch (o->type) {
     case T_PORT:
         if (cli_number(v, 65535, 0, &n))
-            return err_set(err, errlen, -1, "%s: not a port number (1-65535): %s", key, v);
+            return cli_err(err, errlen, -1, "%s: not a port number (1-65535): %s", key, v);
         *(int *)(void *)field = (int)n;
         return 0;
     case T_UINT:
         max = max ? max : 0xFFFFFFFFull;
         if (cli_number(v, max, 1, &n))
-            return err_set(err, errlen, -1, "%s: not a number from 0 to %llu: %s", key, max, v);
+            return cli_err(err, errlen, -1, "%s: not a number from 0 to %llu: %s", key, max, v);
         *(unsigned *)(void *)field = (unsigned)n;
         return 0;
     case T_U64:
         if (cli_number(v, ~0ull, 1, &n))
-            return err_set(err, errlen, -1, "%s: not a number: %s", key, v);
+            return cli_err(err, errlen, -1, "%s: not a number: %s", key, v);
         *(uint64_t *)(void *)field = n;
         return 0;
     case T_BOOL:
         if ((n = (unsigned)cli_bool(v)) > 1)
-            return err_set(err, errlen, -1,
+            return cli_err(err, errlen, -1,
                            "%s: not a boolean (1/0, on/off, true/false, yes/no): %s", key, v);
         *(int *)(void *)field = (int)n;
         return 0;
@@ -253,16 +290,16 @@ static int cli_set(struct cli *s, const struct cli_opt *o, const char *v,
         else if (!strcmp(v, "off"))
             s->cfg.proxy_protocol = WS_PROXY_PP_OFF;
         else
-            return err_set(err, errlen, -1, "%s: expected v2, v1 or off: %s", key, v);
+            return cli_err(err, errlen, -1, "%s: expected v2, v1 or off: %s", key, v);
         return 0;
     case T_ADDR:
-        if (addr_parse(v, 0, &a))
-            return err_set(err, errlen, -1,
+        if (inet_pton(AF_INET, v, addr) != 1 && inet_pton(AF_INET6, v, addr) != 1)
+            return cli_err(err, errlen, -1,
                            "%s: not a numeric IPv4 or IPv6 address: %s", key, v);
         break;
     default:
         if (max && strlen(v) > max)
-            return err_set(err, errlen, -1, "%s: longer than %llu bytes: %s", key, max, v);
+            return cli_err(err, errlen, -1, "%s: longer than %llu bytes: %s", key, max, v);
         break;
     }
     {
@@ -272,7 +309,7 @@ static int cli_set(struct cli *s, const struct cli_opt *o, const char *v,
         size_t len = strlen(v) + (append ? strlen(old) + 1 : 0) + 1;
         char *copy = cli_keep(s, malloc(len));
         if (!copy)
-            return err_set(err, errlen, -1, "out of memory");
+            return cli_err(err, errlen, -1, "out of memory");
         if (append)
             snprintf(copy, len, "%s,%s", old, v);
         else
@@ -286,7 +323,7 @@ static int cli_set(struct cli *s, const struct cli_opt *o, const char *v,
 static const struct cli_opt *cli_find(const char *key, size_t len)
 {
     size_t i, k;
-    for (i = 0; i < COUNT_OF(cli_opts); i++) {
+    for (i = 0; i < CLI_COUNT(cli_opts); i++) {
         const char *names[2] = {cli_opts[i].name, cli_opts[i].alias};
         int j;
         for (j = 0; j < 2; j++) {
@@ -307,7 +344,7 @@ static int cli_at(const char *path, int line, char *err, size_t errlen)
 {
     char why[512];
     snprintf(why, sizeof why, "%s", err);
-    return err_set(err, errlen, -1, "%s:%d: %s", path, line, why);
+    return cli_err(err, errlen, -1, "%s:%d: %s", path, line, why);
 }
 
 static int cli_fail(const char *path, int line, char *err, size_t errlen,
@@ -399,7 +436,7 @@ static int cli_option(struct cli *s, const char *path, int line, char *p,
     }
     name = p;
     if (!(o = cli_find(p, strlen(p))))
-        for (i = 0; i < COUNT_OF(flips); i++) {
+        for (i = 0; i < CLI_COUNT(flips); i++) {
             n = strlen(flips[i]);
             if (!strncmp(p, flips[i], n) && (p[n] == '-' || p[n] == '_') &&
                 (o = cli_find(p + n + 1, strlen(p + n + 1))) != NULL && o->type == T_BOOL) {
@@ -442,7 +479,7 @@ static char *cli_slurp(const char *path, size_t *len, char *err, size_t errlen)
     ssize_t r;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        err_set(err, errlen, -1, "%s: %s", path, strerror(errno));
+        cli_err(err, errlen, -1, "%s: %s", path, strerror(errno));
         return NULL;
     }
     for (;;) {
@@ -451,12 +488,12 @@ static char *cli_slurp(const char *path, size_t *len, char *err, size_t errlen)
             if (cap > (size_t)WS_PROXY_CONFIG_MAX + 2)
                 cap = (size_t)WS_PROXY_CONFIG_MAX + 2;
             if (n + 1 >= cap) {
-                err_set(err, errlen, -1, "%s: larger than %u bytes", path,
+                cli_err(err, errlen, -1, "%s: larger than %u bytes", path,
                         (unsigned)WS_PROXY_CONFIG_MAX);
                 break;
             }
             if (!(nb = realloc(buf, cap))) {
-                err_set(err, errlen, -1, "%s: out of memory", path);
+                cli_err(err, errlen, -1, "%s: out of memory", path);
                 break;
             }
             buf = nb;
@@ -465,7 +502,7 @@ static char *cli_slurp(const char *path, size_t *len, char *err, size_t errlen)
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            err_set(err, errlen, -1, "%s: %s", path, strerror(errno));
+            cli_err(err, errlen, -1, "%s: %s", path, strerror(errno));
             break;
         }
         if (r == 0) {
@@ -513,7 +550,7 @@ static int cli_dir(struct cli *s, const char *dir, int depth, char *err,
     size_t n = 0, cap = 0, i, len;
     int rc = 0;
     if (!d)
-        return err_set(err, errlen, -2, "%s: %s", dir, strerror(errno));
+        return cli_err(err, errlen, -2, "%s: %s", dir, strerror(errno));
     while (!rc && (de = readdir(d)) != NULL) {
         len = strlen(de->d_name);
         if (len < 4 || strcmp(de->d_name + len - 4, ".cnf"))
@@ -521,13 +558,13 @@ static int cli_dir(struct cli *s, const char *dir, int depth, char *err,
         if (n == cap) {
             cap = cap ? cap * 2 : 16;
             if (!(nn = realloc(names, cap * sizeof *nn))) {
-                rc = err_set(err, errlen, -1, "%s: out of memory", dir);
+                rc = cli_err(err, errlen, -1, "%s: out of memory", dir);
                 break;
             }
             names = nn;
         }
         if (!(names[n] = malloc(strlen(dir) + len + 2)))
-            rc = err_set(err, errlen, -1, "%s: out of memory", dir);
+            rc = cli_err(err, errlen, -1, "%s: out of memory", dir);
         else
             sprintf(names[n++], "%s/%s", dir, de->d_name);
     }
@@ -639,7 +676,7 @@ static int cli_text(struct cli *s, const char *path, char *text, size_t len,
     return 0;
 }
 
-#ifdef WSPROXY_MAIN
+#ifndef WSPROXY_NO_MAIN
 static const char cli_synopsis[] =
     "usage: wsproxy --socket PATH (--http-port N | --https-port N --cert FILE --key FILE)\n"
     "               [--user NAME] [--config FILE] [options]\n";
@@ -687,7 +724,7 @@ struct cli_arg {
 static int cli_build(struct cli *s, const char *file, const char *section,
                      const struct cli_arg *args, int nargs, char *err, size_t errlen)
 {
-    unsigned char seen[COUNT_OF(cli_opts)];
+    unsigned char seen[CLI_COUNT(cli_opts)];
     int i;
     memset(s, 0, sizeof *s);
     memset(seen, 0, sizeof seen);
@@ -723,11 +760,11 @@ static int cli_conflict(const struct cli *s, char *err, size_t errlen)
 {
     const struct ws_proxy_config *c = &s->cfg;
     if (c->http_port && c->https_port)
-        return err_set(err, errlen, 1, "http_port and https_port are mutually exclusive "
+        return cli_err(err, errlen, 1, "http_port and https_port are mutually exclusive "
                        "(http_port from %s, https_port from %s)",
                        cli_from(s, "http-port"), cli_from(s, "https-port"));
     if (c->https_port && (!c->cert_file || !*c->cert_file || !c->key_file || !*c->key_file))
-        return err_set(err, errlen, 1, "https_port requires SSL: set cert_file and key_file "
+        return cli_err(err, errlen, 1, "https_port requires SSL: set cert_file and key_file "
                        "(https_port from %s)", cli_from(s, "https-port"));
     return 0;
 }
@@ -735,6 +772,7 @@ static int cli_conflict(const struct cli *s, char *err, size_t errlen)
 /* "<UTC time> <LEVEL> ", the way the library's own log lines begin. */
 static void cli_stamp(char *buf, size_t len, int level)
 {
+    static const char *const names[] = {"?", "ERROR", "WARN", "INFO", "DEBUG"};
     struct timespec ts;
     struct tm tm;
     time_t secs;
@@ -743,7 +781,8 @@ static void cli_stamp(char *buf, size_t len, int level)
     gmtime_r(&secs, &tm);
     snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ", tm.tm_year + 1900,
              tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (long)(ts.tv_nsec / 1000000), log_level_name(level));
+             (long)(ts.tv_nsec / 1000000),
+             names[level >= WS_PROXY_LOG_ERROR && level <= WS_PROXY_LOG_DEBUG ? level : 0]);
 }
 
 /* Without --log-dir the log goes to stderr, in the log file's format. */
@@ -834,10 +873,10 @@ static int cli_become(const struct cli *s, uid_t *uid, char *err, size_t errlen)
     int fd;
     errno = 0;
     if (!(pw = getpwnam(s->user)))
-        return err_set(err, errlen, 2, "user %s: %s", s->user,
+        return cli_err(err, errlen, 2, "user %s: %s", s->user,
                        errno ? strerror(errno) : "no such user");
     if (pw->pw_uid == 0)
-        return err_set(err, errlen, 2, "user %s is root (uid 0): name an unprivileged "
+        return cli_err(err, errlen, 2, "user %s is root (uid 0): name an unprivileged "
                        "account", s->user);
     *uid = pw->pw_uid;
     /* A log file root created earlier must stay writable for SIGUSR1. */
@@ -853,21 +892,21 @@ static int cli_become(const struct cli *s, uid_t *uid, char *err, size_t errlen)
         }
     }
     if (initgroups(pw->pw_name, pw->pw_gid) || setgid(pw->pw_gid))
-        return err_set(err, errlen, 1, "user %s: cannot take its groups: %s", s->user,
+        return cli_err(err, errlen, 1, "user %s: cannot take its groups: %s", s->user,
                        strerror(errno));
 #ifdef __linux__
     {
         struct __user_cap_header_struct h;
         struct __user_cap_data_struct d[2];
         if (setresuid(*uid, *uid, 0))
-            return err_set(err, errlen, 1, "setresuid(%ld): %s", (long)*uid, strerror(errno));
+            return cli_err(err, errlen, 1, "setresuid(%ld): %s", (long)*uid, strerror(errno));
         memset(&h, 0, sizeof h);
         memset(d, 0, sizeof d);
         h.version = _LINUX_CAPABILITY_VERSION_3;
         d[0].permitted = d[0].effective = 1u << CAP_NET_BIND_SERVICE |
                                           1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH;
         if (syscall(SYS_capset, &h, d))
-            return err_set(err, errlen, 1, "capset: %s", strerror(errno));
+            return cli_err(err, errlen, 1, "capset: %s", strerror(errno));
     }
 #endif
     return 0;
@@ -883,9 +922,9 @@ static int cli_root_off(uid_t uid, char *err, size_t errlen)
     int rc = setuid(uid);
 #endif
     if (rc)
-        return err_set(err, errlen, 1, "setuid(%ld): %s", (long)uid, strerror(errno));
+        return cli_err(err, errlen, 1, "setuid(%ld): %s", (long)uid, strerror(errno));
     if (getuid() != uid || geteuid() != uid || !setuid(0) || !seteuid(0))
-        return err_set(err, errlen, 1, "switching to uid %ld did not drop root", (long)uid);
+        return cli_err(err, errlen, 1, "switching to uid %ld did not drop root", (long)uid);
     return 0;
 }
 
@@ -923,7 +962,7 @@ static void notify_open(struct notify *n)
 
 static void notify_send(struct notify *n, const char *msg)
 {
-    if (n->fd >= 0 && sendto(n->fd, msg, strlen(msg), SEND_FLAGS,
+    if (n->fd >= 0 && sendto(n->fd, msg, strlen(msg), CLI_SEND_FLAGS,
                              (struct sockaddr *)&n->sun, n->len) < 0)
         fprintf(stderr, "wsproxy: NOTIFY_SOCKET: sendto: %s\n", strerror(errno));
 }
@@ -990,8 +1029,8 @@ static int notify_wait(struct notify *n, ws_proxy *p, const sigset_t *set, int *
 
 int main(int argc, char **argv)
 {
-    struct option lopts[2 * COUNT_OF(cli_opts) + 3];
-    char skip[COUNT_OF(cli_opts)][40]; /* --skip-NAME for each boolean */
+    struct option lopts[2 * CLI_COUNT(cli_opts) + 3];
+    char skip[CLI_COUNT(cli_opts)][40]; /* --skip-NAME for each boolean */
     struct cli_arg *args = calloc((size_t)argc + 1, sizeof *args);
     const char *file = NULL, *section = NULL;
     struct cli cur, next;
@@ -1009,7 +1048,7 @@ int main(int argc, char **argv)
         return 1;
     }
     memset(&cur, 0, sizeof cur);
-    for (i = 0; i < COUNT_OF(cli_opts); i++) {
+    for (i = 0; i < CLI_COUNT(cli_opts); i++) {
         lopts[n].name = cli_opts[i].name;
         lopts[n].has_arg = cli_opts[i].type == T_BOOL ? no_argument : required_argument;
         lopts[n].flag = NULL;
@@ -1170,5 +1209,4 @@ int main(int argc, char **argv)
     free(args);
     return 0;
 }
-#endif /* WSPROXY_MAIN */
-#endif /* WSPROXY_CLI */
+#endif /* WSPROXY_NO_MAIN */

@@ -417,7 +417,7 @@ def test_random_files_read_as_mariadb_reads_them(tmp_path):
     import random
     here = os.path.dirname(os.path.abspath(__file__))
     exe = tmp_path / "config_dump"
-    cp = subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-DWSPROXY_CLI",
+    cp = subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror",
                          "-DWS_PROXY_NO_TLS", "-pthread", "-o", str(exe),
                          os.path.join(here, "config_dump.c")], capture_output=True, text=True,
                         timeout=300)
