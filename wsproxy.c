@@ -33,8 +33,16 @@
  * This file is the library and nothing else: the standalone wsproxy
  * program (program/main.c) is a client of wsproxy.h, as every engine is.
  *
+ * Portability: C99 and POSIX.1-2008 sockets, poll() and pthreads.  Linux
+ * with glibc or musl, on any architecture (32-bit and big-endian included);
+ * the BSDs and macOS for the library (docs/hosts.md says what is tested
+ * where).  The next section asks each system for its extensions before the
+ * first system header; a unit that included one earlier (a unity build)
+ * gets fallbacks, or an #error naming the fix.
+ *
  * Compile-time options: WS_PROXY_NO_TLS builds without BearSSL; the
- * WS_PROXY_* tunables below may be overridden with -D.
+ * WS_PROXY_* tunables below may be overridden with -D, and one set below
+ * what the proxy needs stops the build with an #error naming the limit.
  */
 
 /* ==== Includes, tunables, portability =================================== */
