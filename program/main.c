@@ -29,14 +29,11 @@
  * (test/fuzz.c and test/config_dump.c include this file).
  */
 
+/* Linux needs _GNU_SOURCE for setresuid.  The BSDs and macOS show their
+ * extensions (initgroups) unless _POSIX_C_SOURCE asks for POSIX alone, so
+ * nothing is defined there (see wsproxy.c's feature-test macros). */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
-#define _GNU_SOURCE /* setresuid */
-#endif
-#if !defined(_GNU_SOURCE) && !defined(_DEFAULT_SOURCE)
-#define _DEFAULT_SOURCE
-#endif
-#ifndef _POSIX_C_SOURCE
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE
 #endif
 
 #include "../wsproxy.h"

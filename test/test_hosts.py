@@ -254,6 +254,15 @@ def test_library_compiles_as_other_systems_see_it(built, system, cc):
         assert r.returncode != 0 and "do not define _POSIX_C_SOURCE" in first_error(r), r.stderr
 
 
+@pytest.mark.parametrize("system", sorted(SYSTEMS))
+def test_program_compiles_as_other_systems_see_it(built, system):
+    """program/main.c defined _POSIX_C_SOURCE, which hides initgroups() on
+    the BSDs and macOS."""
+    r = compile_(["gcc"] + WARN + ["-pthread", "-fsyntax-only"] + NOT_LINUX + SYSTEMS[system] +
+                 ["-isystem", "test/hosts/" + system, "program/main.c"], "main-" + system)
+    assert r.returncode == 0, r.stderr
+
+
 def test_unity_build(built, tmp_path):
     """test/hosts/unity.c: a system header first, then wsproxy.c and
     program/main.c in one unit, -std=c99 with glibc's default feature set
