@@ -554,6 +554,8 @@ static void test_config_validation(void)
     memset(&c, 0, sizeof c);
     c.http_port = WS_PROXY_PORT_ANY;
     expect_start_error(&c, WS_PROXY_EINVAL, "socket_path is not set");
+    c.socket_path = "localhost:3306";
+    expect_start_error(&c, WS_PROXY_EINVAL, "socket_path: neither a Unix socket path");
     c.socket_path = "/x", c.bind_address = "localhost";
     expect_start_error(&c, WS_PROXY_EINVAL, "bind_address: not a numeric");
     c.bind_address = NULL, c.http_port = 70000;
@@ -1025,6 +1027,55 @@ static void test_metrics_cidr(void)
     }
 }
 
+/* ---- The engine address: a Unix path or a numeric TCP address ---- */
+
+static void test_engine_address(void)
+{
+    static const struct {
+        const char *s;
+        int family, port; /* family 0: refused */
+    } t[] = {
+        {"/run/mysqld/mysqld.sock", AF_UNIX, 0},
+        {"./db.sock", AF_UNIX, 0},
+        {"../db.sock", AF_UNIX, 0},
+        {"127.0.0.1:3306", AF_INET, 3306},
+        {"10.1.2.3:1", AF_INET, 1},
+        {"[::1]:5432", AF_INET6, 5432},
+        {"[::ffff:127.0.0.1]:65535", AF_INET6, 65535},
+        {"db.sock", 0, 0},              /* relative: must start with ./ */
+        {"localhost:3306", 0, 0},       /* numeric only */
+        {"::1:5432", 0, 0},             /* IPv6 needs its brackets */
+        {"[127.0.0.1]:3306", 0, 0},
+        {"127.0.0.1", 0, 0},
+        {"127.0.0.1:", 0, 0},
+        {"127.0.0.1:0", 0, 0},
+        {"127.0.0.1:65536", 0, 0},
+        {"127.0.0.1:+80", 0, 0},
+        {"127.0.0.1: 80", 0, 0},
+        {"127.0.0.1:80x", 0, 0},
+        {"127.0.0.1:99999999999999999999999", 0, 0},
+        {"[::1]", 0, 0},
+        {"[]:80", 0, 0},
+        {":80", 0, 0},
+    };
+    size_t i;
+    for (i = 0; i < COUNT_OF(t); i++) {
+        union engine_addr a;
+        socklen_t len = 0;
+        int rc = engine_parse(t[i].s, &a, &len);
+        if (rc != (t[i].family ? 0 : -1))
+            FAIL("engine_parse(\"%s\") == %d", t[i].s, rc);
+        if (rc)
+            continue;
+        EQ_INT(a.sa.sa_family, t[i].family);
+        if (t[i].family == AF_UNIX)
+            CHECK(!strcmp(a.un.sun_path, t[i].s) && len == sizeof a.un);
+        else
+            EQ_INT(ntohs(t[i].family == AF_INET ? a.v4.sin_port : a.v6.sin6_port),
+                   t[i].port);
+    }
+}
+
 static void test_metrics_exposition(void)
 {
     static char out[8192];
@@ -1273,6 +1324,7 @@ static const struct {
     {"failed_stays_failed", test_failed_stays_failed},
     {"cycles_leave_nothing", test_cycles_leave_nothing},
     {"metrics_cidr", test_metrics_cidr},
+    {"engine_address", test_engine_address},
     {"metrics_exposition", test_metrics_exposition},
     {"stop_races_every_call", test_stop_races_every_call},
 #ifndef WS_PROXY_NO_TLS
