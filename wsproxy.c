@@ -3194,7 +3194,10 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
     /* The engine is done: after the client's Close its code is echoed. */
     c->e_fin = 1;
     c->down = DIR_SHUT;
-    if (!c->close_rcvd) {
+    if (!c->close_rcvd && c->cfg->c.going_away && *c->cfg->c.going_away) {
+        c->close_code = 1001;
+        conn_why(c, "engine going away");
+    } else if (!c->close_rcvd) {
         c->close_code = n == 0 ? 1000 : 1011;
         conn_why(c, n == 0 ? "engine closed" : "engine connection error");
     }

@@ -172,6 +172,14 @@ struct ws_proxy_config {
      * blocks separated by commas or spaces ("10.0.0.0/8, ::1"); others get
      * 403.  NULL or "" = loopback only (127.0.0.0/8 and ::1). */
     const char *metrics_allow;
+    /* Optional flag owned by the host, e.g. the engine's own "shutting
+     * down" variable; the loop only reads it.  While *going_away is
+     * nonzero, a WebSocket whose engine connection ends (EOF or error) is
+     * closed with 1001 ("going away") instead of 1000 or 1011, so an
+     * engine that hangs up on its clients as it shuts down tells them so.
+     * The byte must stay readable until ws_proxy_stop() returns.
+     * NULL = not used. */
+    const volatile unsigned char *going_away;
 };
 
 typedef struct ws_proxy ws_proxy;

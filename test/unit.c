@@ -905,6 +905,32 @@ static void test_restart_same_port_other_address(void)
 }
 
 /* A fatal loop error leaves the proxy FAILED until a restart. */
+/* An engine that hangs up while the host's going_away flag is set closes
+ * its WebSocket with 1001. */
+static void test_going_away(void)
+{
+    static volatile unsigned char flag;
+    struct engine e;
+    struct ws_proxy_config c;
+    ws_proxy *p;
+    uint8_t h[4];
+    int fd;
+    engine_start(&e);
+    local_config(&c, &e);
+    c.going_away = &flag;
+    p = ws_proxy_start(&c, NULL, 0);
+    CHECK(p != NULL);
+    fd = ws_open(port_of(p));
+    CHECK(fd >= 0 && ws_echo(fd, "before") == 0);
+    flag = 1;
+    engine_stop(&e); /* closes every engine connection */
+    CHECK(read(fd, h, 4) == 4);
+    EQ_INT(h[0], 0x88);
+    EQ_INT(h[2] << 8 | h[3], 1001);
+    close(fd);
+    ws_proxy_stop(p);
+}
+
 static void test_failed_stays_failed(void)
 {
     struct engine e;
@@ -1321,6 +1347,7 @@ static const struct {
     {"config_validation", test_config_validation},
     {"restart_semantics", test_restart_semantics},
     {"restart_same_port_other_address", test_restart_same_port_other_address},
+    {"going_away", test_going_away},
     {"failed_stays_failed", test_failed_stays_failed},
     {"cycles_leave_nothing", test_cycles_leave_nothing},
     {"metrics_cidr", test_metrics_cidr},
