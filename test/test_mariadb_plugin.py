@@ -102,7 +102,8 @@ def initialised():
 class Server:
     """A mariadbd on a private socket with the plugin, configured by my.cnf."""
 
-    def __init__(self, template, user="root", cnf=None, load=True, args=(), direct=False):
+    def __init__(self, template, user="root", cnf=None, load=True, args=(), direct=False,
+                 plugins=()):
         self.dir = tempfile.mkdtemp(prefix="wsplug", dir="/tmp")   # short paths
         os.chmod(self.dir, 0o755)
         self.data = os.path.join(self.dir, "data")
@@ -112,11 +113,13 @@ class Server:
         self.errpath = os.path.join(self.dir, "mysqld.err")
         self.user = user
         plugin_dir = template.plugin_dir
-        if user != "root":
-            # a copy the server's user can read wherever the checkout lives
+        if user != "root" or plugins:
+            # a copy the server's user can read wherever the checkout lives,
+            # with the other plugins (.so paths) the test installs
             plugin_dir = os.path.join(self.dir, "plugin")
             os.mkdir(plugin_dir)
-            shutil.copy(os.path.join(template.plugin_dir, "wsproxy.so"), plugin_dir)
+            for so in (os.path.join(template.plugin_dir, "wsproxy.so"),) + tuple(plugins):
+                shutil.copy(so, plugin_dir)
             pw = pwd.getpwnam(user)
             for base, dirs, files in os.walk(self.dir):
                 for n in [base] + [os.path.join(base, x) for x in dirs + files]:
@@ -542,6 +545,25 @@ def test_restart_onto_a_taken_port_fails_and_the_old_port_serves(main):
         back_to(main, main.port)
 
 
+def test_a_failed_set_statement_moves_nothing(main):
+    """Issue 18: SET GLOBAL wsproxy_restart = ON, max_connections = 'abc'
+    fails, and the proxy stays where it was.  Failed on main (e37c9d4): the
+    restart ran in the check phase, before max_connections' check failed."""
+    other = free_port()
+    before = main.var("max_connections")
+    try:
+        main.sql("SET GLOBAL wsproxy_http_port = %d" % other)
+        rc, _, err = main.sql("SET GLOBAL wsproxy_restart = ON, max_connections = 'abc'",
+                              check=False)
+        assert rc != 0 and "max_connections" in err, err
+        st = main.status()
+        assert (st["Wsproxy_state"], st["Wsproxy_port"]) == ("RUNNING", str(main.port)), st
+        assert not port_accepts(other)
+        assert main.var("max_connections") == before
+    finally:
+        back_to(main, main.port)
+
+
 def test_https_without_any_certificate_is_refused(main):
     try:
         main.sql("SET GLOBAL wsproxy_http_port = 0; SET GLOBAL wsproxy_https_port = %d"
@@ -670,6 +692,146 @@ def test_local_clients_still_log_in_by_unix_socket(either):
     assert local_login(either, "root", "root") == "root@localhost"
     assert local_login(either, "mysql", "mysql") == "mysql@localhost"
     assert "Access denied" in local_login(either, "root", "mysql")
+
+
+# A peer-credential authentication plugin in a .so of its own, as MariaDB's
+# CMake builds unix_socket with -DPLUGIN_AUTH_SOCKET=DYNAMIC: the logic of
+# plugin/auth_socket/auth_socket.c, calling getsockopt through its own GOT.
+PEERCRED_C = r"""
+#define _GNU_SOURCE
+#include <pwd.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <mysql/plugin_auth.h>
+
+static int peercred_auth(MYSQL_PLUGIN_VIO *vio, MYSQL_SERVER_AUTH_INFO *info)
+{
+    unsigned char *pkt;
+    MYSQL_PLUGIN_VIO_INFO vi;
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    struct passwd pwb, *pw = NULL;
+    char buf[1024];
+    if (vio->read_packet(vio, &pkt) < 0)
+        return CR_ERROR;
+    info->password_used = PASSWORD_USED_NO_MENTION;
+    vio->info(vio, &vi);
+    if (vi.protocol != MYSQL_VIO_SOCKET)
+        return CR_ERROR;
+    if (getsockopt(vi.socket, SOL_SOCKET, SO_PEERCRED, &cred, &len))
+        return CR_ERROR;
+    if (getpwuid_r(cred.uid, &pwb, buf, sizeof buf, &pw) || !pw)
+        return CR_ERROR;
+    return strcmp(pw->pw_name, info->user_name) ? CR_ERROR : CR_OK;
+}
+
+static struct st_mysql_auth peercred = {MYSQL_AUTHENTICATION_INTERFACE_VERSION, 0,
+                                        peercred_auth, NULL, NULL};
+
+maria_declare_plugin(peercred){
+    MYSQL_AUTHENTICATION_PLUGIN, &peercred, "peercred", "test", "SO_PEERCRED, test only",
+    PLUGIN_LICENSE_GPL, NULL, NULL, 0x0100, NULL, NULL, "1.0",
+    MariaDB_PLUGIN_MATURITY_STABLE} maria_declare_plugin_end;
+"""
+
+
+@pytest.fixture(scope="module")
+def peercred_so(tmp_path_factory):
+    d = tmp_path_factory.mktemp("peercred")
+    (d / "peercred.c").write_text(PEERCRED_C)
+    cp = subprocess.run(["gcc", "-shared", "-fPIC", "-DMYSQL_DYNAMIC_PLUGIN",
+                         "-isystem", "/usr/include/mariadb/server", "-o", str(d / "peercred.so"),
+                         str(d / "peercred.c")], capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    return str(d / "peercred.so")
+
+
+@pytest.mark.parametrize("user", ["root", "mysql"])
+def test_no_websocket_login_by_a_peer_credential_plugin_in_its_own_so(server_factory,
+                                                                     peercred_so, user):
+    """Issue 18: a peer-credential plugin that calls getsockopt itself gives
+    no WebSocket login, from any address, whoever the server runs as.
+    Failed on main (e37c9d4): the getsockopt hook covered only mariadbd's
+    own GOT, and the WebSocket client logged in as the server's user."""
+    port = free_port()
+    s = server_factory(user=user, direct=user != "root", plugins=[peercred_so],
+                       cnf={"wsproxy_http_port": port, "wsproxy_bind_address": "::"}).start()
+    s.sql("INSTALL SONAME 'peercred'")
+    s.sql("ALTER USER root@localhost IDENTIFIED VIA peercred;"
+          "ALTER USER mysql@localhost IDENTIFIED VIA peercred;"
+          "CREATE USER root@'%' IDENTIFIED VIA peercred;"
+          "CREATE USER mysql@'%' IDENTIFIED VIA peercred")
+    # the plugin works: local clients log in by it on the socket
+    assert local_login(s, "mysql", "mysql") == "mysql@localhost"
+    assert "Access denied" in local_login(s, "root", "mysql")
+    for addr in ADDRESSES:
+        for who in ("root", "mysql"):
+            assert_refused(whoami(port, who, "", addr), who)
+        assert whoami(port, "demo", "demo", addr)["ok"] is True
+
+
+def test_federatedx_as_root_over_the_servers_own_socket(server_factory):
+    """Issue 18: FederatedX logs in as root by unix_socket over the server's
+    own socket while the plugin is loaded.  Failed on main (e37c9d4): the
+    getsockopt hook hid the server's own uid from unix_socket."""
+    fed = "/usr/lib/mysql/plugin/ha_federatedx.so"       # Debian's mariadb-server
+    assert os.path.isfile(fed), fed
+    s = server_factory(plugins=[fed], cnf={"wsproxy_http_port": free_port()}).start()
+    assert s.status()["Wsproxy_state"] == "RUNNING"
+    s.sql("INSTALL SONAME 'ha_federatedx'")
+    s.sql("CREATE TABLE demo.src (id INT PRIMARY KEY, v VARCHAR(10));"
+          "INSERT INTO demo.src VALUES (1, 'one');"
+          "CREATE SERVER self FOREIGN DATA WRAPPER mysql OPTIONS "
+          "(HOST 'localhost', SOCKET '%s', USER 'root', DATABASE 'demo');"
+          "CREATE TABLE demo.fed (id INT PRIMARY KEY, v VARCHAR(10)) ENGINE=FEDERATED "
+          "CONNECTION='self/src'" % s.sock)
+    assert s.sql("SELECT v FROM demo.fed") == [["one"]]
+
+
+def test_skip_name_resolve_matches_only_the_clients_own_address(server_factory):
+    """Issue 18: under skip_name_resolve a WebSocket client matches accounts
+    for its own address, never 'x'@'localhost'.  Failed on main (e37c9d4):
+    over the Unix socket every client was 'localhost' (lo@localhost logged
+    in from 127.0.0.2)."""
+    port = free_port()
+    s = server_factory(cnf={"wsproxy_http_port": port, "skip-name-resolve": None}).start()
+    s.sql("CREATE USER lo@localhost IDENTIFIED BY 'lopw';"
+          "CREATE USER two@'127.0.0.2' IDENTIFIED BY 'twopw'")
+    for addr in ("127.0.0.1", "127.0.0.2"):
+        assert_refused(whoami(port, "lo", "lopw", addr), "lo")
+    r = whoami(port, "two", "twopw", "127.0.0.2")
+    assert r["ok"] is True and r["user"] == "two@127.0.0.2", r
+    assert_refused(whoami(port, "two", "twopw", "127.0.0.1"), "two")
+
+
+def test_skip_networking_means_not_serving_and_says_so(server_factory):
+    """Issue 18: the relay needs the server's TCP listener.  Failed on main
+    (e37c9d4): it served over the Unix socket."""
+    port = free_port()
+    s = server_factory(cnf={"wsproxy_http_port": port, "skip-networking": None}).start()
+    st = s.status()
+    assert st["Wsproxy_state"] == "FAILED" and "skip_networking" in st["Wsproxy_reason"], st
+    assert not port_accepts(port)
+    assert re.search(r"\[ERROR\] mariadbd: wsproxy: not serving: .*skip_networking",
+                     s.errlog())
+
+
+def test_bind_address_defaults_to_the_servers(server_factory):
+    """Issue 18: wsproxy_bind_address defaults to the server's bind_address
+    (here 127.0.0.1), NULL means that default, and it reads back what is
+    bound.  Failed on main (e37c9d4): 0.0.0.0."""
+    port = free_port()
+    s = server_factory(cnf={"wsproxy_http_port": port}).start()
+    assert s.var("wsproxy_bind_address") == "127.0.0.1"
+    assert s.sql("SELECT COUNT(*) FROM information_schema.system_variables WHERE "
+                 "variable_name = 'WSPROXY_BIND_ADDRESS' AND global_value = '127.0.0.1'") \
+        == [["1"]]
+    s.sql("SET GLOBAL wsproxy_bind_address = '::'")
+    s.sql("SET GLOBAL wsproxy_bind_address = NULL")
+    assert s.var("wsproxy_bind_address") == "127.0.0.1"
+    s.restart()
+    assert query(port, "SELECT 1 AS x") == (0, [{"x": 1}])
+    assert not port_accepts(port, host="::1")
 
 
 # ---------------------------------------------------------------------------

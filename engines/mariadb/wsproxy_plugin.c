@@ -547,48 +547,48 @@ static void proxy_shutdown(void)
     pthread_mutex_unlock(&g_mu);
 }
 
+/* SET GLOBAL wsproxy_restart = ON: the check only reads the value; the
+ * update applies it, since MariaDB runs the updates of a SET statement only
+ * once every variable in it has passed its check: a statement that fails
+ * (SET GLOBAL wsproxy_restart = ON, max_connections = 'abc') moves nothing. */
 static int restart_check(MYSQL_THD thd, struct st_mysql_sys_var *var, void *save,
                          struct st_mysql_value *value)
 {
-    char err[PLUGIN_ERRLEN], buf[16];
-    int len = sizeof buf, on, rc;
+    char buf[16];
+    int len = sizeof buf;
     long long v;
     (void)thd;
     (void)var;
     if (value->value_type(value) == MYSQL_VALUE_TYPE_STRING) {
         const char *s = value->val_str(value, buf, &len);
         if (s && (!strcasecmp(s, "ON") || !strcasecmp(s, "TRUE") || !strcmp(s, "1")))
-            on = 1;
+            v = 1;
         else if (s && (!strcasecmp(s, "OFF") || !strcasecmp(s, "FALSE") || !strcmp(s, "0")))
-            on = 0;
+            v = 0;
         else
             return 1;
-    } else {
-        value->val_int(value, &v);
-        if (v != 0 && v != 1)
-            return 1;
-        on = (int)v;
-    }
-    *(my_bool *)save = 0;
-    if (!on)
-        return 0;
-    pthread_mutex_lock(&g_mu);
-    rc = proxy_apply(err, sizeof err);
-    pthread_mutex_unlock(&g_mu);
-    if (rc) {
-        my_printf_error(ER_UNKNOWN_ERROR, "wsproxy_restart failed: %s", 0, err);
+    } else if (value->val_int(value, &v), v != 0 && v != 1) {
         return 1;
     }
+    *(my_bool *)save = (my_bool)v;
     return 0;
 }
 
 static void restart_update(MYSQL_THD thd, struct st_mysql_sys_var *var, void *var_ptr,
                            const void *save)
 {
+    char err[PLUGIN_ERRLEN];
+    int rc = 0;
     (void)thd;
     (void)var;
-    (void)save;
     *(my_bool *)var_ptr = 0; /* reads back OFF */
+    if (!*(const my_bool *)save)
+        return;
+    pthread_mutex_lock(&g_mu);
+    rc = proxy_apply(err, sizeof err);
+    pthread_mutex_unlock(&g_mu);
+    if (rc) /* the statement fails with this error */
+        my_printf_error(ER_UNKNOWN_ERROR, "wsproxy_restart failed: %s", 0, err);
 }
 
 /* ==== Status variables ==================================================== */
