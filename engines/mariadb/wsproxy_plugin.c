@@ -2,7 +2,7 @@
  * wsproxy_plugin.c - wsproxy as a MariaDB daemon plugin.
  *
  * The plugin runs one ws_proxy (../../wsproxy.c, compiled in unchanged) in
- * front of the server's own Unix socket.  Its configuration is the plugin's
+ * front of the server's own TCP listener.  Its configuration is the plugin's
  * system variables (wsproxy_http_port, wsproxy_https_port, ...); it starts
  * at plugin init and is restarted by SET GLOBAL wsproxy_restart = ON, which
  * either fails with an SQL error (the proxy goes on exactly as before) or
@@ -27,7 +27,9 @@
  * status, stop), so ws_proxy_stop() never races another call.  g_cfg_mu
  * guards the string variables: their update callbacks (run by the server
  * under LOCK_global_system_variables) swap the pointer under it, and the
- * restart's check callback (run without that lock) copies them under it.
+ * restart (wsproxy_restart's update, also under that lock, or plugin init)
+ * copies them under it.  The order is always LOCK_global_system_variables,
+ * g_mu, g_cfg_mu; SHOW STATUS takes g_mu alone.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -718,7 +720,7 @@ maria_declare_plugin(wsproxy){
     &wsproxy_info,
     "wsproxy",
     "The wsproxy authors",
-    "WebSocket (ws:// and wss://) proxy in front of the server's Unix socket",
+    "WebSocket (ws:// and wss://) proxy in front of the server's own TCP listener",
     PLUGIN_LICENSE_BSD,
     wsproxy_init,
     wsproxy_deinit,
