@@ -917,6 +917,29 @@ def test_the_readme_my_cnf_starts_a_server_whose_plugin_cannot_load(server_facto
                      + why, s.errlog()), s.errlog()[-3000:]
 
 
+def test_log_is_rotated_by_size(server_factory):
+    """Issue 18: websocket_proxy.log never grows without bound: rotated at
+    wsproxy_log_size_limit, wsproxy_log_rotations files kept, through the
+    server's logger service as server_audit does.  Failed on main (e37c9d4):
+    no such variables (the server did not start), and the log only grew."""
+    port = free_port()
+    s = server_factory(cnf={"wsproxy_http_port": port, "wsproxy_log_size_limit": 2000,
+                            "wsproxy_log_rotations": 2}).start()
+    log = os.path.join(s.dir, "websocket_proxy.log")
+    for _ in range(80):          # each one logs a line at INFO when it ends
+        ws = WSClient(port)
+        ws.handshake()
+        ws.abort()
+    wait_until(lambda: os.path.exists(log + ".2"), 10, what="websocket_proxy.log.2")
+    assert not os.path.exists(log + ".3")
+    for name in (log, log + ".1", log + ".2"):
+        size = os.path.getsize(name)
+        assert size < 2000 + 600, (name, size)      # the limit and one line
+    with open(log + ".1") as f:
+        assert re.search(r"^\d{4}-\d\d-\d\dT[\d:.]+Z INFO \[conn \d+ ", f.read(), re.M)
+    assert s.status()["Wsproxy_state"] == "RUNNING"
+
+
 def test_both_ports_in_my_cnf_server_starts_proxy_does_not(server_factory):
     a, b = free_port(), free_port()
     s = server_factory(cnf={"wsproxy_http_port": a, "wsproxy_https_port": b}).start()

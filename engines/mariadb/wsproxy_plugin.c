@@ -34,12 +34,17 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <mysql/plugin.h>
 #include <mysqld_error.h>
@@ -244,6 +249,8 @@ static unsigned long long opt_max_message;
 static unsigned opt_handshake_timeout_ms, opt_idle_timeout_ms, opt_ping_interval_ms,
     opt_drain_timeout_ms;
 static my_bool opt_restart;
+static unsigned long long opt_log_size_limit;
+static unsigned opt_log_rotations;
 
 /* MariaDB's update of a PLUGIN_VAR_MEMALLOC string copies the new value
  * with the server's allocator and frees the old one; this does the same
@@ -315,6 +322,13 @@ static MYSQL_SYSVAR_STR(allowed_origins, opt_allowed_origins, STR_FLAGS,
 static MYSQL_SYSVAR_STR(log_dir, opt_log_dir, STR_FLAGS,
     "Directory of websocket_proxy.log; empty = the directory of the server's "
     "error log, else the data directory", NULL, str_update, "");
+static MYSQL_SYSVAR_ULONGLONG(log_size_limit, opt_log_size_limit, PLUGIN_VAR_RQCMDARG,
+    "websocket_proxy.log is rotated when it reaches this size, bytes (as "
+    "server_audit_file_rotate_size); read at start and restart", NULL, NULL,
+    1000000, 100, ~0ULL, 0);
+static MYSQL_SYSVAR_UINT(log_rotations, opt_log_rotations, PLUGIN_VAR_RQCMDARG,
+    "Rotated websocket_proxy.log files kept (.1 ... .N), 1..999", NULL, NULL,
+    9, 1, 999, 0);
 static MYSQL_SYSVAR_UINT(max_connections, opt_max_connections, PLUGIN_VAR_RQCMDARG,
     "Open WebSocket connections at most", NULL, NULL, 1024, 1, WS_PROXY_MAX_CONNECTIONS_LIMIT, 0);
 static MYSQL_SYSVAR_UINT(max_connections_per_ip, opt_max_connections_per_ip,
@@ -342,7 +356,8 @@ static MYSQL_SYSVAR_BOOL(restart, opt_restart, PLUGIN_VAR_OPCMDARG | PLUGIN_VAR_
 static struct st_mysql_sys_var *wsproxy_sysvars[] = {
     MYSQL_SYSVAR(http_port), MYSQL_SYSVAR(https_port), MYSQL_SYSVAR(bind_address),
     MYSQL_SYSVAR(ssl_cert), MYSQL_SYSVAR(ssl_key), MYSQL_SYSVAR(allowed_origins),
-    MYSQL_SYSVAR(log_dir), MYSQL_SYSVAR(max_connections),
+    MYSQL_SYSVAR(log_dir), MYSQL_SYSVAR(log_size_limit), MYSQL_SYSVAR(log_rotations),
+    MYSQL_SYSVAR(max_connections),
     MYSQL_SYSVAR(max_connections_per_ip), MYSQL_SYSVAR(max_message),
     MYSQL_SYSVAR(handshake_timeout_ms), MYSQL_SYSVAR(idle_timeout_ms),
     MYSQL_SYSVAR(ping_interval_ms), MYSQL_SYSVAR(drain_timeout_ms),
@@ -438,8 +453,7 @@ static int cfg_build(struct plugin_cfg *pc, char *err, size_t errlen)
     pc->c.going_away = (const volatile unsigned char *)dlsym(RTLD_DEFAULT, "abort_loop");
     pc->c.cert_file = opt_https_port ? pc->cert : NULL;
     pc->c.key_file = opt_https_port ? pc->key : NULL;
-    pc->c.log_dir = pc->log_dir;
-    pc->c.log_fn = log_to_server;
+    pc->c.log_fn = log_to_server; /* and to websocket_proxy.log: see "Logging" */
     pc->c.allowed_origins = pc->origins;
     pc->c.max_connections = opt_max_connections;
     pc->c.max_connections_per_ip = opt_max_connections_per_ip;
@@ -452,11 +466,91 @@ static int cfg_build(struct plugin_cfg *pc, char *err, size_t errlen)
     return 0;
 }
 
-/* ==== Logging ============================================================= */
+/* ==== Logging =============================================================
+ * websocket_proxy.log is rotated by size, as server_audit rotates its log
+ * (server_audit_file_rotate_size, _file_rotations): a line that finds the
+ * file at wsproxy_log_size_limit or over first renames it .1 (.1 to .2,
+ * ...; the last, .N with N = wsproxy_log_rotations, is replaced), so it never
+ * grows without bound.  Done here rather than by the server's logger
+ * service, which needs a thread the server knows, and the lines come from
+ * the proxy's own.  The core gets no log_dir: every line comes here, with
+ * the time and level the core would have written.  g_log is replaced only by
+ * a start or restart that succeeds, under g_log_mu. */
+
+struct log_file {
+    int fd;
+    unsigned rotations;
+    unsigned long long limit;
+    char path[PLUGIN_PATHLEN + 32];
+};
+
+static pthread_mutex_t g_log_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct log_file *g_log;
+
+static struct log_file *log_open(const char *dir, char *err, size_t errlen)
+{
+    struct log_file *l = calloc(1, sizeof *l);
+    if (!l) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    snprintf(l->path, sizeof l->path, "%s/websocket_proxy.log", dir);
+    l->limit = opt_log_size_limit;
+    l->rotations = opt_log_rotations;
+    if ((l->fd = open(l->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640)) < 0) {
+        snprintf(err, errlen, "open(%.400s): %s", l->path, strerror(errno));
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+static void log_close(struct log_file *l)
+{
+    if (l) {
+        close(l->fd);
+        free(l);
+    }
+}
+
+/* Caller holds g_log_mu. */
+static void log_rotate(struct log_file *l)
+{
+    char from[sizeof l->path + 16], to[sizeof l->path + 16];
+    unsigned i;
+    int fd;
+    for (i = l->rotations; i > 1; i--) {
+        snprintf(from, sizeof from, "%s.%u", l->path, i - 1);
+        snprintf(to, sizeof to, "%s.%u", l->path, i);
+        rename(from, to);
+    }
+    snprintf(to, sizeof to, "%s.1", l->path);
+    if (rename(l->path, to) == 0 &&
+        (fd = open(l->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640)) >= 0) {
+        close(l->fd);
+        l->fd = fd;
+    }
+}
 
 static void log_to_server(void *user, int level, const char *line)
 {
+    static const char *const names[] = {"", "ERROR", "WARN", "INFO", "DEBUG"};
+    struct timespec ts;
+    struct tm tm;
+    char stamp[32];
     (void)user;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
+    pthread_mutex_lock(&g_log_mu);
+    if (g_log) {
+        struct stat st;
+        if (fstat(g_log->fd, &st) == 0 && (unsigned long long)st.st_size >= g_log->limit)
+            log_rotate(g_log);
+        dprintf(g_log->fd, "%s.%03ldZ %s %s\n", stamp, ts.tv_nsec / 1000000L,
+                names[level >= 1 && level <= 4 ? level : 0], line);
+    }
+    pthread_mutex_unlock(&g_log_mu);
     if (level > WS_PROXY_LOG_WARN)
         return;
     my_printf_error(ER_UNKNOWN_ERROR, "wsproxy: %s",
@@ -518,23 +612,41 @@ static ws_proxy *proxy_spawn(const struct ws_proxy_config *cfg, char *err, size_
 static int proxy_apply(char *err, size_t errlen)
 {
     static struct plugin_cfg pc; /* under g_mu */
+    struct log_file *log, *unused;
+    int rc;
     if (g_shutdown) {
         snprintf(err, errlen, "the server is shutting down");
         return -1;
     }
     if (cfg_build(&pc, err, errlen))
         return -1;
-    if (g_proxy)
-        return ws_proxy_restart(g_proxy, &pc.c, err, errlen) ? -1 : 0;
-    if (!pc.c.http_port && !pc.c.https_port) {
+    if (!g_proxy && !pc.c.http_port && !pc.c.https_port) {
         g_state = WS_PROXY_STOPPED;
         g_reason[0] = 0;
         return 0;
     }
-    if (!(g_proxy = proxy_spawn(&pc.c, err, errlen)))
+    /* the new log takes the start's or restart's own lines; it replaces the
+     * old one only if that succeeds */
+    if (!(log = log_open(pc.log_dir, err, errlen)))
         return -1;
-    g_reason[0] = 0;
-    return 0;
+    pthread_mutex_lock(&g_log_mu);
+    unused = g_log;
+    g_log = log;
+    pthread_mutex_unlock(&g_log_mu);
+    if (g_proxy)
+        rc = ws_proxy_restart(g_proxy, &pc.c, err, errlen) ? -1 : 0;
+    else
+        rc = (g_proxy = proxy_spawn(&pc.c, err, errlen)) != NULL ? 0 : -1;
+    if (rc) {
+        pthread_mutex_lock(&g_log_mu);
+        g_log = unused;
+        pthread_mutex_unlock(&g_log_mu);
+        unused = log;
+    }
+    log_close(unused);
+    if (!rc)
+        g_reason[0] = 0;
+    return rc;
 }
 
 /* Stops the proxy for good: every client gets Close 1001. */
@@ -546,6 +658,10 @@ static void proxy_shutdown(void)
     g_state = WS_PROXY_STOPPED;
     g_reason[0] = 0;
     __atomic_store_n(&g_shutdown, 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&g_log_mu); /* no callback runs any more */
+    log_close(g_log);
+    g_log = NULL;
+    pthread_mutex_unlock(&g_log_mu);
     pthread_mutex_unlock(&g_mu);
 }
 
