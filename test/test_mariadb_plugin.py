@@ -816,6 +816,22 @@ def test_skip_networking_means_not_serving_and_says_so(server_factory):
                      s.errlog())
 
 
+def test_listener_not_on_loopback_means_not_serving_and_says_so(server_factory):
+    """Issue 18: a server listening only on another address cannot be
+    reached by the relay: FAILED, naming bind_address.  (Uses this host's
+    first non-loopback IPv4 address.)"""
+    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    addrs = [l.split()[3].split("/")[0] for l in out.splitlines() if " lo " not in l]
+    assert addrs, "no non-loopback IPv4 address here:\n" + out
+    port = free_port()
+    s = server_factory(cnf={"wsproxy_http_port": port, "bind-address": addrs[0]}).start()
+    st = s.status()
+    assert st["Wsproxy_state"] == "FAILED", st
+    assert "not reachable on loopback (bind_address = %s)" % addrs[0] in st["Wsproxy_reason"], st
+    assert "add 127.0.0.1 to bind_address" in st["Wsproxy_reason"], st
+    assert not port_accepts(port)
+
+
 def test_bind_address_defaults_to_the_servers(server_factory):
     """Issue 18: wsproxy_bind_address defaults to the server's bind_address
     (here 127.0.0.1), NULL means that default, and it reads back what is
