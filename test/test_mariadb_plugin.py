@@ -294,12 +294,14 @@ def server_factory(template):
 # ---------------------------------------------------------------------------
 
 def query(port, sql, user="demo", password="demo", scheme="ws", ca=None,
-          host="127.0.0.1"):
+          host="127.0.0.1", mysql_ca=None):
     """test/query.js through the WebSocket; returns (rc, rows or stderr)."""
     argv = [node(), QUERY_JS, "--url", "%s://%s:%d/" % (scheme, host, port), "--user", user,
             "--password=" + password, "--database=", "--json", "--timeout", "15000"]
     if ca:
         argv += ["--ca", ca]
+    if mysql_ca:
+        argv += ["--mysql-ca", mysql_ca]
     cp = subprocess.run(argv + [sql], capture_output=True, text=True, timeout=30,
                         stdin=subprocess.DEVNULL)
     if cp.returncode == 0:
@@ -954,6 +956,29 @@ def test_log_is_rotated_by_size(server_factory):
     with open(log + ".1") as f:
         assert re.search(r"^\d{4}-\d\d-\d\dT[\d:.]+Z INFO \[conn \d+ ", f.read(), re.M)
     assert s.status()["Wsproxy_state"] == "RUNNING"
+
+
+@pytest.mark.parametrize("scheme", ["wss", "ws"])
+def test_require_ssl_user_by_mysql_tls_inside_the_websocket(server_factory, certs, scheme):
+    """Issue 18, the seed's REQUIRE SSL promise: wss:// is TLS between the
+    client and the proxy only, and MariaDB sees a plain TCP session, so a
+    REQUIRE SSL account is refused (1045).  The client's own MySQL TLS,
+    carried inside the WebSocket (npm mysql2's ssl option over the stream),
+    is end to end with the server: the account logs in."""
+    port = free_port()
+    s = server_factory(cnf={"wsproxy_%s_port" % ("https" if scheme == "wss" else "http"): port,
+                            "ssl_cert": certs.chain, "ssl_key": certs.key}).start()
+    s.sql("CREATE USER sec@'%' IDENTIFIED BY 'secpw' REQUIRE SSL;"
+          "CREATE USER sec@localhost IDENTIFIED BY 'secpw' REQUIRE SSL")
+    ca = certs.ca if scheme == "wss" else None
+    rc, err = query(port, "SELECT 1 AS x", user="sec", password="secpw", scheme=scheme, ca=ca)
+    assert rc != 0 and "Access denied for user 'sec'" in err, err
+    rc, rows = query(port, "SELECT CURRENT_USER() AS who", user="sec", password="secpw",
+                     scheme=scheme, ca=ca, mysql_ca=certs.ca)
+    assert (rc, rows) == (0, [{"who": "sec@localhost"}]), rows
+    rc, rows = query(port, "SHOW STATUS LIKE 'Ssl_version'", user="sec", password="secpw",
+                     scheme=scheme, ca=ca, mysql_ca=certs.ca)
+    assert rc == 0 and rows[0]["Value"].startswith("TLSv1."), rows
 
 
 def test_both_ports_in_my_cnf_server_starts_proxy_does_not(server_factory):
