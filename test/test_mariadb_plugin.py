@@ -981,6 +981,48 @@ def test_require_ssl_user_by_mysql_tls_inside_the_websocket(server_factory, cert
     assert rc == 0 and rows[0]["Value"].startswith("TLSv1."), rows
 
 
+def test_primary_only_a_replica_is_dormant_until_promoted(server_factory):
+    """Issue 18, the seed's "only the primary serves": with wsproxy_serve_on
+    = primary, a real replica (replicating from a primary started here) is
+    DORMANT with no listening socket, serves once promoted without any
+    restart command, and is DORMANT again once demoted."""
+    pport, rport = free_port(), free_port()
+    common = {"wsproxy_serve_on": "primary", "binlog_format": "ROW"}
+    primary = server_factory(cnf=dict(common, **{"wsproxy_http_port": pport, "server-id": 1,
+                                                 "log-bin": "mysql-bin"})).start()
+    primary.sql("CREATE USER repl@'%' IDENTIFIED BY 'replpw';"
+                "GRANT REPLICATION SLAVE ON *.* TO repl@'%'")
+    replica = server_factory(cnf=dict(common, **{"wsproxy_http_port": rport, "server-id": 2,
+                                                 "read-only": None})).start()
+    replica.sql("CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = %s, "
+                "MASTER_USER = 'repl', MASTER_PASSWORD = 'replpw', MASTER_USE_GTID = slave_pos;"
+                "START SLAVE" % primary.opts["port"])
+    primary.sql("CREATE TABLE demo.t (x INT); INSERT INTO demo.t VALUES (42)")
+    wait_until(lambda: replica.sql("SELECT COUNT(*) FROM information_schema.tables WHERE "
+                                   "table_schema = 'demo' AND table_name = 't'") == [["1"]]
+               and replica.sql("SELECT x FROM demo.t") == [["42"]], 20,
+               what="replication of demo.t")
+    st = replica.status()
+    assert (st["Wsproxy_state"], st["Wsproxy_port"]) == ("DORMANT", "0"), st
+    assert "read_only = ON" in st["Wsproxy_reason"], st
+    assert not port_accepts(rport)
+    assert primary.status()["Wsproxy_state"] == "RUNNING"
+    assert query(pport, "SELECT x FROM demo.t") == (0, [{"x": 42}])
+    # promoted: serves, no restart command
+    replica.sql("STOP SLAVE; SET GLOBAL read_only = OFF")
+    wait_until(lambda: replica.status()["Wsproxy_state"] == "RUNNING", 5, what="promotion")
+    assert replica.status()["Wsproxy_port"] == str(rport)
+    assert query(rport, "SELECT x FROM demo.t") == (0, [{"x": 42}])
+    # demoted again
+    replica.sql("SET GLOBAL read_only = ON; START SLAVE")
+    wait_until(lambda: replica.status()["Wsproxy_state"] == "DORMANT", 5, what="demotion")
+    assert not port_accepts(rport)
+    # always (the default) serves whatever read_only says
+    replica.sql("SET GLOBAL wsproxy_serve_on = always")
+    replica.restart()
+    assert replica.status()["Wsproxy_state"] == "RUNNING"
+
+
 def test_both_ports_in_my_cnf_server_starts_proxy_does_not(server_factory):
     a, b = free_port(), free_port()
     s = server_factory(cnf={"wsproxy_http_port": a, "wsproxy_https_port": b}).start()

@@ -249,6 +249,7 @@ static unsigned long long opt_max_message;
 static unsigned opt_handshake_timeout_ms, opt_idle_timeout_ms, opt_ping_interval_ms,
     opt_drain_timeout_ms;
 static my_bool opt_restart;
+static unsigned long opt_serve_on; /* 0 always, 1 primary */
 static unsigned long long opt_log_size_limit;
 static unsigned opt_log_rotations;
 
@@ -322,6 +323,12 @@ static MYSQL_SYSVAR_STR(allowed_origins, opt_allowed_origins, STR_FLAGS,
 static MYSQL_SYSVAR_STR(log_dir, opt_log_dir, STR_FLAGS,
     "Directory of websocket_proxy.log; empty = the directory of the server's "
     "error log, else the data directory", NULL, str_update, "");
+static const char *serve_on_names[] = {"always", "primary", NULL};
+static TYPELIB serve_on_typelib = {2, "", serve_on_names, NULL};
+static MYSQL_SYSVAR_ENUM(serve_on, opt_serve_on, PLUGIN_VAR_RQCMDARG,
+    "always: serve whenever a port is set; primary: only while read_only is "
+    "OFF (a replica's proxy is DORMANT, with no listening socket, and serves "
+    "once promoted, without a restart)", NULL, NULL, 0, &serve_on_typelib);
 static MYSQL_SYSVAR_ULONGLONG(log_size_limit, opt_log_size_limit, PLUGIN_VAR_RQCMDARG,
     "websocket_proxy.log is rotated when it reaches this size, bytes (as "
     "server_audit_file_rotate_size); read at start and restart", NULL, NULL,
@@ -357,7 +364,7 @@ static struct st_mysql_sys_var *wsproxy_sysvars[] = {
     MYSQL_SYSVAR(http_port), MYSQL_SYSVAR(https_port), MYSQL_SYSVAR(bind_address),
     MYSQL_SYSVAR(ssl_cert), MYSQL_SYSVAR(ssl_key), MYSQL_SYSVAR(allowed_origins),
     MYSQL_SYSVAR(log_dir), MYSQL_SYSVAR(log_size_limit), MYSQL_SYSVAR(log_rotations),
-    MYSQL_SYSVAR(max_connections),
+    MYSQL_SYSVAR(max_connections), MYSQL_SYSVAR(serve_on),
     MYSQL_SYSVAR(max_connections_per_ip), MYSQL_SYSVAR(max_message),
     MYSQL_SYSVAR(handshake_timeout_ms), MYSQL_SYSVAR(idle_timeout_ms),
     MYSQL_SYSVAR(ping_interval_ms), MYSQL_SYSVAR(drain_timeout_ms),
@@ -572,6 +579,12 @@ static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static ws_proxy *g_proxy;     /* NULL: not started, g_state/g_reason say why */
 static int g_state = WS_PROXY_STOPPED;
 static int g_shutdown; /* deinit has begun: nothing starts any more */
+/* The configuration applied (g_cfgs[g_cur]; a start or restart builds the
+ * other one and flips on success), and whether the proxy is
+ * DORMANT: wsproxy_serve_on = primary on a read_only server, so it runs
+ * with no port.  See "Primary only". */
+static struct plugin_cfg g_cfgs[2];
+static int g_cur, g_primary_only, g_dormant;
 static char g_reason[PLUGIN_ERRLEN];
 
 struct spawn {
@@ -609,44 +622,100 @@ static ws_proxy *proxy_spawn(const struct ws_proxy_config *cfg, char *err, size_
 
 /* Applies the variables; 0, or -1 with the reason and nothing changed.
  * Caller holds g_mu. */
+/* Starts or restarts the proxy with pc, listening on its port or, if
+ * !listen, on none.  Caller holds g_mu. */
+static int proxy_serve(struct plugin_cfg *pc, int listen, char *err, size_t errlen)
+{
+    int http = pc->c.http_port, https = pc->c.https_port, rc;
+    if (!listen)
+        pc->c.http_port = pc->c.https_port = 0;
+    if (g_proxy)
+        rc = ws_proxy_restart(g_proxy, &pc->c, err, errlen) ? -1 : 0;
+    else
+        rc = (g_proxy = proxy_spawn(&pc->c, err, errlen)) != NULL ? 0 : -1;
+    pc->c.http_port = http, pc->c.https_port = https;
+    return rc;
+}
+
 static int proxy_apply(char *err, size_t errlen)
 {
-    static struct plugin_cfg pc; /* under g_mu */
+    struct plugin_cfg *pc = &g_cfgs[!g_cur];
     struct log_file *log, *unused;
-    int rc;
+    int rc, dormant;
     if (g_shutdown) {
         snprintf(err, errlen, "the server is shutting down");
         return -1;
     }
-    if (cfg_build(&pc, err, errlen))
+    if (cfg_build(pc, err, errlen))
         return -1;
-    if (!g_proxy && !pc.c.http_port && !pc.c.https_port) {
+    if (!g_proxy && !pc->c.http_port && !pc->c.https_port) {
         g_state = WS_PROXY_STOPPED;
         g_reason[0] = 0;
         return 0;
     }
     /* the new log takes the start's or restart's own lines; it replaces the
      * old one only if that succeeds */
-    if (!(log = log_open(pc.log_dir, err, errlen)))
+    if (!(log = log_open(pc->log_dir, err, errlen)))
         return -1;
     pthread_mutex_lock(&g_log_mu);
     unused = g_log;
     g_log = log;
     pthread_mutex_unlock(&g_log_mu);
-    if (g_proxy)
-        rc = ws_proxy_restart(g_proxy, &pc.c, err, errlen) ? -1 : 0;
-    else
-        rc = (g_proxy = proxy_spawn(&pc.c, err, errlen)) != NULL ? 0 : -1;
+    dormant = opt_serve_on == 1 && srv_flag("opt_readonly");
+    rc = proxy_serve(pc, !dormant, err, errlen);
     if (rc) {
         pthread_mutex_lock(&g_log_mu);
         g_log = unused;
         pthread_mutex_unlock(&g_log_mu);
         unused = log;
+    } else {
+        g_cur = !g_cur;
+        g_primary_only = opt_serve_on == 1;
+        g_dormant = dormant;
+        g_reason[0] = 0;
     }
     log_close(unused);
-    if (!rc)
-        g_reason[0] = 0;
     return rc;
+}
+
+/* ==== Primary only ========================================================
+ * With wsproxy_serve_on = primary the proxy listens only while the server's
+ * read_only is OFF.  A thread of the plugin's own looks every
+ * ROLE_CHECK_MS: a promotion (SET GLOBAL read_only = OFF) restarts the proxy
+ * with the applied configuration's port, a demotion with none (DORMANT:
+ * no listening socket; open connections go on, as at any restart without
+ * a port).  No server thread runs any of this. */
+
+#define ROLE_CHECK_MS 200
+
+static pthread_t g_role_thread;
+static pthread_cond_t g_role_cv = PTHREAD_COND_INITIALIZER;
+static int g_role_stop, g_role_running;
+
+static void *role_main(void *arg)
+{
+    struct timespec t;
+    (void)arg;
+    pthread_mutex_lock(&g_mu);
+    while (!g_role_stop) {
+        clock_gettime(CLOCK_REALTIME, &t);
+        t.tv_nsec += ROLE_CHECK_MS * 1000000L;
+        t.tv_sec += t.tv_nsec / 1000000000L;
+        t.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&g_role_cv, &g_mu, &t);
+        if (!g_role_stop && !g_shutdown && g_proxy && g_primary_only &&
+            srv_flag("opt_readonly") != g_dormant) {
+            char err[PLUGIN_ERRLEN], line[PLUGIN_ERRLEN + 64];
+            if (proxy_serve(&g_cfgs[g_cur], g_dormant, err, sizeof err) == 0) {
+                g_dormant = !g_dormant;
+            } else {
+                snprintf(line, sizeof line, "cannot serve as primary: %s", err);
+                log_plugin(WS_PROXY_LOG_ERROR, line);
+            }
+        }
+    }
+    pthread_mutex_unlock(&g_mu);
+    return NULL;
 }
 
 /* Stops the proxy for good: every client gets Close 1001. */
@@ -755,8 +824,15 @@ static int show_wsproxy(MYSQL_THD thd, struct st_mysql_show_var *var, void *buff
                      err);
         }
     }
+    pthread_mutex_lock(&g_mu);
+    if (g_proxy && g_dormant && st.state == WS_PROXY_STOPPED) {
+        st.state = -1;
+        snprintf(b->reason, sizeof b->reason, "read_only = ON: a replica, and "
+                 "wsproxy_serve_on = primary; serves once read_only = OFF");
+    }
+    pthread_mutex_unlock(&g_mu);
     snprintf(b->state, sizeof b->state, "%s", st.state == WS_PROXY_RUNNING ? "RUNNING" :
-             st.state == WS_PROXY_FAILED ? "FAILED" : "STOPPED");
+             st.state == WS_PROXY_FAILED ? "FAILED" : st.state < 0 ? "DORMANT" : "STOPPED");
     snprintf(b->scheme, sizeof b->scheme, "%s",
              st.state != WS_PROXY_RUNNING ? "" : st.tls ? "wss" : "ws");
     b->port = st.port;
@@ -815,6 +891,8 @@ static int wsproxy_init(void *p)
         snprintf(line, sizeof line, "not serving: %s", err);
         log_plugin(WS_PROXY_LOG_ERROR, line);
     }
+    g_role_stop = 0;
+    g_role_running = pthread_create(&g_role_thread, NULL, role_main, NULL) == 0;
     pthread_mutex_unlock(&g_mu);
     return 0;
 }
@@ -822,6 +900,13 @@ static int wsproxy_init(void *p)
 static int wsproxy_deinit(void *p)
 {
     (void)p;
+    pthread_mutex_lock(&g_mu);
+    g_role_stop = 1;
+    pthread_cond_signal(&g_role_cv);
+    pthread_mutex_unlock(&g_mu);
+    if (g_role_running)
+        pthread_join(g_role_thread, NULL);
+    g_role_running = 0;
     proxy_shutdown();
     return 0;
 }
