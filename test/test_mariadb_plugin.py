@@ -1,7 +1,8 @@
 """The MariaDB daemon plugin (engines/mariadb, issue 9) in Debian's real
 MariaDB: build/mariadb/wsproxy.so loaded into private servers
 (--plugin-dir=build/mariadb --plugin-load-add=wsproxy.so, a temp datadir and
-socket), configured from my.cnf and by SQL, queried through the WebSocket
+socket, and a free port on 127.0.0.1 that the plugin relays to with a PROXY v2
+header), configured from my.cnf and by SQL, queried through the WebSocket
 with npm mysql2 (test/query.js, test/e2e/sql_client.js) and with a small
 MySQL-protocol client below (sessions held open across restarts).
 
