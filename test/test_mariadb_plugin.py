@@ -846,8 +846,10 @@ def test_bind_address_defaults_to_the_servers(server_factory):
                  "variable_name = 'WSPROXY_BIND_ADDRESS' AND global_value = '127.0.0.1'") \
         == [["1"]]
     s.sql("SET GLOBAL wsproxy_bind_address = '::'")
-    s.sql("SET GLOBAL wsproxy_bind_address = NULL")
-    assert s.var("wsproxy_bind_address") == "127.0.0.1"
+    for default in ("NULL", "''", "DEFAULT"):
+        s.sql("SET GLOBAL wsproxy_bind_address = '::'")
+        s.sql("SET GLOBAL wsproxy_bind_address = %s" % default)
+        assert s.var("wsproxy_bind_address") == "127.0.0.1", default
     s.restart()
     assert query(port, "SELECT 1 AS x") == (0, [{"x": 1}])
     assert not port_accepts(port, host="::1")

@@ -68,9 +68,14 @@ do_start() {
     [ ${#SOCK} -le 107 ] || die "socket path too long: $SOCK"
     if pid=$(server_pid); then die "a server already runs for $DIR (pid $pid); run: $0 stop $DIR"; fi
     rm -f -- "$PIDFILE" "$SOCK"
-    # a loopback port nobody else holds now; mariadbd binds it a moment later
-    DBPORT=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') ||
-        die "cannot pick a free port"
+    # a loopback port nobody else holds now (mariadbd binds it a moment
+    # later), away from PORT's neighbours, where run-demo.sh moves the proxy
+    DBPORT=$(/usr/bin/python3 -c '
+import socket, sys
+for _ in range(100):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
+    if abs(p - int(sys.argv[1])) > 2:
+        print(p); break' "$port") && [ -n "$DBPORT" ] || die "cannot pick a free port"
     if [ ! -d "$DIR/data/mysql" ]; then
         "$INSTALL_DB" --no-defaults --user=root --datadir="$DIR/data" --skip-test-db \
             --auth-root-authentication-method=socket >"$DIR/install-db.log" 2>&1 ||

@@ -298,6 +298,16 @@ static int bind_check(MYSQL_THD thd, struct st_mysql_sys_var *var, void *save,
     *(const char **)save = thd_strmake(thd, v, (size_t)len);
     return 0;
 }
+
+/* SET GLOBAL wsproxy_bind_address = DEFAULT skips the check: the same. */
+static void bind_update(MYSQL_THD thd, struct st_mysql_sys_var *var, void *var_ptr,
+                        const void *save)
+{
+    const char *v = *(char *const *)save;
+    (void)thd;
+    (void)var;
+    str_set(var_ptr, v && *v ? v : srv_bind_default());
+}
 static void restart_update(MYSQL_THD thd, struct st_mysql_sys_var *var, void *var_ptr,
                            const void *save);
 
@@ -311,7 +321,7 @@ static MYSQL_SYSVAR_INT(https_port, opt_https_port, PLUGIN_VAR_RQCMDARG,
     "https_port may be set", NULL, NULL, 0, 0, 65535, 0);
 static MYSQL_SYSVAR_STR(bind_address, opt_bind_address, STR_FLAGS,
     "Numeric IPv4 or IPv6 address to listen on; default (or NULL, '') = the "
-    "server's bind_address", bind_check, str_update, NULL);
+    "server's bind_address", bind_check, bind_update, NULL);
 static MYSQL_SYSVAR_STR(ssl_cert, opt_ssl_cert, STR_FLAGS,
     "PEM certificate chain for wss://; empty = the server's ssl_cert",
     NULL, str_update, "");
