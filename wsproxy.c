@@ -2800,7 +2800,7 @@ static void conn_engine_ready(ws_proxy *p, struct conn *c, int64_t now)
     if (pp != WS_PROXY_PP_OFF) {
         uint8_t hdr[128];
         size_t n = pp_header(c, pp, hdr);
-        /* A new Unix socket's send buffer is empty and far larger than
+        /* A new engine socket's send buffer is empty and far larger than
          * the header, so one write either takes it all or the engine is
          * broken. */
         long w = io_send(c->efd, hdr, n);

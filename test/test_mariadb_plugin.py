@@ -128,6 +128,7 @@ class Server:
         opts = {
             "datadir": self.data, "socket": self.sock, "log-error": self.errpath,
             "pid-file": os.path.join(self.dir, "mysqld.pid"), "user": user,
+            "tmpdir": self.dir,     # not the shared /tmp, whose files others may clean
             "port": free_port(), "bind-address": "127.0.0.1",   # a private loopback port
             "innodb-buffer-pool-size": "32M",
             "innodb-log-file-size": "16M", "plugin-dir": plugin_dir,
