@@ -7,7 +7,8 @@ ASan build refuses a preload ahead of its runtime):
   only a broken listener is fatal;
 - every descriptor is created close-on-exec atomically (socket() with
   SOCK_CLOEXEC, pipe2), so a host thread that forks cannot leak one;
-- a 502 body says "engine unavailable" and nothing of the server's insides.
+- a 502 body says "engine unavailable" and nothing of the server's insides;
+- an engine TCP socket has TCP_NODELAY (test_engine_tcp_socket_has_nodelay).
 
 Each failed on ed93cc1.  Run with /usr/bin/python3 (Debian's pytest)."""
 
@@ -66,3 +67,16 @@ def test_502_body_reveals_nothing(shimmed, tmp_path):
     assert resp.body == b"engine unavailable\n", resp.body
     assert secret.encode() not in resp.raw
     p.wait_log(re.escape(secret) + ".*Connection refused")
+
+
+def test_engine_tcp_socket_has_nodelay(shimmed, monkeypatch, tmp_path, engine_kind):
+    """TCP_NODELAY on every engine TCP socket (a relayed query is one small
+    write that must not wait for an ACK); a Unix engine socket has none."""
+    monkeypatch.setenv("WSPROXY_SHIM_NODELAY", "1")
+    p = shimmed.start(log_dir=str(tmp_path))
+    for _ in range(2):
+        c = p.ws()
+        c.echo(b"x")
+        c.close()
+    want = 0 if engine_kind == "unix" else 2
+    assert p.stderr().count("shim: TCP_NODELAY on an engine socket") == want, p.stderr()
