@@ -14,7 +14,10 @@ CFLAGS  ?= -O2 -g
 WARN    := -std=c99 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
 TLS     ?= 1
 BEARSSL_INC ?=
-BEARSSL_LIB ?= $(firstword $(wildcard /usr/lib/*/libbearssl.a /usr/lib/libbearssl.a /usr/local/lib/libbearssl.a) -lbearssl)
+# The compiler's own multiarch directory first: with other architectures'
+# libbearssl-dev installed too, /usr/lib/*/ would pick the first by name.
+MULTIARCH   := $(shell $(CC) -print-multiarch 2>/dev/null)
+BEARSSL_LIB ?= $(firstword $(wildcard $(if $(MULTIARCH),/usr/lib/$(MULTIARCH)/libbearssl.a) /usr/lib/*/libbearssl.a /usr/lib/libbearssl.a /usr/local/lib/libbearssl.a) -lbearssl)
 
 ifeq ($(TLS),0)
 TLSFLAGS := -DWS_PROXY_NO_TLS
@@ -163,7 +166,7 @@ uninstall:
 # installed server's headers, and only when libmariadbd-dev matches
 # mariadb-server.  -z defs: a missing service library fails here, not at load.
 MARIADB_INC      ?= /usr/include/mariadb/server
-MARIADB_SERVICES ?= $(firstword $(wildcard /usr/lib/*/libmysqlservices.a) -lmysqlservices)
+MARIADB_SERVICES ?= $(firstword $(wildcard $(if $(MULTIARCH),/usr/lib/$(MULTIARCH)/libmysqlservices.a) /usr/lib/*/libmysqlservices.a) -lmysqlservices)
 
 .PHONY: mariadb-plugin mariadb-version-check
 mariadb-plugin: build/mariadb/wsproxy.so

@@ -695,15 +695,16 @@ static int cli_text(struct cli *s, const char *path, char *text, size_t len,
 
 #ifndef WSPROXY_NO_MAIN
 static const char cli_synopsis[] =
-    "usage: wsproxy --socket PATH (--http-port N | --https-port N --cert FILE --key FILE)\n"
+    "usage: wsproxy --socket PATH|IP:PORT (--http-port N | --https-port N --cert FILE --key FILE)\n"
     "               [--user NAME] [--config FILE] [options]\n";
 
 static const char cli_help[] =
-    "Relays each WebSocket to a new connection on the engine's Unix socket.\n"
+    "Relays each WebSocket to a new connection on the engine's socket.\n"
     "  --http-port N              serve ws:// on port N\n"
     "  --https-port N             serve wss:// on port N (needs --cert and --key)\n"
     "  --bind ADDR                address to listen on (default 0.0.0.0)\n"
-    "  --socket PATH              the engine's Unix socket\n"
+    "  --socket PATH|IP:PORT      the engine: a Unix socket path (starting with / or .)\n"
+    "                             or a numeric IPv4:PORT or [IPv6]:PORT\n"
     "  --cert FILE, --key FILE    PEM certificate chain and private key\n"
     "  --log-dir DIR              log to DIR/websocket_proxy.log (default: stderr)\n"
     "  --allowed-origin ORIGIN    allow browsers from ORIGIN (repeatable; default any)\n"
@@ -850,10 +851,13 @@ static int cli_usage(const char *fmt, ...)
     return 2;
 }
 
-/* The engine may start after the proxy: a warning, not an error. */
+/* The engine may start after the proxy: a warning, not an error.  A TCP
+ * engine (not starting with / or .) is not looked at. */
 static void cli_check_socket(const struct cli *s)
 {
     struct stat st;
+    if (s->cfg.socket_path[0] != '/' && s->cfg.socket_path[0] != '.')
+        return;
     if (stat(s->cfg.socket_path, &st))
         cli_note(s, WS_PROXY_LOG_WARN, "engine socket %s: %s (clients get 502 until the "
                  "engine listens there)", s->cfg.socket_path, strerror(errno));

@@ -125,14 +125,14 @@ engine_stop() {
 bash "$HERE/deps.sh" demo
 if [ -n "$SOCKET" ]; then
     if [ -z "${WSPROXY:-}" ]; then
-        make -s -C "$REPO" build/wsproxy
+        env -u TLS make -s -C "$REPO" build/wsproxy  # TLS here means wss://, not a build flag
         [ -x "$BIN" ] || die "$BIN was not built"
     else
         [ -x "$BIN" ] || die "WSPROXY=$BIN is not an executable"
     fi
 else
     [ "$(id -u)" -eq 0 ] || die "the demo's MariaDB runs as root (it reads the plugin and its data wherever the checkout lives): run as root, or use SOCKET="
-    make -s -C "$REPO" mariadb-plugin
+    env -u TLS make -s -C "$REPO" mariadb-plugin
 fi
 [ -f "$STUDIO_DIR/index.html" ] || die "$STUDIO_DIR/index.html is missing"
 
@@ -289,8 +289,19 @@ echo
 echo "  Or from a shell (from $REPO):"
 echo "    node test/query.js --url $URL$ca_arg $creds \"SELECT VERSION(), USER(), CURRENT_USER()\""
 if [ -z "$SOCKET" ]; then
-    other=$((PORT == 65535 ? PORT - 1 : PORT + 1))
-    [ "$other" != "$STUDIO_PORT" ] || other=$((PORT + 2))
+    # PORT+1 or PORT+2 if free now, else any free port: on a busy machine a
+    # port next to an ephemeral one is often some connection's local port
+    other=$(/usr/bin/python3 -c '
+import socket, sys
+port, studio = int(sys.argv[1]), int(sys.argv[2])
+for p in [q for q in (port + 1, port + 2) if q != studio and q <= 65535] + [0]:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    print(s.getsockname()[1])
+    break' "$PORT" "$STUDIO_PORT")
     echo
     echo "  Move the proxy by SQL (the seed's RESTART PROXY; SHOW STATUS gives the real state):"
     echo "    mariadb --no-defaults --socket=$ENGINE_SOCK -uroot -e \\"

@@ -187,3 +187,18 @@ def test_failed_reload_is_logged_to_the_log_file(proxy, engine, tmp_path):
     c = p.ws()
     c.echo(b"still serving")
     c.close()
+
+
+def test_engine_address_spellings(wsproxy_bin, proxyset):
+    """--socket takes a Unix path or a numeric IP:PORT; a host name is
+    refused at start, and a TCP engine draws no 'engine socket' warning."""
+    cp = run_bin(wsproxy_bin, ["--socket", "localhost:3306", "--bind", "127.0.0.1",
+                               "--http-port", str(free_port())])
+    assert cp.returncode == 1, (cp.returncode, cp.stderr)
+    assert "socket_path: neither a Unix socket path (starting with / or .) nor a " \
+           "numeric IPv4:PORT or [IPv6]:PORT: localhost:3306" in cp.stderr, cp.stderr
+    p = proxyset.start(engine=proxyset.engine("echo", kind="tcp"))
+    c = p.ws()
+    c.echo(b"over tcp")
+    c.close()
+    assert "-> tcp:127.0.0.1:" in p.stderr() and "engine socket" not in p.stderr(), p.stderr()

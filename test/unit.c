@@ -554,6 +554,8 @@ static void test_config_validation(void)
     memset(&c, 0, sizeof c);
     c.http_port = WS_PROXY_PORT_ANY;
     expect_start_error(&c, WS_PROXY_EINVAL, "socket_path is not set");
+    c.socket_path = "localhost:3306";
+    expect_start_error(&c, WS_PROXY_EINVAL, "socket_path: neither a Unix socket path");
     c.socket_path = "/x", c.bind_address = "localhost";
     expect_start_error(&c, WS_PROXY_EINVAL, "bind_address: not a numeric");
     c.bind_address = NULL, c.http_port = 70000;
@@ -904,6 +906,32 @@ static void test_restart_same_port_other_address(void)
 }
 
 /* A fatal loop error leaves the proxy FAILED until a restart. */
+/* An engine that hangs up while the host's going_away flag is set closes
+ * its WebSocket with 1001. */
+static void test_going_away(void)
+{
+    static volatile unsigned char flag;
+    struct engine e;
+    struct ws_proxy_config c;
+    ws_proxy *p;
+    uint8_t h[4];
+    int fd;
+    engine_start(&e);
+    local_config(&c, &e);
+    c.going_away = &flag;
+    p = ws_proxy_start(&c, NULL, 0);
+    CHECK(p != NULL);
+    fd = ws_open(port_of(p));
+    CHECK(fd >= 0 && ws_echo(fd, "before") == 0);
+    flag = 1;
+    engine_stop(&e); /* closes every engine connection */
+    CHECK(read(fd, h, 4) == 4);
+    EQ_INT(h[0], 0x88);
+    EQ_INT(h[2] << 8 | h[3], 1001);
+    close(fd);
+    ws_proxy_stop(p);
+}
+
 static void test_failed_stays_failed(void)
 {
     struct engine e;
@@ -1023,6 +1051,55 @@ static void test_metrics_cidr(void)
             FAIL("cidr_has(\"%s\", %s) == %d, expected %d", t[i].list, t[i].addr,
                  cidr_has(t[i].list, fam, ip), t[i].want);
         EQ_INT(cidr_has(t[i].list, 0, NULL), t[i].want < 0 ? -1 : 0);
+    }
+}
+
+/* ---- The engine address: a Unix path or a numeric TCP address ---- */
+
+static void test_engine_address(void)
+{
+    static const struct {
+        const char *s;
+        int family, port; /* family 0: refused */
+    } t[] = {
+        {"/run/mysqld/mysqld.sock", AF_UNIX, 0},
+        {"./db.sock", AF_UNIX, 0},
+        {"../db.sock", AF_UNIX, 0},
+        {"127.0.0.1:3306", AF_INET, 3306},
+        {"10.1.2.3:1", AF_INET, 1},
+        {"[::1]:5432", AF_INET6, 5432},
+        {"[::ffff:127.0.0.1]:65535", AF_INET6, 65535},
+        {"db.sock", 0, 0},              /* relative: must start with ./ */
+        {"localhost:3306", 0, 0},       /* numeric only */
+        {"::1:5432", 0, 0},             /* IPv6 needs its brackets */
+        {"[127.0.0.1]:3306", 0, 0},
+        {"127.0.0.1", 0, 0},
+        {"127.0.0.1:", 0, 0},
+        {"127.0.0.1:0", 0, 0},
+        {"127.0.0.1:65536", 0, 0},
+        {"127.0.0.1:+80", 0, 0},
+        {"127.0.0.1: 80", 0, 0},
+        {"127.0.0.1:80x", 0, 0},
+        {"127.0.0.1:99999999999999999999999", 0, 0},
+        {"[::1]", 0, 0},
+        {"[]:80", 0, 0},
+        {":80", 0, 0},
+    };
+    size_t i;
+    for (i = 0; i < COUNT_OF(t); i++) {
+        union engine_addr a;
+        socklen_t len = 0;
+        int rc = engine_parse(t[i].s, &a, &len);
+        if (rc != (t[i].family ? 0 : -1))
+            FAIL("engine_parse(\"%s\") == %d", t[i].s, rc);
+        if (rc)
+            continue;
+        EQ_INT(a.sa.sa_family, t[i].family);
+        if (t[i].family == AF_UNIX)
+            CHECK(!strcmp(a.un.sun_path, t[i].s) && len == sizeof a.un);
+        else
+            EQ_INT(ntohs(t[i].family == AF_INET ? a.v4.sin_port : a.v6.sin6_port),
+                   t[i].port);
     }
 }
 
@@ -1351,9 +1428,11 @@ static const struct {
     {"config_validation", test_config_validation},
     {"restart_semantics", test_restart_semantics},
     {"restart_same_port_other_address", test_restart_same_port_other_address},
+    {"going_away", test_going_away},
     {"failed_stays_failed", test_failed_stays_failed},
     {"cycles_leave_nothing", test_cycles_leave_nothing},
     {"metrics_cidr", test_metrics_cidr},
+    {"engine_address", test_engine_address},
     {"metrics_exposition", test_metrics_exposition},
     {"stop_races_every_call", test_stop_races_every_call},
     {"listen_backlog", test_listen_backlog},
