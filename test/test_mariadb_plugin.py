@@ -482,12 +482,17 @@ def test_option1_my_cnf_serves_ws_and_a_real_query(main):
 
 
 def test_log_file_next_to_the_error_log(main):
+    """The log sits beside the error log and records a session's end.  The
+    test makes its own session, so it holds when run alone."""
     path = os.path.join(main.dir, "websocket_proxy.log")
-    wait_until(lambda: os.path.exists(path), 5, what=path)
-    with open(path) as f:
-        text = f.read()
-    assert re.search(r"INFO .*started", text), text[-2000:]
-    assert "closed 1000" in text, text[-2000:]
+    assert query(main.port, "SELECT 1 AS x")[0] == 0
+
+    def text():
+        with open(path) as f:
+            return f.read()
+    wait_until(lambda: os.path.exists(path) and "closed 1000" in text(), 5,
+               what="a session's end in " + path)
+    assert re.search(r"INFO .*started", text()), text()[-2000:]
 
 
 def test_restart_reads_back_off_and_keeps_the_port(main):
