@@ -838,6 +838,124 @@ static void test_restart_semantics(void)
     engine_stop(&e);
 }
 
+/* ---- The connection callback (conn_fn) ---- */
+
+struct told {
+    pthread_mutex_t mu;
+    int n;
+    struct {
+        int event, client_port, tls, engine_port;
+        uint64_t id;
+        char client[64], origin[64], engine[64];
+    } ev[8];
+};
+
+static void told_fn(void *user, int event, const struct ws_proxy_conn_info *ci)
+{
+    struct told *t = user;
+    pthread_mutex_lock(&t->mu);
+    if (t->n < 8) {
+        t->ev[t->n].event = event;
+        t->ev[t->n].id = ci->id;
+        t->ev[t->n].client_port = ci->client_port;
+        t->ev[t->n].tls = ci->tls;
+        t->ev[t->n].engine_port = ci->engine_port;
+        snprintf(t->ev[t->n].client, 64, "%s", ci->client_addr);
+        snprintf(t->ev[t->n].origin, 64, "%s", ci->origin);
+        snprintf(t->ev[t->n].engine, 64, "%s", ci->engine_addr);
+    }
+    t->n++;
+    pthread_mutex_unlock(&t->mu);
+}
+
+static int told_count(struct told *t)
+{
+    int n;
+    pthread_mutex_lock(&t->mu);
+    n = t->n;
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
+
+/* Waits up to 3 s for n events. */
+static int told_wait(struct told *t, int n)
+{
+    int i;
+    for (i = 0; i < 300 && told_count(t) < n; i++)
+        usleep(10000);
+    return told_count(t);
+}
+
+static int local_port(int fd)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    return getsockname(fd, (struct sockaddr *)&a, &len) ? -1 : ntohs(a.sin_port);
+}
+
+static void test_conn_callback(void)
+{
+    static const char req[] =
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Origin: https://app.example\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    static struct told t = {PTHREAD_MUTEX_INITIALIZER, 0, {{0}}};
+    struct engine e;
+    struct ws_proxy_config c;
+    char err[256], resp[256];
+    ws_proxy *p;
+    int fd, fd2, port;
+    ssize_t r;
+    engine_start(&e);
+    local_config(&c, &e);
+    c.conn_fn = told_fn;
+    c.conn_user = &t;
+    p = ws_proxy_start(&c, err, sizeof err);
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    port = port_of(p);
+    /* A request with an Origin: OPEN before the 101, with the client's
+     * address; a Unix engine socket has no local address. */
+    fd = tcp_connect(port);
+    CHECK(fd >= 0 && write(fd, req, sizeof req - 1) == (ssize_t)sizeof req - 1);
+    r = read(fd, resp, sizeof resp - 1);
+    CHECK(r > 12 && !strncmp(resp, "HTTP/1.1 101", 12));
+    EQ_INT(told_count(&t), 1);
+    EQ_INT(t.ev[0].event, WS_PROXY_CONN_OPEN);
+    EQ_STR(t.ev[0].client, "127.0.0.1");
+    EQ_INT(t.ev[0].client_port, local_port(fd));
+    EQ_STR(t.ev[0].origin, "https://app.example");
+    EQ_INT(t.ev[0].tls, 0);
+    EQ_STR(t.ev[0].engine, "");
+    EQ_INT(t.ev[0].engine_port, 0);
+    EQ_INT(ws_echo(fd, "told"), 0);
+    /* The client goes: CLOSE with the same id, origin "". */
+    close(fd);
+    EQ_INT(told_wait(&t, 2), 2);
+    EQ_INT(t.ev[1].event, WS_PROXY_CONN_CLOSE);
+    EQ_INT(t.ev[1].id, t.ev[0].id);
+    EQ_STR(t.ev[1].origin, "");
+    /* No Origin: ""; stop tells CLOSE before it returns. */
+    fd2 = ws_open(port);
+    CHECK(fd2 >= 0);
+    EQ_INT(told_count(&t), 3);
+    EQ_STR(t.ev[2].origin, "");
+    /* An engine that cannot be reached: 502, nothing told. */
+    c.socket_path = "/nonexistent/engine.sock";
+    c.http_port = port;
+    EQ_INT(ws_proxy_restart(p, &c, err, sizeof err), 0);
+    CHECK(ws_open(port) < 0);
+    EQ_INT(told_count(&t), 3);
+    ws_proxy_stop(p);
+    EQ_INT(told_count(&t), 4);
+    EQ_INT(t.ev[3].event, WS_PROXY_CONN_CLOSE);
+    EQ_INT(t.ev[3].id, t.ev[2].id);
+    if (fd2 >= 0)
+        close(fd2);
+    engine_stop(&e);
+}
+
 /* A restart onto another address with the same port: the addresses
  * overlap, so the new listener cannot be bound while the old one lives.
  * The restart fails, changes nothing, and names the conflict and the way
@@ -1270,6 +1388,7 @@ static const struct {
     {"config_validation", test_config_validation},
     {"restart_semantics", test_restart_semantics},
     {"restart_same_port_other_address", test_restart_same_port_other_address},
+    {"conn_callback", test_conn_callback},
     {"failed_stays_failed", test_failed_stays_failed},
     {"cycles_leave_nothing", test_cycles_leave_nothing},
     {"metrics_cidr", test_metrics_cidr},
