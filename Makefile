@@ -186,3 +186,37 @@ build/mariadb-asan/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb
 	@mkdir -p $(@D)
 	$(CC) $(WARN) -g -O1 $(SAN) $(TLSFLAGS) $(PLUGIN_LINK) -o $@ \
 	    engines/mariadb/wsproxy_plugin.c wsproxy.c $(TLSLIBS) $(MARIADB_SERVICES)
+
+# PostgreSQL extension (engines/postgres/README.md): PGXS from
+# postgresql-server-dev-*; PG_CONFIG= picks the server (default: pg_config on
+# PATH).  Built in build/postgres, installed by postgres-install.
+PG_CONFIG ?= pg_config
+PG_MAKE = $(MAKE) --no-print-directory -f $(CURDIR)/engines/postgres/Makefile \
+    VPATH=$(CURDIR)/engines/postgres ROOT=$(CURDIR) PG_CONFIG=$(PG_CONFIG) \
+    TLSFLAGS="$(TLSFLAGS)" TLSLIBS="$(TLSLIBS)"
+PG_SRC = engines/postgres/wsproxy_pg.c engines/postgres/wsproxy.control \
+    engines/postgres/wsproxy--0.1.sql engines/postgres/Makefile $(SRC)
+
+.PHONY: postgres-extension postgres-extension-asan postgres-install postgres-check
+postgres-extension: build/postgres/wsproxy.so
+postgres-extension-asan: build/postgres-asan/wsproxy.so
+
+postgres-check:
+	@$(PG_CONFIG) --pgxs >/dev/null 2>&1 && [ -f "$$($(PG_CONFIG) --pgxs)" ] && \
+	    [ -f "$$($(PG_CONFIG) --includedir-server)/postgres.h" ] || { \
+	    echo "postgres-extension: needs PGXS and the server headers of $(PG_CONFIG):"; \
+	    echo "  install postgresql-server-dev-<major> (test/deps.sh does), or give PG_CONFIG=/path/to/pg_config"; \
+	    exit 1; }
+
+build/postgres/wsproxy.so: $(PG_SRC) | postgres-check
+	@mkdir -p $(@D)
+	$(PG_MAKE) -C $(@D) WS_CFLAGS="$(WARN) $(CFLAGS)"
+
+# The same with ASan+UBSan, for the tests (postgres gets the runtime preloaded).
+build/postgres-asan/wsproxy.so: $(PG_SRC) | postgres-check
+	@mkdir -p $(@D)
+	$(PG_MAKE) -C $(@D) WS_CFLAGS="$(WARN) -g -O1" SAN="$(SAN)"
+
+# Into the server's directories (pkglibdir, sharedir/extension); DESTDIR works.
+postgres-install: build/postgres/wsproxy.so
+	$(PG_MAKE) -C build/postgres install
