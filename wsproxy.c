@@ -1167,9 +1167,19 @@ static size_t frame_header(uint8_t *end, unsigned op, uint64_t len)
 
 struct tls_creds; /* section "Transport"; NULL without TLS */
 
+/* Where the engine listens: socket_path parsed once (engine_parse()). */
+union engine_addr {
+    struct sockaddr sa;
+    struct sockaddr_un un;
+    struct sockaddr_in v4;
+    struct sockaddr_in6 v6;
+};
+
 struct cfg {
     int refs;
     struct ws_proxy_config c; /* strings point into text[] */
+    union engine_addr engine; /* c.socket_path's address */
+    socklen_t engine_len;
     int port;                 /* http_port or https_port, 0 = none */
     int tls;                  /* serving wss:// */
     unsigned max_conns, handshake_ms, drain_ms;
@@ -1386,6 +1396,53 @@ static int addr_parse(const char *s, int port, union conn_addr *a)
     if (inet_pton(AF_INET6, s, &a->v6.sin6_addr) == 1) {
         a->v6.sin6_family = AF_INET6;
         a->v6.sin6_port = htons((uint16_t)(port > 0 ? port : 0));
+        return 0;
+    }
+    return -1;
+}
+
+/* The engine's address, spelled as wsproxy.h's socket_path says: a Unix
+ * socket path starting with '/' or '.', or a numeric "IPv4:PORT" or
+ * "[IPv6]:PORT".  Returns 0, or -1 when s is neither. */
+static int engine_parse(const char *s, union engine_addr *a, socklen_t *len)
+{
+    char host[INET6_ADDRSTRLEN];
+    const char *colon = strrchr(s, ':');
+    size_t n = colon ? (size_t)(colon - s) : 0;
+    char *end;
+    unsigned long port;
+    int v6;
+    memset(a, 0, sizeof *a);
+    if (*s == '/' || *s == '.') {
+        if (strlen(s) >= sizeof a->un.sun_path)
+            return -1;
+        a->un.sun_family = AF_UNIX;
+        memcpy(a->un.sun_path, s, strlen(s));
+        *len = sizeof a->un;
+        return 0;
+    }
+    if (!colon || colon[1] < '0' || colon[1] > '9')
+        return -1;
+    port = strtoul(colon + 1, &end, 10);
+    if (*end || port < 1 || port > 65535)
+        return -1;
+    v6 = *s == '[' && n >= 2 && s[n - 1] == ']'; /* "[IPv6]:PORT" */
+    if (v6)
+        s++, n -= 2;
+    if (n >= sizeof host)
+        return -1;
+    memcpy(host, s, n);
+    host[n] = '\0';
+    if (!v6 && inet_pton(AF_INET, host, &a->v4.sin_addr) == 1) {
+        a->v4.sin_family = AF_INET;
+        a->v4.sin_port = htons((uint16_t)port);
+        *len = sizeof a->v4;
+        return 0;
+    }
+    if (v6 && inet_pton(AF_INET6, host, &a->v6.sin6_addr) == 1) {
+        a->v6.sin6_family = AF_INET6;
+        a->v6.sin6_port = htons((uint16_t)port);
+        *len = sizeof a->v6;
         return 0;
     }
     return -1;
@@ -2793,17 +2850,17 @@ static void conn_engine_ready(ws_proxy *p, struct conn *c, int64_t now)
 
 static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
 {
-    struct sockaddr_un sun;
-    int fd = sock_open(AF_UNIX);
-    memset(&sun, 0, sizeof sun);
-    sun.sun_family = AF_UNIX;
-    memcpy(sun.sun_path, c->cfg->c.socket_path, strlen(c->cfg->c.socket_path));
+    const struct cfg *cf = c->cfg;
+    int fd = sock_open(cf->engine.sa.sa_family), on = 1;
     if (fd < 0) {
         conn_engine_down(p, c, "socket for", errno, now);
         return;
     }
     c->efd = fd;
-    if (connect(fd, (struct sockaddr *)&sun, sizeof sun) == 0)
+    /* A relayed query is one small write: it must not wait for an ACK. */
+    if (cf->engine.sa.sa_family != AF_UNIX)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    if (connect(fd, &cf->engine.sa, cf->engine_len) == 0)
         conn_engine_ready(p, c, now);
     else if (errno == EINPROGRESS || errno == EINTR)
         c->phase = PH_CONNECT;
@@ -3178,7 +3235,10 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
     /* The engine is done: after the client's Close its code is echoed. */
     c->e_fin = 1;
     c->down = DIR_SHUT;
-    if (!c->close_rcvd) {
+    if (!c->close_rcvd && c->cfg->c.going_away && *c->cfg->c.going_away) {
+        c->close_code = 1001;
+        conn_why(c, "engine going away");
+    } else if (!c->close_rcvd) {
         c->close_code = n == 0 ? 1000 : 1011;
         conn_why(c, n == 0 ? "engine closed" : "engine connection error");
     }
@@ -3580,13 +3640,14 @@ static void log_config(ws_proxy *p, const char *verb)
     char ip[INET6_ADDRSTRLEN];
     if (p->lfd >= 0)
         plog(p, WS_PROXY_LOG_INFO, NULL,
-             "%s: listening on %s://%s%s%s:%d -> unix:%s; max_connections=%u "
+             "%s: listening on %s://%s%s%s:%d -> %s:%s; max_connections=%u "
              "max_connections_per_ip=%u max_message=%llu handshake_timeout_ms=%u "
              "idle_timeout_ms=%u ping_interval_ms=%u drain_timeout_ms=%u "
              "proxy_protocol=%s allowed_origins=%s subprotocols=%s metrics_path=%s%s%s",
              verb, cf->tls ? "wss" : "ws", p->laddr.sa.sa_family == AF_INET6 ? "[" : "",
              addr_ip(&p->laddr, ip, sizeof ip), p->laddr.sa.sa_family == AF_INET6 ? "]" : "",
-             p->lport, cf->c.socket_path, cf->max_conns, cf->c.max_connections_per_ip,
+             p->lport, cf->engine.sa.sa_family == AF_UNIX ? "unix" : "tcp",
+             cf->c.socket_path, cf->max_conns, cf->c.max_connections_per_ip,
              (unsigned long long)cf->c.max_message, cf->handshake_ms,
              cf->c.idle_timeout_ms, cf->c.ping_interval_ms, cf->drain_ms,
              pp[cf->c.proxy_protocol],
@@ -3920,6 +3981,8 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
                    char *err, size_t errlen)
 {
     union conn_addr a;
+    union engine_addr engine;
+    socklen_t engine_len = 0;
     struct cfg *cf;
     char *t;
     size_t len;
@@ -3944,6 +4007,10 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
         return err_set(err, errlen, WS_PROXY_EINVAL,
                        "socket_path is longer than %u bytes",
                        (unsigned)sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+    if (engine_parse(in->socket_path, &engine, &engine_len))
+        return err_set(err, errlen, WS_PROXY_EINVAL,
+                       "socket_path: neither a Unix socket path (starting with / or .) "
+                       "nor a numeric IPv4:PORT or [IPv6]:PORT: %s", in->socket_path);
     if (in->bind_address && addr_parse(in->bind_address, 0, &a))
         return err_set(err, errlen, WS_PROXY_EINVAL,
                        "bind_address: not a numeric IPv4 or IPv6 address: %s",
@@ -3977,6 +4044,8 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
         return err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
     cf->refs = 1;
     cf->c = *in;
+    cf->engine = engine;
+    cf->engine_len = engine_len;
     t = cf->text;
     cf->c.bind_address = cfg_strcpy(&t, in->bind_address ? in->bind_address : "0.0.0.0");
     cf->c.socket_path = cfg_strcpy(&t, in->socket_path);

@@ -40,7 +40,7 @@ def oracle(path, *groups):
 def started(p):
     """{setting: value} from the proxy's "started" log line."""
     line = p.wait_log(r"started: listening on")
-    m = re.search(r"listening on (\S+) -> unix:(.*?); (.*)$", line)
+    m = re.search(r"listening on (\S+) -> (?:unix|tcp):(.*?); (.*)$", line)
     assert m, line
     vals = {"listen": m.group(1), "socket": m.group(2)}
     rest = m.group(3)

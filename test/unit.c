@@ -554,6 +554,8 @@ static void test_config_validation(void)
     memset(&c, 0, sizeof c);
     c.http_port = WS_PROXY_PORT_ANY;
     expect_start_error(&c, WS_PROXY_EINVAL, "socket_path is not set");
+    c.socket_path = "localhost:3306";
+    expect_start_error(&c, WS_PROXY_EINVAL, "socket_path: neither a Unix socket path");
     c.socket_path = "/x", c.bind_address = "localhost";
     expect_start_error(&c, WS_PROXY_EINVAL, "bind_address: not a numeric");
     c.bind_address = NULL, c.http_port = 70000;
@@ -627,6 +629,23 @@ static void engine_start(struct engine *e)
     e->lfd = socket(AF_UNIX, SOCK_STREAM, 0);
     if (bind(e->lfd, (struct sockaddr *)&sun, sizeof sun) || listen(e->lfd, 64))
         FAIL("engine bind: %s", strerror(errno));
+    pthread_create(&e->th, NULL, engine_main, e);
+}
+
+/* The same echo engine on a TCP port of 127.0.0.1; e->path is its address. */
+static void engine_start_tcp(struct engine *e)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    memset(e, 0, sizeof *e);
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    e->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    if (bind(e->lfd, (struct sockaddr *)&a, sizeof a) || listen(e->lfd, 64) ||
+        getsockname(e->lfd, (struct sockaddr *)&a, &len))
+        FAIL("engine bind: %s", strerror(errno));
+    snprintf(e->path, sizeof e->path, "127.0.0.1:%d", ntohs(a.sin_port));
     pthread_create(&e->th, NULL, engine_main, e);
 }
 
@@ -936,7 +955,7 @@ static void test_conn_callback(void)
     EQ_INT(t.ev[1].event, WS_PROXY_CONN_CLOSE);
     EQ_INT(t.ev[1].id, t.ev[0].id);
     EQ_STR(t.ev[1].origin, "");
-    /* No Origin: ""; stop tells CLOSE before it returns. */
+    /* No Origin: "". */
     fd2 = ws_open(port);
     CHECK(fd2 >= 0);
     EQ_INT(told_count(&t), 3);
@@ -947,12 +966,33 @@ static void test_conn_callback(void)
     EQ_INT(ws_proxy_restart(p, &c, err, sizeof err), 0);
     CHECK(ws_open(port) < 0);
     EQ_INT(told_count(&t), 3);
-    ws_proxy_stop(p);
-    EQ_INT(told_count(&t), 4);
+    /* The engine goes away under a WebSocket: CLOSE. */
+    engine_stop(&e);
+    EQ_INT(told_wait(&t, 4), 4);
     EQ_INT(t.ev[3].event, WS_PROXY_CONN_CLOSE);
     EQ_INT(t.ev[3].id, t.ev[2].id);
+    /* A TCP engine: the local address and port of the engine connection,
+     * which the engine sees as its peer; stop tells CLOSE before it
+     * returns. */
+    engine_start_tcp(&e);
+    c.socket_path = e.path;
+    EQ_INT(ws_proxy_restart(p, &c, err, sizeof err), 0);
+    fd = ws_open(port);
+    CHECK(fd >= 0);
+    EQ_INT(told_count(&t), 5);
+    EQ_INT(t.ev[4].event, WS_PROXY_CONN_OPEN);
+    EQ_STR(t.ev[4].engine, "127.0.0.1");
+    CHECK(t.ev[4].engine_port > 0 && t.ev[4].engine_port != atoi(strchr(e.path, ':') + 1));
+    EQ_INT(ws_echo(fd, "over tcp"), 0);
+    ws_proxy_stop(p);
+    EQ_INT(told_count(&t), 6);
+    EQ_INT(t.ev[5].event, WS_PROXY_CONN_CLOSE);
+    EQ_INT(t.ev[5].id, t.ev[4].id);
+    EQ_INT(t.ev[5].engine_port, t.ev[4].engine_port);
     if (fd2 >= 0)
         close(fd2);
+    if (fd >= 0)
+        close(fd);
     engine_stop(&e);
 }
 
@@ -1021,6 +1061,32 @@ static void test_restart_same_port_other_address(void)
 }
 
 /* A fatal loop error leaves the proxy FAILED until a restart. */
+/* An engine that hangs up while the host's going_away flag is set closes
+ * its WebSocket with 1001. */
+static void test_going_away(void)
+{
+    static volatile unsigned char flag;
+    struct engine e;
+    struct ws_proxy_config c;
+    ws_proxy *p;
+    uint8_t h[4];
+    int fd;
+    engine_start(&e);
+    local_config(&c, &e);
+    c.going_away = &flag;
+    p = ws_proxy_start(&c, NULL, 0);
+    CHECK(p != NULL);
+    fd = ws_open(port_of(p));
+    CHECK(fd >= 0 && ws_echo(fd, "before") == 0);
+    flag = 1;
+    engine_stop(&e); /* closes every engine connection */
+    CHECK(read(fd, h, 4) == 4);
+    EQ_INT(h[0], 0x88);
+    EQ_INT(h[2] << 8 | h[3], 1001);
+    close(fd);
+    ws_proxy_stop(p);
+}
+
 static void test_failed_stays_failed(void)
 {
     struct engine e;
@@ -1140,6 +1206,55 @@ static void test_metrics_cidr(void)
             FAIL("cidr_has(\"%s\", %s) == %d, expected %d", t[i].list, t[i].addr,
                  cidr_has(t[i].list, fam, ip), t[i].want);
         EQ_INT(cidr_has(t[i].list, 0, NULL), t[i].want < 0 ? -1 : 0);
+    }
+}
+
+/* ---- The engine address: a Unix path or a numeric TCP address ---- */
+
+static void test_engine_address(void)
+{
+    static const struct {
+        const char *s;
+        int family, port; /* family 0: refused */
+    } t[] = {
+        {"/run/mysqld/mysqld.sock", AF_UNIX, 0},
+        {"./db.sock", AF_UNIX, 0},
+        {"../db.sock", AF_UNIX, 0},
+        {"127.0.0.1:3306", AF_INET, 3306},
+        {"10.1.2.3:1", AF_INET, 1},
+        {"[::1]:5432", AF_INET6, 5432},
+        {"[::ffff:127.0.0.1]:65535", AF_INET6, 65535},
+        {"db.sock", 0, 0},              /* relative: must start with ./ */
+        {"localhost:3306", 0, 0},       /* numeric only */
+        {"::1:5432", 0, 0},             /* IPv6 needs its brackets */
+        {"[127.0.0.1]:3306", 0, 0},
+        {"127.0.0.1", 0, 0},
+        {"127.0.0.1:", 0, 0},
+        {"127.0.0.1:0", 0, 0},
+        {"127.0.0.1:65536", 0, 0},
+        {"127.0.0.1:+80", 0, 0},
+        {"127.0.0.1: 80", 0, 0},
+        {"127.0.0.1:80x", 0, 0},
+        {"127.0.0.1:99999999999999999999999", 0, 0},
+        {"[::1]", 0, 0},
+        {"[]:80", 0, 0},
+        {":80", 0, 0},
+    };
+    size_t i;
+    for (i = 0; i < COUNT_OF(t); i++) {
+        union engine_addr a;
+        socklen_t len = 0;
+        int rc = engine_parse(t[i].s, &a, &len);
+        if (rc != (t[i].family ? 0 : -1))
+            FAIL("engine_parse(\"%s\") == %d", t[i].s, rc);
+        if (rc)
+            continue;
+        EQ_INT(a.sa.sa_family, t[i].family);
+        if (t[i].family == AF_UNIX)
+            CHECK(!strcmp(a.un.sun_path, t[i].s) && len == sizeof a.un);
+        else
+            EQ_INT(ntohs(t[i].family == AF_INET ? a.v4.sin_port : a.v6.sin6_port),
+                   t[i].port);
     }
 }
 
@@ -1389,9 +1504,11 @@ static const struct {
     {"restart_semantics", test_restart_semantics},
     {"restart_same_port_other_address", test_restart_same_port_other_address},
     {"conn_callback", test_conn_callback},
+    {"going_away", test_going_away},
     {"failed_stays_failed", test_failed_stays_failed},
     {"cycles_leave_nothing", test_cycles_leave_nothing},
     {"metrics_cidr", test_metrics_cidr},
+    {"engine_address", test_engine_address},
     {"metrics_exposition", test_metrics_exposition},
     {"stop_races_every_call", test_stop_races_every_call},
 #ifndef WS_PROXY_NO_TLS
