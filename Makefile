@@ -14,7 +14,7 @@ CFLAGS  ?= -O2 -g
 WARN    := -std=c99 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
 TLS     ?= 1
 BEARSSL_INC ?=
-BEARSSL_LIB ?= $(firstword $(wildcard /usr/lib/*/libbearssl.a /usr/lib/libbearssl.a /usr/local/lib/libbearssl.a) -lbearssl)
+BEARSSL_LIB ?= $(firstword $(wildcard /usr/lib/$(shell $(CC) -print-multiarch 2>/dev/null)/libbearssl.a /usr/lib/libbearssl.a /usr/local/lib/libbearssl.a) -lbearssl)
 
 ifeq ($(TLS),0)
 TLSFLAGS := -DWS_PROXY_NO_TLS
