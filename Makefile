@@ -116,6 +116,12 @@ build/shim/fault.so: test/shim/fault.c
 	@mkdir -p $(@D)
 	$(CC) $(WARN) $(CFLAGS) -shared -fPIC -o $@ test/shim/fault.c -ldl
 
+# Preloaded with the ASan runtime into postgres (test_postgres_extension.py):
+# see the file for the glibc lock it keeps ASan's initialisation from breaking.
+build/shim/swift_demangle.so: test/shim/swift_demangle.c
+	@mkdir -p $(@D)
+	$(CC) $(WARN) $(CFLAGS) -shared -fPIC -o $@ test/shim/swift_demangle.c
+
 # Install the program, header, manual page, systemd unit, logrotate rules and
 # an example configuration (never overwriting one that exists).  The unit
 # and the manual page name the installed paths.
@@ -214,7 +220,7 @@ build/postgres/wsproxy.so: $(PG_SRC) | postgres-check
 	$(PG_MAKE) -C $(@D) WS_CFLAGS="$(WARN) $(CFLAGS)"
 
 # The same with ASan+UBSan, for the tests (postgres gets the runtime preloaded).
-build/postgres-asan/wsproxy.so: $(PG_SRC) | postgres-check
+build/postgres-asan/wsproxy.so: $(PG_SRC) build/shim/swift_demangle.so | postgres-check
 	@mkdir -p $(@D)
 	$(PG_MAKE) -C $(@D) WS_CFLAGS="$(WARN) -g -O1" SAN="$(SAN)"
 

@@ -4,7 +4,7 @@
 // as its webSocketConstructor).
 //
 //   node test/pg_query.js --url ws://127.0.0.1:8080/ [--user U] [--password PW]
-//        [--database DB] [--ca FILE] [--origin ORIGIN] [--wait-close]
+//        [--database DB] [--ca FILE] [--origin ORIGIN] [--wait-close] [--pause]
 //        [--timeout MS] "SQL" ["SQL" ...]
 //
 // Each SQL argument runs in order on one session and prints one JSON line:
@@ -13,7 +13,9 @@
 // With --wait-close the session stays open after the statements: it prints
 // {"ready": true}, then {"close": CODE} when the WebSocket closes (the
 // server went away).  Without it the session ends and {"close": CODE} is
-// printed too.  Exit status 0 unless the connection failed.
+// printed too.  With --pause, before each statement after the first it
+// prints {"waiting": N} and reads a line from stdin (a test holds the
+// session open meanwhile).  Exit status 0 unless the connection failed.
 'use strict';
 
 const fs = require('fs');
@@ -22,7 +24,7 @@ const { Client, neonConfig } = require('@neondatabase/serverless');
 
 function parseArgs(argv) {
   const o = { url: null, user: 'postgres', password: '', database: 'postgres', ca: null,
-    origin: null, waitClose: false, timeout: 30000, sql: [] };
+    origin: null, waitClose: false, pause: false, timeout: 30000, sql: [] };
   const withValue = { '--url': 'url', '--user': 'user', '--password': 'password',
     '--database': 'database', '--ca': 'ca', '--origin': 'origin', '--timeout': 'timeout' };
   for (let i = 0; i < argv.length; i++) {
@@ -31,6 +33,7 @@ function parseArgs(argv) {
     const eq = a.indexOf('=');
     if (a.startsWith('--') && eq > 0) { v = a.slice(eq + 1); a = a.slice(0, eq); }
     if (a === '--wait-close') o.waitClose = true;
+    else if (a === '--pause') o.pause = true;
     else if (withValue[a]) o[withValue[a]] = v !== undefined ? v : argv[++i];
     else if (a.startsWith('--')) throw new Error(`unknown option ${a}`);
     else o.sql.push(a);
@@ -41,6 +44,11 @@ function parseArgs(argv) {
 }
 
 function out(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
+
+// process.exit() drops what is still queued for a pipe: exit once it is out
+function exit(status) {
+  process.stdout.write('', () => process.exit(status));
+}
 
 async function main() {
   const o = parseArgs(process.argv.slice(2));
@@ -63,7 +71,7 @@ async function main() {
   neonConfig.useSecureWebSocket = u.protocol === 'wss:';
   neonConfig.wsProxy = () => u.host + u.pathname;   // any path: wsproxy takes it
   neonConfig.pipelineConnect = false;                // SCRAM: no pipelined password
-  const timer = setTimeout(() => { out({ error: `timed out after ${o.timeout} ms` }); process.exit(1); },
+  const timer = o.pause ? null : setTimeout(() => { out({ error: `timed out after ${o.timeout} ms` }); exit(1); },
     o.timeout);
   const client = new Client({ host: u.hostname, user: o.user, password: o.password,
     database: o.database });
@@ -73,9 +81,15 @@ async function main() {
   } catch (e) {
     out({ error: e.message, code: e.code || null, connect: true });
     clearTimeout(timer);
-    process.exit(1);
+    exit(1);
+    return;
   }
-  for (const sql of o.sql) {
+  const lines = o.pause ? require('readline').createInterface({ input: process.stdin })[Symbol.asyncIterator]() : null;
+  for (const [i, sql] of o.sql.entries()) {
+    if (lines && i > 0) {
+      out({ waiting: i });
+      await lines.next();
+    }
     try {
       const r = await client.query(sql);
       out({ rows: r.rows });
@@ -91,13 +105,14 @@ async function main() {
       if (closed !== null) resolve(closed);
     });
     out({ close: code });
-    process.exit(0);
+    exit(0);
+    return;
   }
   await client.end().catch(() => {});
   for (let i = 0; i < 100 && closed === null; i++) await new Promise((r) => setTimeout(r, 20));
   out({ close: closed });
   clearTimeout(timer);
-  process.exit(0);
+  exit(0);
 }
 
-main().catch((e) => { out({ error: String(e && e.message ? e.message : e) }); process.exit(2); });
+main().catch((e) => { out({ error: String(e && e.message ? e.message : e) }); exit(2); });

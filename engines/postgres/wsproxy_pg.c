@@ -33,6 +33,8 @@
 #include "postgres.h"
 
 #include <pthread.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -131,6 +133,8 @@ struct wsp_client {
     uint64 id;            /* the proxy's connection id; 0 = free slot */
     int pid;              /* the backend's, once it has authenticated; 0 = not yet */
     int client_port, tls;
+    int engine_port;      /* local port of the engine connection; 0 = Unix socket */
+    char engine_addr[64]; /* its local address: what the backend sees as its peer */
     char client_addr[64], origin[WSP_ORIGINLEN];
 };
 
@@ -138,7 +142,9 @@ struct wsp_shared {
     slock_t mu; /* guards everything below */
     int worker_pid;     /* 0 = no worker */
     Latch *worker_latch;
-    int stopping;       /* the worker got SIGTERM: the server is stopping */
+    /* The worker got SIGTERM: the server is stopping.  The proxy's
+     * going_away flag: sessions that end now close with 1001. */
+    volatile unsigned char stopping;
     uint64 req_seq, done_seq;
     int req_restart;    /* a restart is asked for (up to req_seq) */
     int done_rc;        /* outcome of the restart that answered done_seq */
@@ -146,7 +152,7 @@ struct wsp_shared {
     struct ws_proxy_status st; /* snapshot as of done_seq */
     char reason[WSP_ERRLEN];   /* st.reason, or why the worker holds no proxy */
     int nclients;              /* slots in clients[] */
-    uint64 dropped;            /* sessions not recorded: the table was full */
+    int unrecorded;            /* open sessions not in clients[]: it was full */
     struct wsp_client clients[FLEXIBLE_ARRAY_MEMBER];
 };
 
@@ -250,33 +256,36 @@ static void log_drain(void)
     }
 }
 
-/* The proxy's loop thread: record and forget relayed sessions. */
+/* The proxy's loop thread: record and forget relayed sessions.  A session
+ * that finds no free slot is counted in unrecorded, and while any is open a
+ * loopback peer that is not in the table counts as relayed (client_auth):
+ * a full table never lets a relayed session pass for a local client. */
 static void conn_told(void *user, int event, const struct ws_proxy_conn_info *ci)
 {
-    struct wsp_client *free_slot = NULL;
+    struct wsp_client *slot = NULL;
     int i;
     (void)user;
     SpinLockAcquire(&g_sh->mu);
-    for (i = 0; i < g_sh->nclients; i++) {
-        struct wsp_client *c = &g_sh->clients[i];
-        if (event == WS_PROXY_CONN_CLOSE && c->id == ci->id) {
-            c->id = 0;
-            break;
-        }
-        if (event == WS_PROXY_CONN_OPEN && !c->id) {
-            free_slot = c;
-            break;
-        }
-    }
-    if (free_slot) {
-        free_slot->id = ci->id;
-        free_slot->pid = 0;
-        free_slot->client_port = ci->client_port;
-        free_slot->tls = ci->tls;
-        strlcpy(free_slot->client_addr, ci->client_addr, sizeof free_slot->client_addr);
-        strlcpy(free_slot->origin, ci->origin, sizeof free_slot->origin);
-    } else if (event == WS_PROXY_CONN_OPEN) {
-        g_sh->dropped++;
+    for (i = 0; i < g_sh->nclients && !slot; i++)
+        if (event == WS_PROXY_CONN_CLOSE ? g_sh->clients[i].id == ci->id
+                                         : !g_sh->clients[i].id)
+            slot = &g_sh->clients[i];
+    if (event == WS_PROXY_CONN_CLOSE) {
+        if (slot)
+            slot->id = 0;
+        else if (g_sh->unrecorded > 0)
+            g_sh->unrecorded--;
+    } else if (slot) {
+        slot->id = ci->id;
+        slot->pid = 0;
+        slot->client_port = ci->client_port;
+        slot->tls = ci->tls;
+        slot->engine_port = ci->engine_port;
+        strlcpy(slot->engine_addr, ci->engine_addr, sizeof slot->engine_addr);
+        strlcpy(slot->client_addr, ci->client_addr, sizeof slot->client_addr);
+        strlcpy(slot->origin, ci->origin, sizeof slot->origin);
+    } else {
+        g_sh->unrecorded++;
     }
     SpinLockRelease(&g_sh->mu);
 }
@@ -323,24 +332,45 @@ static void default_bind(char *dst, size_t size)
     }
 }
 
-/* The server's Unix socket: the first of unix_socket_directories. */
-static int engine_socket(char *dst, size_t size, char *err, size_t errlen)
+/* The engine address: the server's own TCP listener on loopback when
+ * listen_addresses covers it (pg_hba.conf's host lines then apply, and the
+ * backend finds its session by its peer's port), else its Unix socket (the
+ * first of unix_socket_directories; relayed sessions are then known by the
+ * worker's pid). */
+static int engine_address(char *dst, size_t size, char *err, size_t errlen)
 {
-    const char *s = Unix_socket_directories ? Unix_socket_directories : "";
+    const char *s = ListenAddresses ? ListenAddresses : "", *dir;
     size_t n;
-    s += strspn(s, ", \t");
-    n = strcspn(s, ",");
-    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+    while (*s) {
+        const char *host = NULL;
+        s += strspn(s, ", \t");
+        n = strcspn(s, ", \t");
+        if ((n == 1 && *s == '*') || (n == 7 && !strncmp(s, "0.0.0.0", 7)) ||
+            (n == 9 && !strncmp(s, "localhost", 9)) || (n == 9 && !strncmp(s, "127.0.0.1", 9)))
+            host = "127.0.0.1";
+        else if ((n == 2 && !strncmp(s, "::", 2)) || (n == 3 && !strncmp(s, "::1", 3)))
+            host = "[::1]";
+        if (host) {
+            snprintf(dst, size, "%s:%d", host, PostPortNumber);
+            return 0;
+        }
+        s += n;
+    }
+    dir = Unix_socket_directories ? Unix_socket_directories : "";
+    dir += strspn(dir, ", \t");
+    n = strcspn(dir, ",");
+    while (n && (dir[n - 1] == ' ' || dir[n - 1] == '\t'))
         n--;
-    if (!n || s[0] == '@') {
-        snprintf(err, errlen, "the server has no Unix socket in a directory "
-                 "(unix_socket_directories = '%s')", Unix_socket_directories);
+    if (!n || dir[0] == '@') {
+        snprintf(err, errlen, "the server listens neither on loopback nor on a Unix socket "
+                 "in a directory: add localhost to listen_addresses");
         return -1;
     }
-    if ((size_t)snprintf(dst, size, "%.*s/.s.PGSQL.%d", (int)n, s, PostPortNumber) >= size ||
+    if ((size_t)snprintf(dst, size, "%.*s/.s.PGSQL.%d", (int)n, dir, PostPortNumber) >= size ||
         strlen(dst) > 107) {
         snprintf(err, errlen, "the server's socket path %.*s/.s.PGSQL.%d is longer "
-                 "than 107 bytes", (int)n, s, PostPortNumber);
+                 "than 107 bytes: add localhost to listen_addresses", (int)n, dir,
+                 PostPortNumber);
         return -1;
     }
     return 0;
@@ -364,7 +394,7 @@ static int cfg_build(struct wsp_cfg *pc, char *err, size_t errlen)
                  "wsproxy.allowed_origins", err, errlen) ||
         copy_str(pc->log_dir, sizeof pc->log_dir, *opt_log_directory ? opt_log_directory
                  : Logging_collector ? Log_directory : "", "the log directory", err, errlen) ||
-        engine_socket(pc->sock, sizeof pc->sock, err, errlen))
+        engine_address(pc->sock, sizeof pc->sock, err, errlen))
         return -1;
     if (opt_http_port && opt_https_port) {
         snprintf(err, errlen, "http_port and https_port are mutually exclusive "
@@ -394,10 +424,11 @@ static int cfg_build(struct wsp_cfg *pc, char *err, size_t errlen)
     pc->c.ping_interval_ms = (unsigned)opt_ping_interval;
     pc->c.drain_timeout_ms = (unsigned)opt_drain_timeout;
     /* PostgreSQL has no PROXY protocol: a header would break the startup
-     * packet.  Relayed sessions are identified by the worker's pid instead
-     * (see "Identity" above). */
+     * packet.  Relayed sessions are identified by conn_told's table or the
+     * worker's pid instead (see "Identity" above). */
     pc->c.proxy_protocol = WS_PROXY_PP_OFF;
     pc->c.conn_fn = conn_told;
+    pc->c.going_away = &g_sh->stopping;
     return 0;
 }
 
@@ -491,6 +522,8 @@ void wsproxy_worker_main(Datum arg)
     g_sh->worker_pid = MyProcPid;
     g_sh->worker_latch = MyLatch;
     g_sh->stopping = 0;
+    g_sh->unrecorded = 0;
+    memset(g_sh->clients, 0, sizeof g_sh->clients[0] * (Size)g_sh->nclients);
     SpinLockRelease(&g_sh->mu);
     before_shmem_exit(worker_exit, 0);
     if (proxy_apply(err, sizeof err)) {
@@ -536,20 +569,51 @@ void wsproxy_worker_main(Datum arg)
 
 /* ==== Relayed sessions (every backend) ==================================== */
 
-/* Is this backend's client the wsproxy worker? */
+/* Is this backend's client the wsproxy worker?  Over TCP: its peer address
+ * and port are those of an engine connection the worker recorded (and the
+ * backend's pid goes into that entry); over the Unix socket: the peer's pid
+ * (SO_PEERCRED, recorded by the kernel at connect) is the worker's. */
 static int is_relayed(const Port *port)
 {
-    struct ucred u;
-    socklen_t len = sizeof u;
-    int worker;
-    if (!g_sh || port->raddr.addr.ss_family != AF_UNIX)
+    const struct sockaddr *sa = (const struct sockaddr *)&port->raddr.addr;
+    char addr[64];
+    int i, rport, relayed = 0;
+    if (!g_sh)
         return 0;
-    if (getsockopt(port->sock, SOL_SOCKET, SO_PEERCRED, &u, &len))
+    if (sa->sa_family == AF_UNIX) {
+        struct ucred u;
+        socklen_t len = sizeof u;
+        if (getsockopt(port->sock, SOL_SOCKET, SO_PEERCRED, &u, &len))
+            return 1; /* cannot tell: refuse rather than trust */
+        SpinLockAcquire(&g_sh->mu);
+        relayed = g_sh->worker_pid && u.pid == g_sh->worker_pid;
+        SpinLockRelease(&g_sh->mu);
+        return relayed;
+    }
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &v4->sin_addr, addr, sizeof addr);
+        rport = ntohs(v4->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &v6->sin6_addr, addr, sizeof addr);
+        rport = ntohs(v6->sin6_port);
+    } else {
         return 0;
+    }
     SpinLockAcquire(&g_sh->mu);
-    worker = g_sh->worker_pid;
+    for (i = 0; i < g_sh->nclients && !relayed; i++) {
+        struct wsp_client *c = &g_sh->clients[i];
+        if (c->id && c->engine_port == rport && !strcmp(c->engine_addr, addr)) {
+            c->pid = MyProcPid;
+            relayed = 1;
+        }
+    }
+    if (!relayed && g_sh->unrecorded > 0)
+        relayed = !strncmp(addr, "127.", 4) || !strcmp(addr, "::1") ||
+                  !strncmp(addr, "::ffff:127.", 11);
     SpinLockRelease(&g_sh->mu);
-    return worker && u.pid == worker;
+    return relayed;
 }
 
 /* A relayed backend that ends for the server's shutdown waits (briefly)
@@ -586,9 +650,9 @@ static void client_auth(Port *port, int status)
                         errmsg("password authentication is required for WebSocket "
                                "sessions"),
                         errdetail_log("pg_hba.conf line %d says \"%s\"; wsproxy relays "
-                                      "WebSocket clients as the server's own OS user, so "
-                                      "trust, peer and ident would let them in without "
-                                      "a secret.", port->hba->linenumber,
+                                      "WebSocket clients from inside the server, so trust, "
+                                      "peer and ident would let them in without a "
+                                      "secret.", port->hba->linenumber,
                                       port->hba->auth_method == uaTrust ? "trust" :
                                       port->hba->auth_method == uaPeer ? "peer" : "ident")));
         break;
