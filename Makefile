@@ -200,7 +200,7 @@ build/mariadb-asan/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb
 PG_CONFIG ?= pg_config
 PG_MAKE = $(MAKE) --no-print-directory -f $(CURDIR)/engines/postgres/Makefile \
     VPATH=$(CURDIR)/engines/postgres ROOT=$(CURDIR) PG_CONFIG=$(PG_CONFIG) \
-    TLSFLAGS="$(TLSFLAGS)" TLSLIBS="$(TLSLIBS)"
+    TLSFLAGS="$(TLSFLAGS)" TLSLIBS="$(TLSLIBS)" with_llvm=no
 PG_SRC = engines/postgres/wsproxy_pg.c engines/postgres/wsproxy.control \
     engines/postgres/wsproxy--0.1.sql engines/postgres/Makefile $(SRC)
 

@@ -363,6 +363,8 @@ def test_queries_over_ws(server_factory):
     st = s.status()
     assert st["state"] == "RUNNING" and st["port"] == str(s.http_port) and st["scheme"] == "ws"
     assert int(st["connections_total"]) == 2 and int(st["bytes_to_client"]) > 16 * 1024 * 1024, st
+    log = s.logtext()
+    assert "must prove a secret" in log and "proxy_protocol is off" not in log, log[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -220,6 +220,10 @@ static void conn_log(void *user, int level, const char *line)
     (void)user;
     if (level > WS_PROXY_LOG_WARN && !g_log_all)
         return;
+    /* The library warns at every start that the PROXY header is off; here
+     * client_auth stands in for it, and the worker says so instead. */
+    if (!strncmp(line, "[proxy] proxy_protocol is off", 29))
+        return;
     pthread_mutex_lock(&g_log_mu);
     if (g_log_head - g_log_tail < LOG_RING) {
         g_log[g_log_head % LOG_RING].level = level;
@@ -454,6 +458,8 @@ static int proxy_apply(char *err, size_t errlen)
     if (!(g_proxy = ws_proxy_start(&pc.c, err, errlen)))
         return -1;
     g_reason[0] = 0;
+    ereport(LOG, (errmsg("wsproxy: relaying to %s; WebSocket sessions must prove a "
+                         "secret (trust, peer and ident are refused for them)", pc.sock)));
     return 0;
 }
 
@@ -616,26 +622,6 @@ static int is_relayed(const Port *port)
     return relayed;
 }
 
-/* A relayed backend that ends for the server's shutdown waits (briefly)
- * until the worker has sent its clients Close 1001, so that they do not
- * see the engine hang up (Close 1000) first. */
-static void relayed_exit(int code, Datum arg)
-{
-    int i, stopping = 0, worker = 1;
-    (void)arg;
-    if (code == 0)
-        return; /* the client said goodbye */
-    for (i = 0; i < 300 && worker; i++) {
-        SpinLockAcquire(&g_sh->mu);
-        stopping = g_sh->stopping;
-        worker = g_sh->worker_pid;
-        SpinLockRelease(&g_sh->mu);
-        if (!stopping && i >= 20)
-            return; /* not a shutdown: pg_terminate_backend(), a FATAL */
-        pg_usleep(10000);
-    }
-}
-
 static void client_auth(Port *port, int status)
 {
     if (prev_client_auth_hook)
@@ -659,7 +645,6 @@ static void client_auth(Port *port, int status)
     default:
         break;
     }
-    before_shmem_exit(relayed_exit, 0);
 }
 
 /* ==== SQL functions ======================================================= */
