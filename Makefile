@@ -94,8 +94,11 @@ test: deps
 
 # run-demo.sh installs the demo's own dependencies (test/deps.sh demo) and builds
 # build/wsproxy itself; `make run TLS=1` serves the studio over https: and wss://.
+# `make run ENGINE=postgres`: a throwaway PostgreSQL with the extension inside
+# (test/run-postgres.sh) and a Node snippet with Neon's driver that queries it.
 run:
-	@bash test/run-demo.sh
+	@if [ "$(ENGINE)" = postgres ]; then bash test/run-postgres.sh; \
+	else bash test/run-demo.sh; fi
 
 bench: deps build/wsproxy
 	@bash test/bench/run.sh

@@ -4,6 +4,8 @@
 #   test/deps.sh            everything: the build, the demo and the test toolchain
 #   test/deps.sh demo       only what `make run` needs: the build, MariaDB, openssl,
 #                           python3 (the studio's page server), node + test/node_modules
+#   test/deps.sh postgres   only what `make run ENGINE=postgres` needs: the build,
+#                           PostgreSQL 15 and its headers, node + test/node_modules
 # Note: always use /usr/bin/python3 for the Python tests (Debian's websockets/pytest);
 # a python3 earlier on PATH (pyenv, venv) does not see Debian's packages.
 set -euo pipefail
@@ -24,11 +26,13 @@ TEST_PKGS="clang libclang-rt-14-dev python3-websockets python3-pytest socat chro
 mandoc man-db systemd logrotate prometheus"
 # PostgreSQL 15 and its server headers (make postgres-extension, PGXS);
 # libkrb5-dev: gssapi.h, which the server headers include.
-TEST_PKGS="$TEST_PKGS postgresql postgresql-server-dev-15 libkrb5-dev"
+PG_PKGS="postgresql postgresql-server-dev-15 libkrb5-dev"
+TEST_PKGS="$TEST_PKGS $PG_PKGS"
 case $SET in
     demo) PKGS=$DEMO_PKGS ;;
+    postgres) PKGS="gcc make libbearssl-dev $PG_PKGS" ;;
     test) PKGS="$DEMO_PKGS $TEST_PKGS" ;;
-    *) echo "usage: $0 [demo|test]" >&2; exit 2 ;;
+    *) echo "usage: $0 [demo|postgres|test]" >&2; exit 2 ;;
 esac
 
 node_ok() {  # a usable node (>= 18) and npm, from Debian or elsewhere (e.g. NodeSource)

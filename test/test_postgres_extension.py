@@ -585,3 +585,43 @@ def test_not_preloaded_says_what_to_do(server_factory):
     s.psql("CREATE EXTENSION wsproxy")
     rc, _, err = s.psql("SELECT * FROM wsproxy_status()", check=False)
     assert rc != 0 and "wsproxy is not loaded" in err and "shared_preload_libraries" in err, err
+
+
+# ---------------------------------------------------------------------------
+# make run ENGINE=postgres
+# ---------------------------------------------------------------------------
+
+def test_make_run_engine_postgres_prints_a_snippet_that_works():
+    port, pgport = free_port(), free_port()
+    p = subprocess.Popen(["bash", os.path.join(HERE, "run-postgres.sh")],
+                         env=dict(os.environ, PORT=str(port), PGPORT=str(pgport)),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in p.stdout] + [lines.put(None)],
+                     daemon=True).start()
+    out = []
+    try:
+        deadline = time.monotonic() + 180
+        while not out or "run-postgres: ready" not in out[-1]:
+            line = lines.get(timeout=max(1, deadline - time.monotonic()))
+            assert line is not None, "run-postgres.sh ended:\n" + "".join(out)
+            out.append(line)
+        text = "".join(out)
+        assert "ws://127.0.0.1:%d/ (RUNNING on port %d)" % (port, port) in text, text
+        snippet = text[text.index("  cd "):text.index("})();'") + len("})();'")]
+        cp = subprocess.run(["bash", "-c", snippet], capture_output=True, text=True,
+                            timeout=60)
+        assert "PostgreSQL 15" in cp.stdout and "'127.0.0.1'" in cp.stdout, cp
+        tmp = text.split("log ", 1)[1].split("/server.log", 1)[0]
+        assert os.path.isdir(tmp)
+    finally:
+        os.killpg(p.pid, signal.SIGTERM) if p.poll() is None else None
+        p.wait(60)
+    rest = []
+    while True:
+        line = lines.get(timeout=10)
+        if line is None:
+            break
+        rest.append(line)
+    assert "stopped PostgreSQL" in "".join(rest) and not os.path.exists(tmp), "".join(rest)
