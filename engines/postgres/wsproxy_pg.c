@@ -55,6 +55,7 @@
 #include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/builtins.h"
+#include "utils/elog.h"
 #include "utils/guc.h"
 #include "utils/inet.h"
 #include "utils/wait_event.h"
@@ -622,6 +623,41 @@ static int is_relayed(const Port *port)
     return relayed;
 }
 
+/* Shutdown.  At a fast shutdown the postmaster signals the backends and the
+ * worker together, and on a busy machine a relayed backend can end before
+ * the worker has run its SIGTERM handler: its client would hear the engine
+ * hang up (Close 1000).  So a relayed backend that ends for SIGTERM (the
+ * FATAL "terminating connection due to administrator command", seen by
+ * emit_log_hook) waits up to WSP_SHUTDOWN_WAIT_MS for the worker's stopping
+ * flag; once it is set, the library closes the session with 1001.  After
+ * pg_terminate_backend() the flag never comes and the wait is the cost. */
+#define WSP_SHUTDOWN_WAIT_MS 1000
+
+static emit_log_hook_type prev_emit_log_hook;
+static bool g_admin_shutdown; /* this backend got its SIGTERM FATAL */
+
+static void relayed_emit_log(ErrorData *e)
+{
+    if (e->elevel == FATAL && e->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+        g_admin_shutdown = true;
+    if (prev_emit_log_hook)
+        prev_emit_log_hook(e);
+}
+
+static void relayed_exit(int code, Datum arg)
+{
+    int i, stopping = 0;
+    (void)code;
+    (void)arg;
+    for (i = 0; g_admin_shutdown && !stopping && i < WSP_SHUTDOWN_WAIT_MS / 10; i++) {
+        SpinLockAcquire(&g_sh->mu);
+        stopping = g_sh->stopping || !g_sh->worker_pid;
+        SpinLockRelease(&g_sh->mu);
+        if (!stopping)
+            pg_usleep(10000);
+    }
+}
+
 static void client_auth(Port *port, int status)
 {
     if (prev_client_auth_hook)
@@ -645,6 +681,9 @@ static void client_auth(Port *port, int status)
     default:
         break;
     }
+    prev_emit_log_hook = emit_log_hook;
+    emit_log_hook = relayed_emit_log;
+    before_shmem_exit(relayed_exit, 0);
 }
 
 /* ==== SQL functions ======================================================= */
