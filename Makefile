@@ -103,8 +103,11 @@ test: deps
 
 # run-demo.sh installs the demo's own dependencies (test/deps.sh demo) and builds
 # build/wsproxy itself; `make run TLS=1` serves the studio over https: and wss://.
+# `make run ENGINE=postgres`: a throwaway PostgreSQL with the extension inside
+# (test/run-postgres.sh) and a Node snippet with Neon's driver that queries it.
 run:
-	@bash test/run-demo.sh
+	@if [ "$(ENGINE)" = postgres ]; then bash test/run-postgres.sh; \
+	else bash test/run-demo.sh; fi
 
 bench: deps build/wsproxy
 	@bash test/bench/run.sh
@@ -124,6 +127,12 @@ clean:
 build/shim/fault.so: test/shim/fault.c
 	@mkdir -p $(@D)
 	$(CC) $(WARN) $(CFLAGS) -shared -fPIC -o $@ test/shim/fault.c -ldl
+
+# Preloaded with the ASan runtime into postgres (test_postgres_extension.py):
+# see the file for the glibc lock it keeps ASan's initialisation from breaking.
+build/shim/swift_demangle.so: test/shim/swift_demangle.c
+	@mkdir -p $(@D)
+	$(CC) $(WARN) $(CFLAGS) -shared -fPIC -o $@ test/shim/swift_demangle.c
 
 # Install the program, header, manual page, systemd unit, logrotate rules and
 # an example configuration (never overwriting one that exists).  The unit
@@ -196,6 +205,40 @@ build/mariadb-asan/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb
 	@mkdir -p $(@D)
 	$(CC) $(WARN) -g -O1 $(SAN) $(TLSFLAGS) $(PLUGIN_LINK) -o $@ \
 	    engines/mariadb/wsproxy_plugin.c wsproxy.c $(TLSLIBS) $(MARIADB_SERVICES)
+
+# PostgreSQL extension (engines/postgres/README.md): PGXS from
+# postgresql-server-dev-*; PG_CONFIG= picks the server (default: pg_config on
+# PATH).  Built in build/postgres, installed by postgres-install.
+PG_CONFIG ?= pg_config
+PG_MAKE = $(MAKE) --no-print-directory -f $(CURDIR)/engines/postgres/Makefile \
+    VPATH=$(CURDIR)/engines/postgres ROOT=$(CURDIR) PG_CONFIG=$(PG_CONFIG) \
+    TLSFLAGS="$(TLSFLAGS)" TLSLIBS="$(TLSLIBS)" with_llvm=no
+PG_SRC = engines/postgres/wsproxy_pg.c engines/postgres/wsproxy.control \
+    engines/postgres/wsproxy--0.1.sql engines/postgres/Makefile $(SRC)
+
+.PHONY: postgres-extension postgres-extension-asan postgres-install postgres-check
+postgres-extension: build/postgres/wsproxy.so
+postgres-extension-asan: build/postgres-asan/wsproxy.so
+
+postgres-check:
+	@$(PG_CONFIG) --pgxs >/dev/null 2>&1 && [ -f "$$($(PG_CONFIG) --pgxs)" ] && \
+	    [ -f "$$($(PG_CONFIG) --includedir-server)/postgres.h" ] || { \
+	    echo "postgres-extension: needs PGXS and the server headers of $(PG_CONFIG):"; \
+	    echo "  install postgresql-server-dev-<major> (test/deps.sh does), or give PG_CONFIG=/path/to/pg_config"; \
+	    exit 1; }
+
+build/postgres/wsproxy.so: $(PG_SRC) | postgres-check
+	@mkdir -p $(@D)
+	$(PG_MAKE) -C $(@D) WS_CFLAGS="$(WARN) $(CFLAGS)"
+
+# The same with ASan+UBSan, for the tests (postgres gets the runtime preloaded).
+build/postgres-asan/wsproxy.so: $(PG_SRC) build/shim/swift_demangle.so | postgres-check
+	@mkdir -p $(@D)
+	$(PG_MAKE) -C $(@D) WS_CFLAGS="$(WARN) -g -O1" SAN="$(SAN)"
+
+# Into the server's directories (pkglibdir, sharedir/extension); DESTDIR works.
+postgres-install: build/postgres/wsproxy.so
+	$(PG_MAKE) -C build/postgres install
 
 # ---- Hosts built and tested on every change (test/test_hosts.py; README
 # "Building").  Each row is a Debian cross toolchain (test/deps.sh installs

@@ -1349,6 +1349,7 @@ struct conn {
     unsigned ping_due : 1, pong_due : 1, over_limit : 1;
     unsigned i_borrowed : 1; /* ib is the transport's, not the free list's */
     unsigned again : 1;   /* the turn budget ran out with work left (rule 9) */
+    unsigned told : 1;    /* conn_fn was told WS_PROXY_CONN_OPEN */
     uint32_t i_borrowed_len;
     uint16_t close_code; /* the code we send (0 = empty Close) */
     uint16_t status;     /* HTTP status answered */
@@ -1413,6 +1414,7 @@ struct ws_proxy {
     struct http_hdr hdrs[WS_PROXY_MAX_HEADERS]; /* parser scratch */
     char health[128];  /* the /health line */
     char why[192];     /* a refusal's reason, formatted */
+    char origin[256];  /* the Origin header for conn_fn, NUL-terminated */
 };
 
 static int64_t mono_ms(void)
@@ -2742,6 +2744,42 @@ static uint32_t ip_count(ws_proxy *p, const union conn_addr *a, int delta)
     return 0;
 }
 
+/* Tells the connection's conn_fn about its engine connection; origin is
+ * "" on CLOSE. */
+static void conn_tell(struct conn *c, int event, const char *origin)
+{
+    struct ws_proxy_conn_info ci;
+    union conn_addr local;
+    socklen_t len = sizeof local;
+    char client[INET6_ADDRSTRLEN], engine[INET6_ADDRSTRLEN] = "";
+    memset(&ci, 0, sizeof ci);
+    memset(&local, 0, sizeof local);
+    if (!getsockname(c->efd, &local.sa, &len) &&
+        (local.sa.sa_family == AF_INET || local.sa.sa_family == AF_INET6)) {
+        addr_ip(&local, engine, sizeof engine);
+        ci.engine_port = addr_port(&local);
+    }
+    ci.id = c->id;
+    ci.client_addr = addr_ip(&c->peer, client, sizeof client);
+    ci.client_port = addr_port(&c->peer);
+    ci.tls = c->cfg->tls;
+    ci.origin = origin;
+    ci.engine_addr = engine;
+    c->told = event == WS_PROXY_CONN_OPEN;
+    c->cfg->c.conn_fn(c->cfg->c.conn_user, event, &ci);
+}
+
+/* Closes the engine connection (rule 1), telling conn_fn first. */
+static void conn_engine_close(struct conn *c)
+{
+    if (c->efd < 0)
+        return;
+    if (c->told)
+        conn_tell(c, WS_PROXY_CONN_CLOSE, "");
+    close(c->efd);
+    c->efd = -1;
+}
+
 static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
 {
     int logged = c->status && c->status != 200 && c->status != 101;
@@ -2777,10 +2815,9 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
     c->c_wr = 1; /* close_notify: best effort, without waiting */
     c->c_rd = 0;
     tr_close_notify(c);
-    if (c->efd >= 0)
-        close(c->efd);
+    conn_engine_close(c);
     close(c->cfd);
-    c->efd = c->cfd = -1;
+    c->cfd = -1;
     tr_in_done(p, c);
     buf_put(p, &c->ob);
     tr_free(c);
@@ -2797,10 +2834,7 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
 static void conn_close(ws_proxy *p, struct conn *c, uint16_t code,
                        const char *why, int drop, int64_t now)
 {
-    if (c->efd >= 0) {
-        close(c->efd);
-        c->efd = -1;
-    }
+    conn_engine_close(c);
     c->close_code = code;
     conn_why(c, why);
     c->drop |= drop;
@@ -2836,10 +2870,7 @@ static void conn_refuse(ws_proxy *p, struct conn *c, struct http_answer *a,
 {
     static const int codes[] = {400, 403, 426, 431, 502, 503, 408};
     unsigned i;
-    if (c->efd >= 0) {
-        close(c->efd);
-        c->efd = -1;
-    }
+    conn_engine_close(c);
     tr_in_done(p, c);
     if (!c->ob && !(c->ob = buf_get(p))) {
         conn_end(p, c, now);
@@ -3022,6 +3053,16 @@ static void conn_handshake(ws_proxy *p, struct conn *c, struct http_req *r,
     c->o_pos = 0;
     c->o_len = (uint32_t)http_write_answer(&a, (char *)c->ob, WS_PROXY_BUF_SIZE);
     conn_engine_connect(p, c, now);
+    if (c->efd >= 0 && cf->c.conn_fn) {
+        int n;
+        const struct http_hdr *o = http_find(r, "origin", &n);
+        size_t len = o ? o->vlen : 0;
+        if (len >= sizeof p->origin)
+            len = sizeof p->origin - 1;
+        memcpy(p->origin, o ? o->value : "", len);
+        p->origin[len] = 0;
+        conn_tell(c, WS_PROXY_CONN_OPEN, p->origin);
+    }
 }
 
 static void conn_http(ws_proxy *p, struct conn *c, int64_t now)

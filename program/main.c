@@ -117,6 +117,7 @@ struct cli {
     struct ws_proxy_config cfg;
     const char *user;    /* the account to run as when started as root */
     int allow_root;      /* run as root anyway (a warning at every start) */
+    int allow_socket_owner; /* relay without a header as the socket's owner */
     const char *section; /* --config-section: read besides [wsproxy] */
     int no_include;      /* the fuzz target: !include opens nothing */
     const char *from[CLI_MAX_OPTS]; /* "FILE:LINE" that set cli_opts[i]; NULL:
@@ -156,6 +157,7 @@ static const struct cli_opt cli_opts[] = {
     {"metrics-allow", T_LIST, CFG_AT(metrics_allow), NULL},
     {"user", T_STR, CLI_AT(user), NULL},
     {"allow-root", T_BOOL, CLI_AT(allow_root), NULL},
+    {"allow-socket-owner", T_BOOL, CLI_AT(allow_socket_owner), NULL},
     {"config", T_FILE, 0, NULL},
     {"config-section", T_SECTION, CLI_AT(section), NULL},
 };
@@ -722,6 +724,8 @@ static const char cli_help[] =
     "  --user NAME                started as root: run as NAME once the port is bound\n"
     "  --allow-root               started as root: stay root (a warning at every start);\n"
     "                             --skip-allow-root undoes allow_root from the file\n"
+    "  --allow-socket-owner       relay with --proxy-protocol off as the account that\n"
+    "                             owns the engine's socket (refused otherwise)\n"
     "  --config FILE              the same settings as 'key = value' lines, read the\n"
     "                             way MariaDB reads option files ([wsproxy] section)\n"
     "  --config-section NAME      read [NAME] of the --config file too\n"
@@ -887,6 +891,34 @@ static void cli_started(const struct cli *s)
  * thread that ws_proxy_start() creates never connects to the engine as
  * root, not even in the moment before cli_root_off().  Returns 0, 1 (a
  * system call failed) or 2 (a bad account), with the reason in err. */
+/* With no PROXY header an engine that trusts Unix-socket peers by uid
+ * (PostgreSQL's peer, MariaDB's unix_socket) takes every client for the
+ * proxy's own account; when that account owns the engine's socket it is the
+ * engine's own (postgres, mysql), often a superuser.  The account is the
+ * one the proxy runs as: --user's when started as root.  Checked before
+ * cli_become() changes anything; a socket that does not exist yet is not
+ * checked. */
+static int cli_socket_owner(const struct cli *s, int as_root, char *err, size_t errlen)
+{
+    const char *path = s->cfg.socket_path;
+    struct passwd *pw = NULL;
+    struct stat st;
+    uid_t uid = geteuid();
+    if (s->allow_socket_owner || s->cfg.proxy_protocol != WS_PROXY_PP_OFF ||
+        (path[0] != '/' && path[0] != '.') || stat(path, &st))
+        return 0;
+    if (as_root && s->user && (pw = getpwnam(s->user)) != NULL)
+        uid = pw->pw_uid;
+    if (st.st_uid != uid)
+        return 0;
+    snprintf(err, errlen, "refusing to relay with --proxy-protocol off as uid %ld, which "
+             "owns %s: the engine would take every client for its own account "
+             "(PostgreSQL's peer, MariaDB's unix_socket); run as another account "
+             "(--user NAME), relay to the engine's TCP port, or give --allow-socket-owner",
+             (long)uid, path);
+    return 1;
+}
+
 static int cli_become(const struct cli *s, uid_t *uid, char *err, size_t errlen)
 {
     struct passwd *pw;
@@ -1149,6 +1181,8 @@ int main(int argc, char **argv)
               "as root (MariaDB's unix_socket trusts the proxy's uid): give --user NAME "
               "(or user = NAME in the --config file) to run as that account once the port "
               "is bound, or --allow-root to stay root anyway\n", stderr), rc = 1;
+    else if ((rc = cli_socket_owner(&cur, as_root, err, sizeof err)) != 0)
+        fprintf(stderr, "wsproxy: %s\n", err);
     else if (as_root && cur.user && (rc = cli_become(&cur, &uid, err, sizeof err)) != 0)
         fprintf(stderr, "wsproxy: %s\n", err);
     else
@@ -1202,7 +1236,8 @@ int main(int argc, char **argv)
         if (sig != SIGHUP)
             continue;
         if (cli_build(&next, file, section, args, nargs, err, sizeof err) ||
-            cli_conflict(&next, err, sizeof err)) {
+            cli_conflict(&next, err, sizeof err) ||
+            cli_socket_owner(&next, 0, err, sizeof err)) {
             cli_note(&cur, WS_PROXY_LOG_ERROR, "reload failed, configuration unchanged: %s",
                      err);
             cli_free(&next);
