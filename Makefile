@@ -29,54 +29,63 @@ ALL_CFLAGS = $(WARN) $(CFLAGS) $(TLSFLAGS) -pthread
 SRC     := wsproxy.c wsproxy.h
 PROG    := program/main.c
 
-.PHONY: all test unit run bench clean deps check-symbols install uninstall
+.PHONY: all test unit run bench clean deps check-symbols install uninstall FORCE
 
 all: build/wsproxy build/wsproxy.o build/asan/wsproxy build/notls/wsproxy
 
-build/wsproxy: $(PROG) $(SRC)
+# What build/ was built with.  Every compiled target depends on build/.vars,
+# which is rewritten only when one of these changes, so `make TLS=0` or
+# `make CC=clang` after `make` rebuilds instead of keeping the other build.
+BUILD_VARS = $(CC) | $(CFLAGS) | $(LDFLAGS) | $(TLSFLAGS) | $(TLSLIBS) | $(MARIADB_INC) | $(MARIADB_SERVICES)
+build/.vars: FORCE
+	@mkdir -p $(@D)
+	@echo '$(subst ','\'',$(BUILD_VARS))' | cmp -s - $@ || echo '$(subst ','\'',$(BUILD_VARS))' > $@
+FORCE:
+
+build/wsproxy: $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -o $@ $(PROG) wsproxy.c $(TLSLIBS) $(LDFLAGS)
 
-build/wsproxy.o: $(SRC)
+build/wsproxy.o: $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -c -o $@ wsproxy.c
 
-build/asan/wsproxy: $(PROG) $(SRC)
+build/asan/wsproxy: $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(SAN) -o $@ $(PROG) wsproxy.c $(TLSLIBS) $(LDFLAGS)
 
-build/notls/wsproxy: $(PROG) $(SRC)
+build/notls/wsproxy: $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(WARN) $(CFLAGS) -DWS_PROXY_NO_TLS -pthread -o $@ $(PROG) wsproxy.c $(LDFLAGS)
 
-build/clang/wsproxy: $(PROG) $(SRC)
+build/clang/wsproxy: $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	clang $(ALL_CFLAGS) -o $@ $(PROG) wsproxy.c $(TLSLIBS) $(LDFLAGS)
 
-build/clang/notls.o: $(SRC)
+build/clang/notls.o: $(SRC) build/.vars
 	@mkdir -p $(@D)
 	clang $(WARN) $(CFLAGS) -DWS_PROXY_NO_TLS -pthread -c -o $@ wsproxy.c
 
 # Unit tests include wsproxy.c to reach its static functions; the header
 # test links wsproxy.o through wsproxy.h alone.
-build/unit: test/unit.c $(SRC)
+build/unit: test/unit.c $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -o $@ test/unit.c $(TLSLIBS) $(LDFLAGS)
 
-build/asan/unit: test/unit.c $(SRC)
+build/asan/unit: test/unit.c $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(SAN) -o $@ test/unit.c $(TLSLIBS) $(LDFLAGS)
 
 # ThreadSanitizer (clang): the API's thread-safety, with several proxies.
-build/tsan/unit: test/unit.c $(SRC)
+build/tsan/unit: test/unit.c $(SRC) build/.vars
 	@mkdir -p $(@D)
 	clang $(WARN) -g -O1 -fsanitize=thread $(TLSFLAGS) -pthread -o $@ test/unit.c $(TLSLIBS)
 
-build/header_test: test/header_test.c build/wsproxy.o
+build/header_test: test/header_test.c build/wsproxy.o build/.vars
 	$(CC) $(WARN) $(CFLAGS) -pthread -o $@ test/header_test.c build/wsproxy.o $(TLSLIBS) $(LDFLAGS)
 
 # Coverage-guided fuzzing of the parsers (clang's libFuzzer).
-build/fuzz: test/fuzz.c $(PROG) $(SRC)
+build/fuzz: test/fuzz.c $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	clang $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(TLSFLAGS) -pthread -o $@ test/fuzz.c $(TLSLIBS)
 
@@ -112,7 +121,7 @@ clean:
 
 # LD_PRELOAD fault shim for test_faults.py (injected accept errors,
 # descriptors created without close-on-exec).
-build/shim/fault.so: test/shim/fault.c
+build/shim/fault.so: test/shim/fault.c build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(WARN) $(CFLAGS) -shared -fPIC -o $@ test/shim/fault.c -ldl
 
@@ -175,7 +184,7 @@ mariadb-version-check:
 PLUGIN_LINK = -pthread -fPIC -shared -fvisibility=hidden -DMYSQL_DYNAMIC_PLUGIN \
     -isystem $(MARIADB_INC) -I. -Wl,-z,defs -Wl,--exclude-libs,libbearssl.a
 
-build/mariadb/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb-version-check
+build/mariadb/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) build/.vars | mariadb-version-check
 	@mkdir -p $(@D)
 	$(CC) $(WARN) $(CFLAGS) $(TLSFLAGS) $(PLUGIN_LINK) -o $@ \
 	    engines/mariadb/wsproxy_plugin.c wsproxy.c $(TLSLIBS) $(MARIADB_SERVICES)
@@ -183,7 +192,7 @@ build/mariadb/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb-vers
 # The same with ASan+UBSan, for the tests (mariadbd gets the runtime preloaded).
 .PHONY: mariadb-plugin-asan
 mariadb-plugin-asan: build/mariadb-asan/wsproxy.so
-build/mariadb-asan/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb-version-check
+build/mariadb-asan/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) build/.vars | mariadb-version-check
 	@mkdir -p $(@D)
 	$(CC) $(WARN) -g -O1 $(SAN) $(TLSFLAGS) $(PLUGIN_LINK) -o $@ \
 	    engines/mariadb/wsproxy_plugin.c wsproxy.c $(TLSLIBS) $(MARIADB_SERVICES)

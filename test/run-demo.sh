@@ -122,17 +122,19 @@ engine_stop() {
 }
 
 # ---- prerequisites -------------------------------------------------------------------
+# TLS= here chooses ws:// or wss://, not the build: the builds always have TLS (a
+# `make run TLS=0` must not turn the plugin into a no-TLS build for the next TLS=1).
 bash "$HERE/deps.sh" demo
 if [ -n "$SOCKET" ]; then
     if [ -z "${WSPROXY:-}" ]; then
-        make -s -C "$REPO" build/wsproxy
+        make -s -C "$REPO" TLS=1 build/wsproxy
         [ -x "$BIN" ] || die "$BIN was not built"
     else
         [ -x "$BIN" ] || die "WSPROXY=$BIN is not an executable"
     fi
 else
     [ "$(id -u)" -eq 0 ] || die "the demo's MariaDB runs as root (it reads the plugin and its data wherever the checkout lives): run as root, or use SOCKET="
-    make -s -C "$REPO" mariadb-plugin
+    make -s -C "$REPO" TLS=1 mariadb-plugin
 fi
 [ -f "$STUDIO_DIR/index.html" ] || die "$STUDIO_DIR/index.html is missing"
 
