@@ -14,7 +14,11 @@ CFLAGS  ?= -O2 -g
 WARN    := -std=c99 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
 TLS     ?= 1
 BEARSSL_INC ?=
-BEARSSL_LIB ?= $(firstword $(wildcard /usr/lib/*/libbearssl.a /usr/lib/libbearssl.a /usr/local/lib/libbearssl.a) -lbearssl)
+# the compiler's own libbearssl.a (its architecture's, of several multiarch ones), else -lbearssl
+ifeq ($(origin BEARSSL_LIB),undefined)
+BEARSSL_LIB := $(abspath $(shell $(CC) -print-file-name=libbearssl.a))
+BEARSSL_LIB := $(if $(filter /%,$(BEARSSL_LIB)),$(BEARSSL_LIB),-lbearssl)
+endif
 
 ifeq ($(TLS),0)
 TLSFLAGS := -DWS_PROXY_NO_TLS

@@ -27,13 +27,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 QUERY = os.path.join(HERE, "query.js")
 
 
+# A network of its own for the demo: loopback, and a veth pair with an address
+# from a private range that exists only inside this namespace.
+NETNS_ADDR = "10.77.91.1"
+NETNS_SETUP = ("ip link set lo up && ip link add wsd0 type veth peer name wsd1 && "
+               "ip addr add %s/24 dev wsd0 && ip link set wsd1 up && ip link set wsd0 up && "
+               "exec \"$@\"" % NETNS_ADDR)
+
+
 class Demo:
-    def __init__(self, tls, **extra_env):
+    def __init__(self, tls, netns=False, **extra_env):
         b = next((x for x in BINS if not x.slow), BINS[0])
         self.port, self.studio_port = free_port(), free_port()
         env = dict(os.environ, PORT=str(self.port), STUDIO_PORT=str(self.studio_port),
                    WSPROXY=b.path, TLS="1" if tls else "0", **extra_env)
-        self.proc = subprocess.Popen(["bash", os.path.join(HERE, "run-demo.sh")],
+        cmd = ["bash", os.path.join(HERE, "run-demo.sh")]
+        if netns:   # unshare execs the shell, which execs run-demo.sh: the pid stays
+            cmd = ["unshare", "-n", "sh", "-c", NETNS_SETUP, "sh"] + cmd
+        self.proc = subprocess.Popen(cmd,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
@@ -72,8 +83,10 @@ class Demo:
         return rc
 
 
-def query(url, sql, *args):
-    cp = subprocess.run(["node", QUERY, "--url", url, *args, sql], cwd=HERE,
+def query(url, sql, *args, netns_of=None):
+    """query.js; netns_of=PID: from inside that process's network namespace."""
+    pre = ["nsenter", "-t", str(netns_of), "-n"] if netns_of else []
+    cp = subprocess.run(pre + ["node", QUERY, "--url", url, *args, sql], cwd=HERE,
                         capture_output=True, text=True, timeout=60,
                         stdin=subprocess.DEVNULL)
     return cp
@@ -165,3 +178,57 @@ def test_make_run_in_front_of_an_existing_engine(tmp_path):
     finally:
         e.stop()
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def listening(pid):
+    """The TCP sockets that listen in PID's network namespace: [(address, port)]."""
+    out = subprocess.run(["nsenter", "-t", str(pid), "-n", "ss", "-Htln"], capture_output=True,
+                         text=True, timeout=10, check=True).stdout
+    socks = []
+    for line in out.splitlines():
+        addr, _, port = line.split()[3].rpartition(":")
+        socks.append((addr.strip("[]"), int(port)))
+    return socks
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+def test_make_run_listens_on_loopback_only(tls):
+    """Issue 20, item 1: the demo printed "127.0.0.1" but the plugin listened on
+    every interface, so anyone on the network could log in with the printed
+    password.  The demo runs in a network namespace of its own, with a second,
+    non-loopback address: nothing may listen there, before or after the printed
+    SQL moves the proxy, while 127.0.0.1 serves."""
+    d = Demo(tls, netns=True)
+    pid = d.proc.pid
+    try:
+        ws = "wss" if tls else "ws"
+        extra = ["--ca", os.path.join(d.tmp, "tls", "ca.pem")] if tls else []
+        cp = query("%s://127.0.0.1:%d/" % (ws, d.port), "SELECT 1 AS one", "--json",
+                   "--user", "demo", "--password", "demo", *extra, netns_of=pid)
+        assert cp.returncode == 0 and '"one":1' in cp.stdout, (cp.stdout, cp.stderr)
+        m = re.search(r'(mariadb --no-defaults --socket=\S+ -uroot -e) \\\n\s+"(SET GLOBAL [^"]+)"',
+                      d.out)
+        expect = {d.port, d.studio_port}
+        for moved in (False, True):
+            socks = listening(pid)
+            ports = {p for _, p in socks}
+            assert expect <= ports, (socks, d.out)
+            for port in sorted(ports):
+                cp = query("%s://%s:%d/" % (ws, NETNS_ADDR, port), "SELECT 1", "--user", "demo",
+                           "--password", "demo", *extra, netns_of=pid)
+                assert cp.returncode != 0 and "ECONNREFUSED" in cp.stderr, \
+                    (port, cp.stdout, cp.stderr)
+            assert all(a in ("127.0.0.1", "::1") for a, _ in socks), (socks, d.out)
+            if moved:
+                break
+            assert m, d.out
+            cp = subprocess.run(m.group(1).split() + [m.group(2)], capture_output=True,
+                                text=True, timeout=30, stdin=subprocess.DEVNULL)
+            assert cp.returncode == 0, cp.stderr
+            new = int(re.search(r"the URL becomes \S+:(\d+)/\)", d.out).group(1))
+            assert re.search(r"Wsproxy_port\s+%d" % new, cp.stdout), cp.stdout
+            expect = {new, d.studio_port}
+    finally:
+        rc = d.stop()
+    assert rc == 0, d.out
+    assert not os.path.exists(d.tmp), d.out

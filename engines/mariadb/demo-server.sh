@@ -3,8 +3,9 @@
 #
 #   engines/mariadb/demo-server.sh start DIR PORT [ORIGINS]
 #       initialise DIR/data (first time, Debian's default accounts), write
-#       DIR/my.cnf with plugin_load_add = wsproxy and wsproxy_http_port = PORT
-#       (and wsproxy_allowed_origins = ORIGINS), start mariadbd on the Unix
+#       DIR/my.cnf with plugin_load_add = wsproxy, wsproxy_http_port = PORT and
+#       wsproxy_bind_address = 127.0.0.1 (and wsproxy_allowed_origins = ORIGINS),
+#       start mariadbd on the Unix
 #       socket DIR/mysqld.sock (no TCP of its own), create database `demo` and
 #       user demo/demo, and print the socket, pid and the proxy's state
 #   engines/mariadb/demo-server.sh stop DIR
@@ -84,6 +85,8 @@ do_start() {
         echo "proxy_protocol_networks = localhost"
         echo "plugin_dir = $PLUGIN_DIR"
         echo "plugin_load_add = wsproxy"
+        echo "# the demo prints its password: WebSockets from this machine only"
+        echo "wsproxy_bind_address = 127.0.0.1"
         if [ -n "${WSPROXY_DEMO_CERT:-}" ]; then
             echo "wsproxy_https_port = $port"
             echo "wsproxy_ssl_cert = $WSPROXY_DEMO_CERT"
