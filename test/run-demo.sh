@@ -16,10 +16,11 @@
 #   PORT=9000 / STUDIO_PORT=9001 ...  other ports
 #   WSPROXY=build/asan/wsproxy ...    with SOCKET=: run another build of wsproxy
 #
-# Runs until Ctrl-C / SIGTERM, then stops what it started (by PID) and removes its
-# temporary directory (engine data, certificates, logs). Everything listens on
-# 127.0.0.1 only; wsproxy accepts WebSockets only from the studio's origin and sends
-# a PROXY v2 header to the engine at the start of every connection.
+# Runs until Ctrl-C, SIGTERM or SIGHUP (the terminal closed), then stops what it
+# started (by PID) and removes its temporary directory (engine data, certificates,
+# logs), also when its output is gone (make run | tee, then Ctrl-C). Everything
+# listens on 127.0.0.1 only; wsproxy accepts WebSockets only from the studio's origin
+# and sends a PROXY v2 header to the engine at the start of every connection.
 set -euo pipefail
 
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
@@ -77,7 +78,8 @@ stop_pid() {  # name pid: SIGTERM, wait up to 10 s, then SIGKILL
 cleanup() {
     [ "$cleaned" -eq 0 ] || return 0
     cleaned=1
-    trap '' INT TERM
+    set +e   # every step runs, whatever failed before
+    trap '' HUP INT TERM PIPE
     [ -z "$WEBPID" ] || stop_pid "the studio's page server" "$WEBPID"
     [ -z "$WSPID" ] || stop_pid wsproxy "$WSPID"
     [ "$ENGINE_STARTED" -eq 0 ] || engine_stop
@@ -87,8 +89,19 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-stop_requested() { echo; say "stopping"; exit 0; }
-trap stop_requested INT TERM
+# Every way a session ends comes here: Ctrl-C, kill, the terminal closing (HUP), the
+# reader of a pipe gone (make run | tee, then Ctrl-C: PIPE).  Our output may be gone
+# too: then what cleanup says goes to stderr, and a write that fails stops nothing.
+stop_requested() {
+    trap '' PIPE
+    { echo; } 2>/dev/null || exec 1>&2
+    say "stopping (SIG$1)" 2>/dev/null || true
+    exit 0
+}
+for sig in HUP INT TERM PIPE; do
+    # shellcheck disable=SC2064  # the name, now
+    trap "stop_requested $sig" "$sig"
+done
 
 # ---- the engine: the one place that starts and stops it -----------------------------
 # engine_start sets ENGINE_SOCK (the Unix socket wsproxy relays to), ENGINE_DESC (one

@@ -7,7 +7,9 @@ URL, the /health line, the query.js command, the CA -- and stops it with
 SIGTERM, which must stop everything and remove its directory.
 """
 
+import fcntl
 import os
+import pty
 import re
 import selectors
 import shutil
@@ -15,6 +17,7 @@ import signal
 import ssl
 import subprocess
 import tempfile
+import termios
 import time
 import urllib.request
 
@@ -36,18 +39,40 @@ NETNS_SETUP = ("ip link set lo up && ip link add wsd0 type veth peer name wsd1 &
 
 
 class Demo:
-    def __init__(self, tls, netns=False, **extra_env):
+    """run-demo.sh, started as `via` says: "script" (bash run-demo.sh), "make"
+    (make run), "make | tee" (its output piped), "terminal" (make run typed at
+    an interactive bash on a pseudo-terminal of its own)."""
+
+    def __init__(self, tls, netns=False, via="script", **extra_env):
         b = next((x for x in BINS if not x.slow), BINS[0])
         self.port, self.studio_port = free_port(), free_port()
         env = dict(os.environ, PORT=str(self.port), STUDIO_PORT=str(self.studio_port),
                    WSPROXY=b.path, TLS="1" if tls else "0", **extra_env)
-        cmd = ["bash", os.path.join(HERE, "run-demo.sh")]
+        for v in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
+            env.pop(v, None)
+        cmd = {"script": ["bash", os.path.join(HERE, "run-demo.sh")],
+               "make": ["make", "-s", "-C", str(ROOT), "run"],
+               "make | tee": ["bash", "-c", 'make -s -C "$0" run | tee /dev/null', str(ROOT)],
+               "terminal": ["bash", "--norc", "--noprofile", "-i"]}[via]
         if netns:   # unshare execs the shell, which execs run-demo.sh: the pid stays
             cmd = ["unshare", "-n", "sh", "-c", NETNS_SETUP, "sh"] + cmd
-        self.proc = subprocess.Popen(cmd,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        self.master = None
+        if via == "terminal":
+            self.master, slave = pty.openpty()
+            self.proc = subprocess.Popen(
+                cmd, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
+                preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+            os.close(slave)
+            self.fd = self.master
+            # typed at an interactive shell, the terminal's session leader, which
+            # passes a hang-up on to its jobs as a login shell in a terminal does
+            os.write(self.master, b"make -s -C '%s' run\n" % str(ROOT).encode())
+        else:
+            self.proc = subprocess.Popen(cmd,
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+            self.fd = self.proc.stdout.fileno()
         self.out = ""
         self.read_until(r"Press Ctrl-C to stop", 90)
         m = re.search(r"removes (/\S+?)\)", self.out)
@@ -56,14 +81,17 @@ class Demo:
 
     def read_until(self, pattern, timeout):
         sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        sel.register(self.fd, selectors.EVENT_READ)
         deadline = time.monotonic() + timeout
         while not re.search(pattern, self.out):
             left = deadline - time.monotonic()
             if left <= 0 or self.proc.poll() is not None and not sel.select(0):
                 raise AssertionError("run-demo.sh: no /%s/ in:\n%s" % (pattern, self.out))
             if sel.select(min(left, 1.0)):
-                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:   # EIO: a pseudo-terminal whose other side is closed
+                    chunk = b""
                 if not chunk:
                     raise AssertionError("run-demo.sh ended (%s):\n%s"
                                          % (self.proc.wait(10), self.out))
@@ -232,3 +260,59 @@ def test_make_run_listens_on_loopback_only(tls):
         rc = d.stop()
     assert rc == 0, d.out
     assert not os.path.exists(d.tmp), d.out
+
+
+def processes_naming(text):
+    """PIDs of the processes whose command line contains text."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("how", ["TERM to make", "Ctrl-C", "Ctrl-C, output piped",
+                                 "terminal closed"])
+def test_every_way_a_session_ends_stops_what_it_started(how):
+    """Issue 20, item 2: only INT and TERM were trapped and MariaDB runs in a
+    session of its own, so closing the terminal (SIGHUP) or a Ctrl-C with the
+    output piped (the reader dies first: every write fails) left a root
+    MariaDB and its data behind.  Each way must stop MariaDB and the page
+    server and remove the directory, within 40 s."""
+    via = {"TERM to make": "make", "Ctrl-C": "make", "Ctrl-C, output piped": "make | tee",
+           "terminal closed": "terminal"}[how]
+    d = Demo(False, via=via)
+    engine = int(re.search(r"engine +: MariaDB .*\(pid (\d+),", d.out).group(1))
+    pages = int(re.search(r"served by pid (\d+),", d.out).group(1))
+    assert processes_naming(d.tmp) == [engine], d.out
+    if how == "TERM to make":
+        d.proc.send_signal(signal.SIGTERM)
+    elif how == "terminal closed":
+        os.close(d.master)      # the kernel hangs the terminal up: SIGHUP
+    else:                       # the terminal's Ctrl-C: SIGINT to the foreground group
+        os.killpg(d.proc.pid, signal.SIGINT)
+    try:
+        rc = d.proc.wait(40)
+    except subprocess.TimeoutExpired:
+        rc = None
+    deadline = time.monotonic() + 5   # the page server is reaped by run-demo.sh
+    while time.monotonic() < deadline and (processes_naming(d.tmp) or os.path.exists(d.tmp)):
+        time.sleep(0.1)
+    left = processes_naming(d.tmp)
+    for pid in left + [engine, pages]:   # what the demo left, so the next test runs
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if os.path.exists(d.tmp):
+        shutil.rmtree(d.tmp, ignore_errors=True)
+        raise AssertionError("%s: %s left behind (rc %s), processes %s:\n%s"
+                             % (how, d.tmp, rc, left, d.out))
+    assert rc is not None, "%s: make run still runs 40 s later:\n%s" % (how, d.out)
+    assert not left, (how, left, d.out)
+    assert not os.path.exists("/proc/%d" % pages) or \
+        open("/proc/%d/stat" % pages).read().split()[2] == "Z", (how, d.out)
