@@ -118,9 +118,12 @@ engine_start() {
     fi
     ENGINE_STARTED=1
     local out
+    local err=$TMP/demo-server.err   # its last line is the cause, said again last
     if ! out=$(WSPROXY_DEMO_CERT=${CERT:-} WSPROXY_DEMO_KEY=${KEY:-} \
-            bash "$REPO/engines/mariadb/demo-server.sh" start "$TMP/mariadb" "$PORT" "$ORIGIN"); then
-        die "MariaDB with the wsproxy plugin did not start"
+            bash "$REPO/engines/mariadb/demo-server.sh" start "$TMP/mariadb" "$PORT" "$ORIGIN" \
+            2>"$err"); then
+        head -n -1 "$err" >&2
+        die "MariaDB with the wsproxy plugin did not start: $(tail -n 1 "$err" | sed 's/^demo-server.sh: //')"
     fi
     sed 's/^/run-demo: mariadb: /' <<<"$out"
     ENGINE_SOCK=$(sed -n 's/^socket=//p' <<<"$out")
@@ -150,6 +153,21 @@ else
     make -s -C "$REPO" TLS=1 mariadb-plugin
 fi
 [ -f "$STUDIO_DIR/index.html" ] || die "$STUDIO_DIR/index.html is missing"
+
+# A port another program holds, said alone and before anything starts: bind as the
+# servers will (SO_REUSEADDR: a listener or a plain bound socket conflicts, TIME_WAIT not).
+for v in PORT STUDIO_PORT; do
+    why=$("$PY" - "${!v}" 2>&1 <<'PY'
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError as e:
+    sys.exit("bind(127.0.0.1:%s): %s" % (sys.argv[1], e.strerror))
+PY
+) || die "$why: another program has that port; choose another, e.g. make run $v=$(( ${!v} > 64535 ? ${!v} - 1000 : ${!v} + 1000 ))"
+done
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/wsproxy-demo.XXXXXX")
 chmod 755 "$TMP"   # the certificates are read by wsproxy as nobody (SOCKET=)
@@ -206,12 +224,12 @@ else
     LOG=$TMP/mariadb/websocket_proxy.log
 fi
 
-failed() {
-    echo "run-demo: $*" >&2
+failed() {  # the logs' last lines, then what failed: the cause is said last
     local f
     for f in "$TMP/wsproxy.out" "$LOG" "$TMP/studio-http.log" "$TMP/mariadb/mysqld.err"; do
         if [ -s "$f" ]; then echo "---- last lines of $f ----" >&2; tail -n 20 "$f" >&2; fi
     done
+    echo "run-demo: $*" >&2
     exit 1
 }
 

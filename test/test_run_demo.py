@@ -14,6 +14,7 @@ import re
 import selectors
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -316,3 +317,31 @@ def test_every_way_a_session_ends_stops_what_it_started(how):
     assert not left, (how, left, d.out)
     assert not os.path.exists("/proc/%d" % pages) or \
         open("/proc/%d/stat" % pages).read().split()[2] == "Z", (how, d.out)
+
+
+@pytest.mark.parametrize("which", ["PORT", "STUDIO_PORT"])
+@pytest.mark.parametrize("holder", ["listening", "bound"])
+def test_a_taken_port_is_the_last_thing_said(which, holder):
+    """Issue 20, item 3: with 8080 taken the cause was line 2 of 27 and the
+    last line said MariaDB did not start.  The last line names the cause and
+    the variable that picks another port; nothing is left behind.  `bound`:
+    a socket bound without listening, which no connect can see."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    if holder == "listening":
+        s.listen(1)
+    port = s.getsockname()[1]
+    env = dict(os.environ, TLS="0", PORT=str(free_port()), STUDIO_PORT=str(free_port()))
+    env[which] = str(port)
+    try:
+        cp = subprocess.run(["bash", os.path.join(HERE, "run-demo.sh")], env=env,
+                            capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    finally:
+        s.close()
+    out = cp.stdout + cp.stderr
+    assert cp.returncode == 1, out
+    last = cp.stderr.strip().splitlines()[-1]
+    assert "127.0.0.1:%d" % port in last and "Address already in use" in last, out
+    assert ("%s=" % which) in last, out
+    assert "wsproxy-demo." not in out, out   # said before anything started

@@ -31,9 +31,9 @@ mkdir -p -- "$2"
 DIR=$(cd -- "$2" && pwd)
 SOCK=$DIR/mysqld.sock PIDFILE=$DIR/mysqld.pid ERRLOG=$DIR/mysqld.err CNF=$DIR/my.cnf
 
-die() {
-    echo "demo-server.sh: $*" >&2
+die() {  # the error log's last lines, then the cause
     [ -s "$ERRLOG" ] && { echo "---- last lines of $ERRLOG ----" >&2; tail -n 20 -- "$ERRLOG" >&2; }
+    echo "demo-server.sh: $*" >&2
     exit 1
 }
 
