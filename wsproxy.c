@@ -2563,7 +2563,7 @@ static uint32_t ip_count(ws_proxy *p, const union conn_addr *a, int delta)
 
 static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
 {
-    int logged = c->status && c->status != 200 && c->status != 101;
+    int logged = c->status && c->status != 101;
     if (c->phase == PH_DEAD)
         return;
 #ifndef WS_PROXY_NO_TLS
@@ -2590,7 +2590,10 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
              "closed %u (%s) after %.3f s, %llu bytes to engine, %llu bytes to client",
              code, c->why ? c->why : "client gone", (double)(now - c->t_start) / 1000.0,
              (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out);
-    } else if (!logged) /* SPEC 6: every connection's end is logged */
+    } else if (c->status == 200) /* /health, metrics: probes, often one a second */
+        plog(p, WS_PROXY_LOG_DEBUG, c, "answered a plain GET (200) in %.3f s",
+             (double)(now - c->t_start) / 1000.0);
+    else if (!logged) /* SPEC 6: every connection's end is logged */
         plog(p, WS_PROXY_LOG_INFO, c, "ended before a WebSocket (%s) after %.3f s",
              c->why ? c->why : "client closed", (double)(now - c->t_start) / 1000.0);
     c->c_wr = 1; /* close_notify: best effort, without waiting */
@@ -2822,7 +2825,7 @@ static void conn_handshake(ws_proxy *p, struct conn *c, struct http_req *r,
     http_handshake(r, cf->c.allowed_origins, cf->c.subprotocols, &a);
     if (a.status == 200) {
         snprintf(p->health, sizeof p->health, "wsproxy %s running, %llu connections open",
-                 WS_PROXY_VERSION, (unsigned long long)p->st.conns_open);
+                 WS_PROXY_VERSION, (unsigned long long)p->st.conns_open - 1); /* not this probe */
         a.why = p->health;
     }
     if (a.status == 101 && c->over_limit)
