@@ -154,10 +154,9 @@ else
 fi
 [ -f "$STUDIO_DIR/index.html" ] || die "$STUDIO_DIR/index.html is missing"
 
-# A port another program holds, said alone and before anything starts: bind as the
-# servers will (SO_REUSEADDR: a listener or a plain bound socket conflicts, TIME_WAIT not).
-for v in PORT STUDIO_PORT; do
-    why=$("$PY" - "${!v}" 2>&1 <<'PY'
+# A port another program holds, said alone and before anything starts.
+bind_error() {  # port: why 127.0.0.1:port cannot be bound as the servers bind it (SO_REUSEADDR)
+    "$PY" - "$1" 2>&1 <<'PY' || true
 import socket, sys
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -166,7 +165,11 @@ try:
 except OSError as e:
     sys.exit("bind(127.0.0.1:%s): %s" % (sys.argv[1], e.strerror))
 PY
-) || die "$why: another program has that port; choose another, e.g. make run $v=$(( ${!v} > 64535 ? ${!v} - 1000 : ${!v} + 1000 ))"
+}
+for v in PORT STUDIO_PORT; do
+    why=$(bind_error "${!v}")
+    [ -z "$why" ] || die "$why: another program has that port; choose another, e.g." \
+        "make run $v=$(( ${!v} > 64535 ? ${!v} - 1000 : ${!v} + 1000 ))"
 done
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/wsproxy-demo.XXXXXX")
@@ -322,8 +325,11 @@ echo
 echo "  Or from a shell (from $REPO):"
 echo "    node test/query.js --url $URL$ca_arg $creds \"SELECT VERSION(), USER(), CURRENT_USER()\""
 if [ -z "$SOCKET" ]; then
-    other=$((PORT == 65535 ? PORT - 1 : PORT + 1))
-    [ "$other" != "$STUDIO_PORT" ] || other=$((PORT + 2))
+    other=$PORT   # the next port that is free, for the SQL below
+    for _ in 1 2 3 4 5 6 7 8; do
+        other=$((other == 65535 ? 1024 : other + 1))
+        [ "$other" = "$STUDIO_PORT" ] || [ -n "$(bind_error "$other")" ] || break
+    done
     echo
     echo "  Move the proxy by SQL (the seed's RESTART PROXY; SHOW STATUS gives the real state):"
     echo "    mariadb --no-defaults --socket=$ENGINE_SOCK -uroot -e \\"
