@@ -143,11 +143,15 @@ PATHS_SED   = -e 's|/usr/local/bin/wsproxy|$(BINDIR)/wsproxy|g' \
               -e 's|/etc/logrotate.d/|$(SYSCONFDIR)/logrotate.d/|g' \
               -e 's|/usr/local/lib/systemd/system/|$(UNITDIR)/|g'
 CONF        = $(DESTDIR)$(SYSCONFDIR)/wsproxy/wsproxy.conf
+# The installed program is stripped; build/wsproxy keeps its symbols for a
+# debugger (STRIP=: installs it as built).
+STRIP      ?= strip
 
 install: build/wsproxy
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(MANDIR)/man1 \
 	    $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/wsproxy $(DESTDIR)$(SYSCONFDIR)/logrotate.d
 	install -m 755 build/wsproxy $(DESTDIR)$(BINDIR)/wsproxy
+	$(STRIP) $(DESTDIR)$(BINDIR)/wsproxy
 	install -m 644 wsproxy.h $(DESTDIR)$(INCLUDEDIR)/wsproxy.h
 	sed $(PATHS_SED) dist/wsproxy.1 > $(DESTDIR)$(MANDIR)/man1/wsproxy.1
 	sed $(PATHS_SED) dist/wsproxy.service > $(DESTDIR)$(UNITDIR)/wsproxy.service
