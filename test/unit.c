@@ -1290,6 +1290,14 @@ int main(int argc, char **argv)
             puts(cases[i].name);
         return 0;
     }
+    for (a = 1; a < argc; a++) { /* a misspelt case would pass by running nothing */
+        for (i = 0; i < COUNT_OF(cases) && strcmp(argv[a], cases[i].name); i++)
+            ;
+        if (i == COUNT_OF(cases)) {
+            fprintf(stderr, "unit: no case named %s (%s --list names them)\n", argv[a], argv[0]);
+            return 2;
+        }
+    }
     for (i = 0; i < COUNT_OF(cases); i++) {
         int before = failures, wanted = argc == 1;
         for (a = 1; a < argc; a++)
