@@ -1742,6 +1742,16 @@ static int tls_pem_each(const struct bvec *in,
     return rc ? rc : inside ? -2 : count;
 }
 
+/* Does the text hold s? */
+static int tls_text_has(const struct bvec *v, const char *s)
+{
+    size_t i, n = strlen(s);
+    for (i = 0; v->p && i + n <= v->n; i++)
+        if (!memcmp(v->p + i, s, n))
+            return 1;
+    return 0;
+}
+
 struct tls_load {
     struct tls_creds *cr;
     struct bvec certs;
@@ -1907,15 +1917,18 @@ static int tls_creds_parse(const struct bvec *cert_text, const struct bvec *key_
         key_text = &text;
     if (!rc) {
         n = tls_pem_each(key_text, tls_take_key, &l);
+        /* The traditional form's RFC 1421 headers are bad base64 to BearSSL. */
+        l.encrypted |= n == -2 && tls_text_has(key_text, "Proc-Type: 4,ENCRYPTED");
         free(text.p);
-        if (n == -2 || n == 0)
+        if (l.encrypted)
+            rc = err_set(err, errlen, WS_PROXY_ETLS,
+                         "key_file %s: encrypted private keys are not supported "
+                         "(openssl pkey -in KEY -out PLAIN writes it decrypted)", key_file);
+        else if (n == -2 || n == 0)
             rc = err_set(err, errlen, WS_PROXY_ETLS, "key_file %s: not a PEM file", key_file);
         else if (l.empty)
             rc = err_set(err, errlen, WS_PROXY_ETLS,
                          "key_file %s: an empty private key block", key_file);
-        else if (l.encrypted)
-            rc = err_set(err, errlen, WS_PROXY_ETLS,
-                         "key_file %s: encrypted private keys are not supported", key_file);
         else if (l.key_err)
             rc = err_set(err, errlen, WS_PROXY_ETLS,
                          "key_file %s: unsupported or malformed private key (BearSSL error %d)",
