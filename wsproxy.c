@@ -2113,7 +2113,8 @@ static const char *tls_alert(int alert)
     switch (alert) {
     case 10: return "unexpected message";
     case 20: return "bad record MAC";
-    case 40: return "handshake failure: no common cipher suite or curve";
+    case 40: return "handshake failure: no common cipher suite or curve; TLS 1.2 is required "
+                    "(a client that offers only TLS 1.3 has none)";
     case 42: case 43: case 44: case 45: case 46: case 48:
         return "certificate refused";
     case 47: return "illegal parameter";
@@ -2702,11 +2703,12 @@ static void conn_refuse_with(ws_proxy *p, struct conn *c, int status,
     conn_refuse(p, c, &a, detail, now);
 }
 
-/* The engine cannot be reached: the client hears only that. */
-static void conn_engine_down(ws_proxy *p, struct conn *c, const char *call, int e,
+/* The engine cannot be reached: the client hears only that; the log says
+ * what failed ("connect to", "send PROXY header to") on which path. */
+static void conn_engine_down(ws_proxy *p, struct conn *c, const char *what, int e,
                              int64_t now)
 {
-    snprintf(p->why, sizeof p->why, "engine unavailable: %s(%s): %s", call,
+    snprintf(p->why, sizeof p->why, "engine unavailable: %s %s: %s", what,
              c->cfg->c.socket_path, strerror(e));
     conn_refuse_with(p, c, 502, "engine unavailable", p->why, now);
 }
@@ -2785,7 +2787,7 @@ static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
     sun.sun_family = AF_UNIX;
     memcpy(sun.sun_path, c->cfg->c.socket_path, strlen(c->cfg->c.socket_path));
     if (fd < 0) {
-        conn_engine_down(p, c, "socket for", errno, now);
+        conn_engine_down(p, c, "no socket for", errno, now);
         return;
     }
     c->efd = fd;
@@ -2795,7 +2797,7 @@ static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
         c->phase = PH_CONNECT;
     else /* EAGAIN here is a full listen backlog: the engine is not keeping
           * up, which the client should hear about at once. */
-        conn_engine_down(p, c, "connect", errno, now);
+        conn_engine_down(p, c, "connect to", errno, now);
 }
 
 /* A plain GET on metrics_path: the figures of ws_proxy_status(), or 403
@@ -3196,7 +3198,7 @@ static void conn_step(ws_proxy *p, struct conn *c, int64_t now)
         int e = 0;
         socklen_t len = sizeof e;
         if (getsockopt(c->efd, SOL_SOCKET, SO_ERROR, &e, &len) || e)
-            conn_engine_down(p, c, "connect", e ? e : errno, now);
+            conn_engine_down(p, c, "connect to", e ? e : errno, now);
         else
             conn_engine_ready(p, c, now);
     }

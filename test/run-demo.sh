@@ -62,7 +62,8 @@ ENGINE_PID=
 cleaned=0
 stop_pid() {  # name pid: SIGTERM, wait up to 10 s, then SIGKILL
     local name=$1 pid=$2 _
-    kill -0 "$pid" 2>/dev/null || return 0
+    # wsproxy ends by itself on the terminal's Ctrl-C (it gets the SIGINT too)
+    kill -0 "$pid" 2>/dev/null || { say "$name (pid $pid) had stopped"; return 0; }
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do
         kill -0 "$pid" 2>/dev/null || break
@@ -347,8 +348,8 @@ if [ -n "$SOCKET" ]; then
     st=0
     wait -n "$WSPID" "$WEBPID" || st=$?
     if ! kill -0 "$WSPID" 2>/dev/null; then
+        [ $st -eq 0 ] && { say "wsproxy (pid $WSPID) stopped"; WSPID=; exit 0; }
         WSPID=
-        [ $st -eq 0 ] && { say "wsproxy stopped"; exit 0; }
         failed "wsproxy exited on its own (status $st)"
     fi
     WEBPID=

@@ -186,9 +186,12 @@ def test_make_run_serves_the_studio(tls):
     assert not os.path.exists(d.tmp), d.out
 
 
-def test_make_run_in_front_of_an_existing_engine(tmp_path):
+@pytest.mark.parametrize("how", ["TERM", "Ctrl-C"])
+def test_make_run_in_front_of_an_existing_engine(tmp_path, how):
     """SOCKET=: the standalone program (as nobody) fronts a running engine,
-    and the banner shows no demo credentials that engine may not have."""
+    and the banner shows no demo credentials that engine may not have.  On
+    Ctrl-C wsproxy gets the SIGINT too and stops by itself: that is said
+    as well (issue 20, item 15)."""
     sockdir = tempfile.mkdtemp(prefix="wsd", dir="/tmp")
     os.chmod(sockdir, 0o755)
     e = Engine(sockdir, mode="echo")
@@ -200,10 +203,14 @@ def test_make_run_in_front_of_an_existing_engine(tmp_path):
             assert "password" not in d.out.split("Press Ctrl-C")[0].split("engine ")[1], d.out
             assert "--user USER --password PASSWORD" in d.out, d.out
             assert re.search(r"health +: 200 OK", d.out), d.out
+            if how == "Ctrl-C":
+                os.killpg(d.proc.pid, signal.SIGINT)
+                d.proc.wait(40)
         finally:
             rc = d.stop()
         assert rc == 0, d.out
-        assert "stopped wsproxy" in d.out and "mariadb" not in d.out, d.out
+        assert re.search(r"stopped wsproxy|wsproxy \(pid \d+\) (had )?stopped", d.out), d.out
+        assert "mariadb" not in d.out, d.out
     finally:
         e.stop()
         shutil.rmtree(sockdir, ignore_errors=True)
