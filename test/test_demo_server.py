@@ -2,6 +2,7 @@
 started alone (as run-demo.sh starts it) with the plugin built by
 `make mariadb-plugin`.  Issue 20.  Needs root; /usr/bin/python3."""
 
+import json
 import os
 import shutil
 import socket
@@ -43,3 +44,23 @@ def test_a_taken_port_is_the_last_line(demo_dir):
     last = cp.stderr.strip().splitlines()[-1]
     assert last.startswith("demo-server.sh: the proxy is not serving: ") and \
         "bind(127.0.0.1:%d): Address already in use" % port in last, cp.stderr
+
+
+def test_the_demo_database_takes_emoji(demo_dir):
+    """Issue 20, item 5: the demo's database was latin1 (the server reads only
+    its own my.cnf, not Debian's utf8mb4 defaults): an emoji insert failed
+    with 1366.  Through the proxy, as the studio sends it."""
+    port = free_port()
+    cp = start(demo_dir, port)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "state=RUNNING" in cp.stdout, cp.stdout
+    emoji = "caf\u00e9 \U0001F600"
+    q = subprocess.run(["node", str(ROOT / "test" / "query.js"), "--url",
+                        "ws://127.0.0.1:%d/" % port, "--user", "demo", "--password", "demo",
+                        "--database", "demo", "--json",
+                        "CREATE TABLE t (s VARCHAR(20)); INSERT INTO t VALUES ('%s'); "
+                        "SELECT s, @@character_set_database AS db FROM t" % emoji],
+                       capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    out = q.stdout.decode()
+    assert q.returncode == 0, out + q.stderr.decode()
+    assert json.loads(out.strip().splitlines()[-1]) == [{"s": emoji, "db": "utf8mb4"}], out

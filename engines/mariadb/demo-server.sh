@@ -7,7 +7,8 @@
 #       wsproxy_bind_address = 127.0.0.1 (and wsproxy_allowed_origins = ORIGINS),
 #       start mariadbd on the Unix
 #       socket DIR/mysqld.sock (no TCP of its own), create database `demo` and
-#       user demo/demo, and print the socket, pid and the proxy's state
+#       user demo/demo (utf8mb4, as Debian's defaults), and print the socket, pid and
+#       the proxy's state
 #   engines/mariadb/demo-server.sh stop DIR
 # With WSPROXY_DEMO_CERT and WSPROXY_DEMO_KEY set (PEM files), the proxy serves
 # wss:// on PORT (wsproxy_https_port) with that certificate instead.
@@ -81,6 +82,9 @@ do_start() {
         echo "user = root"
         echo "skip-networking"
         echo "innodb-buffer-pool-size = 64M"
+        echo "# Debian's own files (read by no one here) would say the same: emoji too"
+        echo "character-set-server = utf8mb4"
+        echo "collation-server = utf8mb4_general_ci"
         echo "# the plugin sends a PROXY header on the server's own socket"
         echo "proxy_protocol_networks = localhost"
         echo "plugin_dir = $PLUGIN_DIR"
@@ -110,7 +114,7 @@ CREATE USER IF NOT EXISTS 'mysql'@'localhost'
     IDENTIFIED VIA mysql_native_password USING 'invalid' OR unix_socket;
 GRANT ALL PRIVILEGES ON *.* TO 'mysql'@'localhost' WITH GRANT OPTION;
 FLUSH PRIVILEGES;
-CREATE DATABASE IF NOT EXISTS demo;
+CREATE DATABASE IF NOT EXISTS demo CHARACTER SET utf8mb4;
 CREATE USER IF NOT EXISTS 'demo'@'%' IDENTIFIED BY 'demo';
 CREATE USER IF NOT EXISTS 'demo'@'localhost' IDENTIFIED BY 'demo';
 GRANT ALL PRIVILEGES ON demo.* TO 'demo'@'%';
