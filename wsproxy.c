@@ -33,20 +33,45 @@
  * This file is the library and nothing else: the standalone wsproxy
  * program (program/main.c) is a client of wsproxy.h, as every engine is.
  *
+ * Portability: C99 and POSIX.1-2008 sockets, poll() and pthreads.  Linux
+ * with glibc or musl, on any architecture (32-bit and big-endian included);
+ * the BSDs and macOS for the library (docs/hosts.md says what is tested
+ * where).  The next section asks each system for its extensions before the
+ * first system header; a unit that included one earlier (a unity build)
+ * gets fallbacks, or an #error naming the fix.
+ *
  * Compile-time options: WS_PROXY_NO_TLS builds without BearSSL; the
- * WS_PROXY_* tunables below may be overridden with -D.
+ * WS_PROXY_* tunables below may be overridden with -D, and one set below
+ * what the proxy needs stops the build with an #error naming the limit.
  */
 
 /* ==== Includes, tunables, portability =================================== */
 
-#if defined(__linux__) && !defined(_GNU_SOURCE)
+/* Feature-test macros: each system's switch for "POSIX.1-2008 and the
+ * system's own extensions".  A bare _POSIX_C_SOURCE would be wrong: the BSDs
+ * and macOS then hide everything outside POSIX (pipe2, initgroups,
+ * SO_NOSIGPIPE, TCP_KEEPINTVL), and FreeBSD cannot be told to show it again.
+ * A unit that included a system header before this file (a unity build) has
+ * already fixed what its headers declare: the checks after the includes
+ * adapt to that, or stop with the fix. */
+#if defined(__linux__)
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* accept4, pipe2 */
 #endif
-#if !defined(_GNU_SOURCE) && !defined(_DEFAULT_SOURCE)
-#define _DEFAULT_SOURCE
+#elif defined(__APPLE__)
+#ifndef _DARWIN_C_SOURCE
+#define _DARWIN_C_SOURCE /* SO_NOSIGPIPE, TCP_KEEPALIVE/KEEPINTVL/KEEPCNT */
 #endif
-#ifndef _POSIX_C_SOURCE
-#define _POSIX_C_SOURCE 200809L
+#elif defined(__NetBSD__)
+#ifndef _NETBSD_SOURCE
+#define _NETBSD_SOURCE
+#endif
+#elif defined(__OpenBSD__)
+#ifndef _BSD_SOURCE
+#define _BSD_SOURCE
+#endif
+#elif !defined(__FreeBSD__) && !defined(__DragonFly__) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L /* elsewhere: POSIX.1-2008 is what we need */
 #endif
 
 #include "wsproxy.h"
@@ -72,6 +97,31 @@
 
 #ifndef WS_PROXY_NO_TLS
 #include <bearssl.h>
+#endif
+
+#ifndef O_CLOEXEC
+#error "wsproxy.c: POSIX.1-2008 is not visible here (no O_CLOEXEC): a system header was included before wsproxy.c with no feature-test macro, as under -std=c99.  Define _GNU_SOURCE (Linux) or _POSIX_C_SOURCE=200809L before the first #include of this unit, or with -D."
+#endif
+
+/* accept4() and pipe2() make a descriptor close-on-exec and non-blocking at
+ * birth.  glibc declares them under _GNU_SOURCE only (__USE_GNU records what
+ * its headers saw first), musl under _GNU_SOURCE or _BSD_SOURCE (its
+ * default), the BSDs while their extensions are visible.  Where they are not
+ * declared, the flags follow the call at once (fd_nonblock). */
+#if defined(__GLIBC__) ? defined(__USE_GNU)                                  \
+                       : defined(__linux__) && (defined(_GNU_SOURCE) || defined(_BSD_SOURCE))
+#define HAVE_ACCEPT4 1
+#define HAVE_PIPE2 1
+#elif (defined(__FreeBSD__) || defined(__OpenBSD__) || defined(__DragonFly__)) &&      \
+    defined(__BSD_VISIBLE) && __BSD_VISIBLE
+#define HAVE_PIPE2 1
+#elif defined(__NetBSD__) && defined(_NETBSD_SOURCE)
+#define HAVE_PIPE2 1
+#endif
+
+/* macOS spells TCP_KEEPIDLE as TCP_KEEPALIVE (seconds, per socket too). */
+#if !defined(TCP_KEEPIDLE) && defined(TCP_KEEPALIVE)
+#define TCP_KEEPIDLE TCP_KEEPALIVE
 #endif
 
 /* Size of one data buffer: bounds what one connection holds in flight in
@@ -113,6 +163,14 @@
 #ifndef WS_PROXY_ACCEPT_BUDGET
 #define WS_PROXY_ACCEPT_BUDGET 64
 #endif
+/* Connections the kernel may queue before accept (the kernel caps it at
+ * net.core.somaxconn on Linux, kern.ipc.somaxconn on the BSDs and macOS).
+ * Not SOMAXCONN: that is 4096 in glibc but 128 in musl, macOS and the BSDs,
+ * where a burst of connects (as after a same-port restart) saw SYNs
+ * dropped and a connect take over a second. */
+#ifndef WS_PROXY_LISTEN_BACKLOG
+#define WS_PROXY_LISTEN_BACKLOG 4096
+#endif
 /* Connections over max_connections accepted only to be answered 503;
  * beyond this the listening socket is not polled. */
 #ifndef WS_PROXY_REFUSE_SLACK
@@ -144,6 +202,38 @@
 /* TLS session cache per configuration: 100 bytes a session. */
 #ifndef WS_PROXY_TLS_CACHE_BYTES
 #define WS_PROXY_TLS_CACHE_BYTES (100 * 1024)
+#endif
+
+/* The limits below which a tunable breaks the proxy rather than shrinks it. */
+#if WS_PROXY_MAX_HEADER < 1024
+#error "WS_PROXY_MAX_HEADER must be at least 1024: a browser's upgrade request alone is 500-1000 bytes"
+#endif
+#if WS_PROXY_BUF_SIZE <= WS_PROXY_MAX_HEADER
+#error "WS_PROXY_BUF_SIZE must exceed WS_PROXY_MAX_HEADER: a request is read into one buffer (lower WS_PROXY_MAX_HEADER too)"
+#endif
+#if WS_PROXY_MAX_HEADERS < 8
+#error "WS_PROXY_MAX_HEADERS must be at least 8: an upgrade request has 5 required headers and Origin"
+#endif
+#if WS_PROXY_FREE_BUFS < 0
+#error "WS_PROXY_FREE_BUFS must be at least 0 (0: every drained buffer goes back to malloc)"
+#endif
+#if WS_PROXY_TURN_BUDGET < 1 || WS_PROXY_ACCEPT_BUDGET < 1 || WS_PROXY_LISTEN_BACKLOG < 1
+#error "WS_PROXY_TURN_BUDGET, WS_PROXY_ACCEPT_BUDGET and WS_PROXY_LISTEN_BACKLOG must be at least 1"
+#endif
+#if WS_PROXY_SCAN_FIRST < 1 || WS_PROXY_HOT_MS < 1 || WS_PROXY_COLD_MS < 1
+#error "WS_PROXY_SCAN_FIRST, WS_PROXY_HOT_MS and WS_PROXY_COLD_MS must be at least 1"
+#endif
+#if WS_PROXY_KEEPALIVE_S != 0 && (WS_PROXY_KEEPALIVE_S < 2 || WS_PROXY_KEEPALIVE_S > 65535)
+#error "WS_PROXY_KEEPALIVE_S must be 0 (off) or 2 to 65535 (TCP_KEEPIDLE, half of it, stops at 32767)"
+#endif
+#if WS_PROXY_KEEPALIVE_S > 0 && !(defined(TCP_KEEPIDLE) && defined(TCP_KEEPINTVL) && defined(TCP_KEEPCNT))
+#error "wsproxy.c: no per-socket TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT here, so a vanished client would go unnoticed.  On the BSDs and macOS, do not define _POSIX_C_SOURCE for this file (it hides them); where the system has none (OpenBSD), build with -DWS_PROXY_KEEPALIVE_S=0 (then ping_interval_ms alone finds such a client)"
+#endif
+#if WS_PROXY_TLS_MAX_CHAIN < 1
+#error "WS_PROXY_TLS_MAX_CHAIN must be at least 1 (the leaf)"
+#endif
+#if WS_PROXY_TLS_CACHE_BYTES < 100
+#error "WS_PROXY_TLS_CACHE_BYTES must be at least 100 (one session)"
 #endif
 
 #define DEFAULT_MAX_CONNECTIONS 1024u
@@ -184,6 +274,22 @@ static int err_set(char *err, size_t errlen, int code, const char *fmt, ...)
         va_end(ap);
     }
     return code;
+}
+
+/* errno's message in buf.  Not strerror(): POSIX lets it share one buffer
+ * between threads, and the loop thread and API callers (and the host's own
+ * threads) all report system errors.  strerror_r() comes in two kinds: the
+ * XSI one (POSIX; musl, the BSDs, macOS, glibc without _GNU_SOURCE) returns
+ * 0 and fills buf; glibc's GNU one returns the message, perhaps not in buf. */
+static const char *sys_err(int e, char *buf, size_t len)
+{
+#if defined(__GLIBC__) && defined(__USE_GNU)
+    return strerror_r(e, buf, len);
+#else
+    if (strerror_r(e, buf, len))
+        snprintf(buf, len, "error %d", e);
+    return buf;
+#endif
 }
 
 /* ==== Leaf code: SHA-1, base64, UTF-8 ==================================== */
@@ -1168,15 +1274,25 @@ static size_t frame_header(uint8_t *end, unsigned op, uint64_t len)
 
 struct tls_creds; /* section "Transport"; NULL without TLS */
 
+/* Where the engine listens: socket_path parsed once (engine_parse()). */
+union engine_addr {
+    struct sockaddr sa;
+    struct sockaddr_un un;
+    struct sockaddr_in v4;
+    struct sockaddr_in6 v6;
+};
+
 struct cfg {
     int refs;
     struct ws_proxy_config c; /* strings point into text[] */
+    union engine_addr engine; /* c.socket_path's address */
+    socklen_t engine_len;
     int port;                 /* http_port or https_port, 0 = none */
     int tls;                  /* serving wss:// */
     unsigned max_conns, handshake_ms, drain_ms;
     int log_level;
     struct tls_creds *creds;
-    char text[1];
+    char text[]; /* the strings of c, each NUL-terminated */
 };
 
 /* Connection state: see the section "Connections" for the rules. */
@@ -1306,12 +1422,16 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* CPU time of the calling thread, us: what a loop turn cost, sleep excluded. */
+/* CPU time of the calling thread, us: what a loop turn cost, sleep
+ * excluded; -1 where the system has no such clock (an optional POSIX one). */
 static int64_t thread_cpu_us(void)
 {
+#ifdef CLOCK_THREAD_CPUTIME_ID
     struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
+        return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+#endif
+    return -1;
 }
 
 static const char *log_level_name(int level)
@@ -1359,7 +1479,7 @@ static void plog(ws_proxy *p, int level, const struct conn *c,
 
 static int log_open(const struct cfg *cf, int *fd, char *err, size_t errlen)
 {
-    char path[4096];
+    char path[4096], eb[128];
     *fd = -1;
     if (!cf->c.log_dir || !*cf->c.log_dir)
         return 0;
@@ -1369,7 +1489,7 @@ static int log_open(const struct cfg *cf, int *fd, char *err, size_t errlen)
     *fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
     if (*fd < 0)
         return err_set(err, errlen, WS_PROXY_ELOG, "open(%s): %s", path,
-                       strerror(errno));
+                       sys_err(errno, eb, sizeof eb));
     return 0;
 }
 
@@ -1385,6 +1505,53 @@ static int addr_parse(const char *s, int port, union conn_addr *a)
     if (inet_pton(AF_INET6, s, &a->v6.sin6_addr) == 1) {
         a->v6.sin6_family = AF_INET6;
         a->v6.sin6_port = htons((uint16_t)(port > 0 ? port : 0));
+        return 0;
+    }
+    return -1;
+}
+
+/* The engine's address, spelled as wsproxy.h's socket_path says: a Unix
+ * socket path starting with '/' or '.', or a numeric "IPv4:PORT" or
+ * "[IPv6]:PORT".  Returns 0, or -1 when s is neither. */
+static int engine_parse(const char *s, union engine_addr *a, socklen_t *len)
+{
+    char host[INET6_ADDRSTRLEN];
+    const char *colon = strrchr(s, ':');
+    size_t n = colon ? (size_t)(colon - s) : 0;
+    char *end;
+    unsigned long port;
+    int v6;
+    memset(a, 0, sizeof *a);
+    if (*s == '/' || *s == '.') {
+        if (strlen(s) >= sizeof a->un.sun_path)
+            return -1;
+        a->un.sun_family = AF_UNIX;
+        memcpy(a->un.sun_path, s, strlen(s));
+        *len = sizeof a->un;
+        return 0;
+    }
+    if (!colon || colon[1] < '0' || colon[1] > '9')
+        return -1;
+    port = strtoul(colon + 1, &end, 10);
+    if (*end || port < 1 || port > 65535)
+        return -1;
+    v6 = *s == '[' && n >= 2 && s[n - 1] == ']'; /* "[IPv6]:PORT" */
+    if (v6)
+        s++, n -= 2;
+    if (n >= sizeof host)
+        return -1;
+    memcpy(host, s, n);
+    host[n] = '\0';
+    if (!v6 && inet_pton(AF_INET, host, &a->v4.sin_addr) == 1) {
+        a->v4.sin_family = AF_INET;
+        a->v4.sin_port = htons((uint16_t)port);
+        *len = sizeof a->v4;
+        return 0;
+    }
+    if (v6 && inet_pton(AF_INET6, host, &a->v6.sin6_addr) == 1) {
+        a->v6.sin6_family = AF_INET6;
+        a->v6.sin6_port = htons((uint16_t)port);
+        *len = sizeof a->v6;
         return 0;
     }
     return -1;
@@ -1479,7 +1646,7 @@ static void sock_keepalive(int fd)
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
     if (!on)
         return;
-#if defined(TCP_KEEPIDLE) && defined(TCP_KEEPINTVL) && defined(TCP_KEEPCNT)
+#if WS_PROXY_KEEPALIVE_S > 0 /* the constants are there: see the tunable */
     {
         int idle = WS_PROXY_KEEPALIVE_S / 2, cnt = 6;
         int intvl = WS_PROXY_KEEPALIVE_S / 12 > 0 ? WS_PROXY_KEEPALIVE_S / 12 : 1;
@@ -1497,10 +1664,10 @@ static void sock_keepalive(int fd)
 }
 
 /* The loop's wake-up pipe, non-blocking and close-on-exec from birth
- * where pipe2() exists (Linux, the BSDs). */
+ * where pipe2() is declared (Linux, the BSDs). */
 static int wake_pipe(int fds[2])
 {
-#if defined(__linux__) || defined(__FreeBSD__) || defined(__NetBSD__) || defined(__OpenBSD__)
+#ifdef HAVE_PIPE2
     if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0)
         return 0;
     if (errno != ENOSYS)
@@ -1521,19 +1688,21 @@ static int listen_open(const char *host, int port, int *fd_out,
     union conn_addr a;
     socklen_t len;
     int fd, one = 1;
+    char eb[128];
     if (addr_parse(host, port, &a))
         return err_set(err, errlen, WS_PROXY_EINVAL,
                        "bind_address: not a numeric IPv4 or IPv6 address: %s", host);
     fd = sock_open(a.sa.sa_family);
     if (fd < 0)
-        return err_set(err, errlen, WS_PROXY_ESYS, "socket: %s", strerror(errno));
+        return err_set(err, errlen, WS_PROXY_ESYS, "socket: %s",
+                       sys_err(errno, eb, sizeof eb));
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, &a.sa, addr_len(&a)) || listen(fd, SOMAXCONN)) {
+    if (bind(fd, &a.sa, addr_len(&a)) || listen(fd, WS_PROXY_LISTEN_BACKLOG)) {
         int e = errno;
         close(fd);
         return err_set(err, errlen, WS_PROXY_EBIND,
                        a.sa.sa_family == AF_INET6 ? "bind([%s]:%d): %s" : "bind(%s:%d): %s",
-                       host, port > 0 ? port : 0, strerror(e));
+                       host, port > 0 ? port : 0, sys_err(e, eb, sizeof eb));
     }
     len = sizeof *bound;
     getsockname(fd, &bound->sa, &len);
@@ -1560,7 +1729,7 @@ static void buf_put(ws_proxy *p, uint8_t **bp)
     *bp = NULL;
     if (!b)
         return;
-    if (p->nfree >= WS_PROXY_FREE_BUFS) {
+    if (p->nfree + 1 > WS_PROXY_FREE_BUFS) { /* not >=: the tunable may be 0 */
         free(b);
         return;
     }
@@ -1683,18 +1852,20 @@ static int tls_read_file(const char *what, const char *path, struct bvec *v,
                          char *err, size_t errlen)
 {
     uint8_t chunk[4096];
+    char eb[128];
     ssize_t n;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     memset(v, 0, sizeof *v);
     if (fd < 0)
-        return err_set(err, errlen, WS_PROXY_ETLS, "%s %s: %s", what, path, strerror(errno));
+        return err_set(err, errlen, WS_PROXY_ETLS, "%s %s: %s", what, path,
+                       sys_err(errno, eb, sizeof eb));
     while ((n = read(fd, chunk, sizeof chunk)) > 0 && v->n < (1u << 20))
         bvec_add(v, chunk, (size_t)n);
     close(fd);
     if (n < 0 || v->oom || v->n >= (1u << 20)) {
         free(v->p);
         return err_set(err, errlen, WS_PROXY_ETLS, "%s %s: %s", what, path,
-                       n < 0 ? strerror(errno) : "unreadable or over 1 MiB");
+                       n < 0 ? sys_err(errno, eb, sizeof eb) : "unreadable or over 1 MiB");
     }
     bvec_add(v, "\n", 1);
     return 0;
@@ -1814,8 +1985,7 @@ static void tls_describe(struct tls_creds *cr, const br_x509_decoder_context *dc
     char cn[128] = "(no CN)", fp[96];
     uint8_t digest[32];
     br_sha256_context h;
-    struct tm tm;
-    time_t t;
+    int64_t z, y, era, doe, yoe, doy, mp;
     size_t i, k;
     for (i = 0; dn->p && i + 7 < dn->n; i++)
         if (!memcmp(dn->p + i, cn_oid, 5) && dn->p[i + 6] < 128 &&
@@ -1823,10 +1993,20 @@ static void tls_describe(struct tls_creds *cr, const br_x509_decoder_context *dc
             snprintf(cn, sizeof cn, "%.*s", (int)dn->p[i + 6], (const char *)dn->p + i + 7);
             break;
         }
-    /* notafter_days counts from 1 January of year 0; 1970 is day 719528. */
-    t = (time_t)(((int64_t)dc->notafter_days - 719528) * 86400 + dc->notafter_seconds);
-    gmtime_r(&t, &tm);
-    cr->days_left = (long)((t - time(NULL)) / 86400);
+    /* In 64 bits from BearSSL's day count, never through time_t: a 32-bit
+     * time_t (i386, armhf) ends in 2038.  notafter_days counts from
+     * 1 January of year 0 (1970-01-01 is day 719528); the civil date is
+     * Howard Hinnant's days_from_civil inverted, on eras of 400 years from
+     * 1 March of year 0 (day 60). */
+    z = (int64_t)dc->notafter_days - 60;
+    cr->days_left = (long)(((z + 60) * 86400 + dc->notafter_seconds -
+                            (719528 * (int64_t)86400 + (int64_t)time(NULL))) / 86400);
+    era = (z >= 0 ? z : z - 146096) / 146097;
+    doe = z - era * 146097;                                        /* [0, 146096] */
+    yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;  /* [0, 399] */
+    doy = doe - (365 * yoe + yoe / 4 - yoe / 100);                  /* [0, 365] */
+    mp = (5 * doy + 2) / 153;                                       /* March = 0 */
+    y = yoe + era * 400 + (mp >= 10);
     br_sha256_init(&h);
     br_sha256_update(&h, cr->chain[0].data, cr->chain[0].data_len);
     br_sha256_out(&h, digest);
@@ -1835,8 +2015,9 @@ static void tls_describe(struct tls_creds *cr, const br_x509_decoder_context *dc
     snprintf(cr->info, sizeof cr->info,
              "certificate CN=%s, %u in chain, expires %04d-%02d-%02d %02d:%02d:%02d UTC, "
              "SHA-256 %s",
-             cn, (unsigned)cr->chain_len, tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-             tm.tm_hour, tm.tm_min, tm.tm_sec, fp);
+             cn, (unsigned)cr->chain_len, (int)y, (int)(mp < 10 ? mp + 3 : mp - 9),
+             (int)(doy - (153 * mp + 2) / 5 + 1), (int)(dc->notafter_seconds / 3600),
+             (int)(dc->notafter_seconds / 60 % 60), (int)(dc->notafter_seconds % 60), fp);
 }
 
 static void tls_creds_free(struct tls_creds *cr)
@@ -2708,8 +2889,9 @@ static void conn_refuse_with(ws_proxy *p, struct conn *c, int status,
 static void conn_engine_down(ws_proxy *p, struct conn *c, const char *what, int e,
                              int64_t now)
 {
+    char eb[128];
     snprintf(p->why, sizeof p->why, "engine unavailable: %s %s: %s", what,
-             c->cfg->c.socket_path, strerror(e));
+             c->cfg->c.socket_path, sys_err(e, eb, sizeof eb));
     conn_refuse_with(p, c, 502, "engine unavailable", p->why, now);
 }
 
@@ -2761,7 +2943,7 @@ static void conn_engine_ready(ws_proxy *p, struct conn *c, int64_t now)
     if (pp != WS_PROXY_PP_OFF) {
         uint8_t hdr[128];
         size_t n = pp_header(c, pp, hdr);
-        /* A new Unix socket's send buffer is empty and far larger than
+        /* A new engine socket's send buffer is empty and far larger than
          * the header, so one write either takes it all or the engine is
          * broken. */
         long w = io_send(c->efd, hdr, n);
@@ -2781,17 +2963,17 @@ static void conn_engine_ready(ws_proxy *p, struct conn *c, int64_t now)
 
 static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
 {
-    struct sockaddr_un sun;
-    int fd = sock_open(AF_UNIX);
-    memset(&sun, 0, sizeof sun);
-    sun.sun_family = AF_UNIX;
-    memcpy(sun.sun_path, c->cfg->c.socket_path, strlen(c->cfg->c.socket_path));
+    const struct cfg *cf = c->cfg;
+    int fd = sock_open(cf->engine.sa.sa_family), on = 1;
     if (fd < 0) {
         conn_engine_down(p, c, "no socket for", errno, now);
         return;
     }
     c->efd = fd;
-    if (connect(fd, (struct sockaddr *)&sun, sizeof sun) == 0)
+    /* A relayed query is one small write: it must not wait for an ACK. */
+    if (cf->engine.sa.sa_family != AF_UNIX)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    if (connect(fd, &cf->engine.sa, cf->engine_len) == 0)
         conn_engine_ready(p, c, now);
     else if (errno == EINPROGRESS || errno == EINTR)
         c->phase = PH_CONNECT;
@@ -3156,7 +3338,10 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
     /* The engine is done: after the client's Close its code is echoed. */
     c->e_fin = 1;
     c->down = DIR_SHUT;
-    if (!c->close_rcvd) {
+    if (!c->close_rcvd && c->cfg->c.going_away && *c->cfg->c.going_away) {
+        c->close_code = 1001;
+        conn_why(c, "engine going away");
+    } else if (!c->close_rcvd) {
         c->close_code = n == 0 ? 1000 : 1011;
         conn_why(c, n == 0 ? "engine closed" : "engine connection error");
     }
@@ -3432,7 +3617,8 @@ static void loop_close_all(ws_proxy *p, uint16_t code)
  * ws_proxy_restart(); the proxy never restarts itself. */
 static void loop_fail(ws_proxy *p, const char *what)
 {
-    snprintf(p->reason, sizeof p->reason, "%s: %s", what, strerror(errno));
+    char eb[128];
+    snprintf(p->reason, sizeof p->reason, "%s: %s", what, sys_err(errno, eb, sizeof eb));
     plog(p, WS_PROXY_LOG_ERROR, NULL, "failed: %s; closing every connection",
          p->reason);
     loop_close_all(p, 1011);
@@ -3450,10 +3636,10 @@ static void loop_accept(ws_proxy *p, int64_t now)
         union conn_addr a;
         socklen_t len = sizeof a;
         struct conn *c;
-        char ip[INET6_ADDRSTRLEN];
+        char ip[INET6_ADDRSTRLEN], eb[128];
         uint32_t per_ip;
         int fd, one = 1;
-#if defined(__linux__)
+#ifdef HAVE_ACCEPT4
         fd = accept4(p->lfd, &a.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 #else
         fd = accept(p->lfd, &a.sa, &len);
@@ -3469,7 +3655,7 @@ static void loop_accept(ws_proxy *p, int64_t now)
                 if (!p->accept_warned_at || now - p->accept_warned_at >= 10000) {
                     plog(p, WS_PROXY_LOG_WARN, NULL,
                          "accept: %s; new connections wait (retrying every 100 ms)",
-                         strerror(errno));
+                         sys_err(errno, eb, sizeof eb));
                     p->accept_warned_at = now;
                 }
                 p->accept_pause_until = now + 100;
@@ -3484,7 +3670,8 @@ static void loop_accept(ws_proxy *p, int64_t now)
                 loop_fail(p, "accept");
                 return;
             }
-            plog(p, WS_PROXY_LOG_DEBUG, NULL, "accept: %s (skipped)", strerror(errno));
+            plog(p, WS_PROXY_LOG_DEBUG, NULL, "accept: %s (skipped)",
+                 sys_err(errno, eb, sizeof eb));
             continue;
         }
         if (p->nconns == p->capconns) {
@@ -3558,13 +3745,14 @@ static void log_config(ws_proxy *p, const char *verb)
     char ip[INET6_ADDRSTRLEN];
     if (p->lfd >= 0)
         plog(p, WS_PROXY_LOG_INFO, NULL,
-             "%s: listening on %s://%s%s%s:%d -> unix:%s; max_connections=%u "
+             "%s: listening on %s://%s%s%s:%d -> %s:%s; max_connections=%u "
              "max_connections_per_ip=%u max_message=%llu handshake_timeout_ms=%u "
              "idle_timeout_ms=%u ping_interval_ms=%u drain_timeout_ms=%u "
              "proxy_protocol=%s allowed_origins=%s subprotocols=%s metrics_path=%s%s%s",
              verb, cf->tls ? "wss" : "ws", p->laddr.sa.sa_family == AF_INET6 ? "[" : "",
              addr_ip(&p->laddr, ip, sizeof ip), p->laddr.sa.sa_family == AF_INET6 ? "]" : "",
-             p->lport, cf->c.socket_path, cf->max_conns, cf->c.max_connections_per_ip,
+             p->lport, cf->engine.sa.sa_family == AF_UNIX ? "unix" : "tcp",
+             cf->c.socket_path, cf->max_conns, cf->c.max_connections_per_ip,
              (unsigned long long)cf->c.max_message, cf->handshake_ms,
              cf->c.idle_timeout_ms, cf->c.ping_interval_ms, cf->drain_ms,
              pp[cf->c.proxy_protocol],
@@ -3898,6 +4086,8 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
                    char *err, size_t errlen)
 {
     union conn_addr a;
+    union engine_addr engine;
+    socklen_t engine_len = 0;
     struct cfg *cf;
     char *t;
     size_t len;
@@ -3922,6 +4112,10 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
         return err_set(err, errlen, WS_PROXY_EINVAL,
                        "socket_path is longer than %u bytes",
                        (unsigned)sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+    if (engine_parse(in->socket_path, &engine, &engine_len))
+        return err_set(err, errlen, WS_PROXY_EINVAL,
+                       "socket_path: neither a Unix socket path (starting with / or .) "
+                       "nor a numeric IPv4:PORT or [IPv6]:PORT: %s", in->socket_path);
     if (in->bind_address && addr_parse(in->bind_address, 0, &a))
         return err_set(err, errlen, WS_PROXY_EINVAL,
                        "bind_address: not a numeric IPv4 or IPv6 address: %s",
@@ -3955,6 +4149,8 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
         return err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
     cf->refs = 1;
     cf->c = *in;
+    cf->engine = engine;
+    cf->engine_len = engine_len;
     t = cf->text;
     cf->c.bind_address = cfg_strcpy(&t, in->bind_address ? in->bind_address : "0.0.0.0");
     cf->c.socket_path = cfg_strcpy(&t, in->socket_path);
@@ -4154,6 +4350,7 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
     struct cfg *cf;
     uint64_t serial;
     int fds[2];
+    char eb[128];
     if (err && errlen)
         err[0] = 0;
     if (cfg_new(config, &cf, err, errlen))
@@ -4171,7 +4368,7 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
         return NULL;
     }
     if (wake_pipe(fds)) {
-        err_set(err, errlen, WS_PROXY_ESYS, "pipe: %s", strerror(errno));
+        err_set(err, errlen, WS_PROXY_ESYS, "pipe: %s", sys_err(errno, eb, sizeof eb));
         proxy_free(p);
         return NULL;
     }
@@ -4222,9 +4419,9 @@ static void api_explain_overlap(ws_proxy *p, const struct cfg *cf, char *err, si
 {
     struct ws_proxy_status st;
     union conn_addr want, have;
-    char old[INET6_ADDRSTRLEN + 1];
+    char old[INET6_ADDRSTRLEN + 1], eb[128];
     size_t n;
-    if (!err || !errlen || !cf->port || !strstr(err, strerror(EADDRINUSE)) ||
+    if (!err || !errlen || !cf->port || !strstr(err, sys_err(EADDRINUSE, eb, sizeof eb)) ||
         api_call(p, CMD_STATUS, &st, NULL, 0) || st.state != WS_PROXY_RUNNING ||
         st.port != cf->port)
         return;

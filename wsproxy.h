@@ -1,8 +1,9 @@
 /*
- * wsproxy.h - an embeddable WebSocket (RFC 6455) proxy in front of a Unix
- * socket.  Each accepted WebSocket becomes a new connection on the engine's
- * Unix socket and is relayed as a byte stream: client payloads are unmasked
- * and written to the engine; engine bytes go back as binary frames.
+ * wsproxy.h - an embeddable WebSocket (RFC 6455) proxy in front of a
+ * database engine's Unix or TCP socket.  Each accepted WebSocket becomes a
+ * new connection to the engine and is relayed as a byte stream: client
+ * payloads are unmasked and written to the engine; engine bytes go back as
+ * binary frames.
  *
  * Threading.  ws_proxy_start() creates one thread that owns every socket of
  * that proxy and runs one poll() loop.  All ws_proxy_* calls are thread-safe
@@ -68,7 +69,8 @@ enum {
 const char *ws_proxy_strerror(int code);
 
 /* PROXY protocol header sent at the start of every engine connection so the
- * engine sees the client's address instead of the relay's uid.  Zero (the
+ * engine sees the client's address instead of the relay's uid (Unix socket)
+ * or the relay's address (TCP).  Zero (the
  * default) is v2: secure by default.  OFF must be chosen explicitly, and
  * every start/restart with it logs a warning: an engine that authenticates
  * Unix-socket peers by uid (MariaDB's unix_socket plugin) would treat every
@@ -114,7 +116,15 @@ struct ws_proxy_config {
     int https_port;
     /* Numeric IPv4 or IPv6 address to listen on; NULL = "0.0.0.0". */
     const char *bind_address;
-    /* The engine's Unix socket; required, at most 107 bytes. */
+    /* The engine's socket; required, at most 107 bytes.  Either a Unix
+     * socket path, which must start with '/' or '.' ("/run/db.sock",
+     * "./db.sock"), or a TCP address with a numeric host and a port,
+     * "IPv4:PORT" or "[IPv6]:PORT" ("127.0.0.1:3306", "[::1]:5432").
+     * Anything else is WS_PROXY_EINVAL.  Both kinds behave the same: the
+     * PROXY header, every limit and timeout, backpressure, and each side
+     * closed when the other ends.  A TCP engine socket has TCP_NODELAY set.
+     * Over TCP the engine sees the relay's own address; it must trust the
+     * PROXY header from that address only (e.g. loopback). */
     const char *socket_path;
     /* PEM certificate chain (leaf first) and private key (RSA or EC;
      * PKCS#1, PKCS#8 or SEC1).  Read at start and at every restart. */
@@ -165,6 +175,14 @@ struct ws_proxy_config {
      * blocks separated by commas or spaces ("10.0.0.0/8, ::1"); others get
      * 403.  NULL or "" = loopback only (127.0.0.0/8 and ::1). */
     const char *metrics_allow;
+    /* Optional flag owned by the host, e.g. the engine's own "shutting
+     * down" variable; the loop only reads it.  While *going_away is
+     * nonzero, a WebSocket whose engine connection ends (EOF or error) is
+     * closed with 1001 ("going away") instead of 1000 or 1011, so an
+     * engine that hangs up on its clients as it shuts down tells them so.
+     * The byte must stay readable until ws_proxy_stop() returns.
+     * NULL = not used. */
+    const volatile unsigned char *going_away;
 };
 
 typedef struct ws_proxy ws_proxy;

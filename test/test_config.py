@@ -4,7 +4,7 @@ point 4), and the command line overriding it (point 5).
 MariaDB itself is the oracle: Debian's `my_print_defaults --defaults-file=F
 wsproxy` prints what MariaDB's reader (mysys/my_default.c) makes of a file,
 and the tests compare it with what wsproxy logs in its "started" line (the
-configuration in force).  Where wsproxy deliberately differs (see the README),
+configuration in force).  Where wsproxy deliberately differs (see docs/program.md),
 the test says so.  Run with /usr/bin/python3 (Debian's pytest)."""
 
 import os
@@ -40,7 +40,7 @@ def oracle(path, *groups):
 def started(p):
     """{setting: value} from the proxy's "started" log line."""
     line = p.wait_log(r"started: listening on")
-    m = re.search(r"listening on (\S+) -> unix:(.*?); (.*)$", line)
+    m = re.search(r"listening on (\S+) -> (?:unix|tcp):(.*?); (.*)$", line)
     assert m, line
     vals = {"listen": m.group(1), "socket": m.group(2)}
     rest = m.group(3)

@@ -4,7 +4,10 @@ the engine see the browser's address."""
 import re
 
 from conftest import OP_BIN, frame
-from engine import V2_SIG
+from engine import KINDS, V2_SIG
+
+# Each test runs against each kind of engine socket (conftest.pytest_generate_tests).
+ENGINE_KINDS = KINDS
 
 
 def test_default_is_v2_with_client_address(proxy, engine):
