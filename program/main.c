@@ -263,6 +263,37 @@ static int cli_bool(const char *v)
     return 2;
 }
 
+/* Is an element of a metrics_allow list not an address or CIDR block?
+ * Then 1, with it in word.  (The library refuses the same at start, but
+ * without a file:line and with the status of a failed start.) */
+static int cli_cidr_bad(const char *v, char *word, size_t wordlen)
+{
+    unsigned char addr[16];
+    size_t n;
+    for (; *(v += strspn(v, ", \t")); v += n) {
+        char *slash, *end;
+        long bits = 0;
+        int v6;
+        n = strcspn(v, ", \t");
+        snprintf(word, wordlen, "%.*s", (int)n, v);
+        if (n >= wordlen)
+            return 1;
+        v6 = strchr(word, ':') != NULL;
+        if ((slash = strchr(word, '/')) != NULL) {
+            *slash = 0;
+            errno = 0;
+            bits = strtol(slash + 1, &end, 10);
+            if (!slash[1] || *end || errno || bits < 0 || bits > (v6 ? 128 : 32))
+                bits = -1;
+        }
+        if (bits < 0 || inet_pton(v6 ? AF_INET6 : AF_INET, word, addr) != 1) {
+            snprintf(word, wordlen, "%.*s", (int)n, v);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Sets one option; key is how the file spelled it (NULL: the command line).
  * A list value is appended unless replace is set.  Returns 0, or -1 with a
  * reason in err. */
@@ -272,10 +303,16 @@ static int cli_set(struct cli *s, const struct cli_opt *o, const char *v,
     char *field = (char *)s + o->off, name[64];
     unsigned long long n, max = cli_max(o);
     unsigned char addr[16];
+    char word[64];
     if (!key) {
         snprintf(name, sizeof name, "--%s", o->name);
         key = name;
     }
+    if (o->off == CFG_AT(metrics_path) && *v && *v != '/')
+        return cli_err(err, errlen, -1, "%s: must start with '/': %s", key, v);
+    if (o->off == CFG_AT(metrics_allow) && cli_cidr_bad(v, word, sizeof word))
+        return cli_err(err, errlen, -1, "%s: not an IPv4 or IPv6 address or CIDR block: %s",
+                       key, word);
     switch (o->type) {
     case T_PORT:
         if (cli_number(v, 65535, 0, &n))
@@ -869,7 +906,7 @@ static const char *cli_from(const struct cli *s, const char *name)
 }
 
 /* The library refuses these too; here the message says where each came
- * from.  Returns 0 or 1 with the reason in err. */
+ * from.  Returns 0 or 2 (a configuration error) with the reason in err. */
 static int cli_conflict(const struct cli *s, char *err, size_t errlen)
 {
     const struct ws_proxy_config *c = &s->cfg;
@@ -878,15 +915,15 @@ static int cli_conflict(const struct cli *s, char *err, size_t errlen)
         cli_said(s, "http-port", a, sizeof a);
         cli_said(s, "https-port", b, sizeof b);
         if (*a == '-' && *b == '-')
-            return cli_err(err, errlen, 1, "%s and %s are mutually exclusive", a, b);
-        return cli_err(err, errlen, 1, "%s and %s are mutually exclusive (%s from %s, %s from %s)",
+            return cli_err(err, errlen, 2, "%s and %s are mutually exclusive", a, b);
+        return cli_err(err, errlen, 2, "%s and %s are mutually exclusive (%s from %s, %s from %s)",
                        a, b, a, cli_from(s, "http-port"), b, cli_from(s, "https-port"));
     }
     if (c->https_port && (!c->cert_file || !*c->cert_file || !c->key_file || !*c->key_file)) {
         if (*cli_said(s, "https-port", a, sizeof a) == '-')
-            return cli_err(err, errlen, 1, "--https-port requires SSL: give --cert FILE and "
+            return cli_err(err, errlen, 2, "--https-port requires SSL: give --cert FILE and "
                            "--key FILE");
-        return cli_err(err, errlen, 1, "https_port requires SSL: set cert_file and key_file "
+        return cli_err(err, errlen, 2, "https_port requires SSL: set cert_file and key_file "
                        "(https_port from %s)", cli_from(s, "https-port"));
     }
     return 0;

@@ -10,19 +10,20 @@ import pytest
 from conftest import ROOT_ARGS, Bin, free_port, port_accepts, run_bin, wait_until
 
 
-def test_both_ports_exit_1(wsproxy_bin):
+def test_both_ports_exit_2(wsproxy_bin):
+    """A configuration error (issue 20, item 16: it exited 1)."""
     cp = run_bin(wsproxy_bin, ["--http-port", str(free_port()),
                                "--https-port", str(free_port()),
                                "--bind", "127.0.0.1", "--socket", "/tmp/x.sock"])
-    assert cp.returncode == 1, cp
+    assert cp.returncode == 2, cp
     assert "--http-port and --https-port are mutually exclusive" in cp.stderr
     assert cp.stderr.startswith("wsproxy: "), cp.stderr
 
 
-def test_https_without_cert_exit_1(wsproxy_bin):
+def test_https_without_cert_exit_2(wsproxy_bin):
     cp = run_bin(wsproxy_bin, ["--https-port", str(free_port()),
                                "--bind", "127.0.0.1", "--socket", "/tmp/x.sock"])
-    assert cp.returncode == 1, cp
+    assert cp.returncode == 2, cp
     assert "--https-port requires SSL: give --cert FILE and --key FILE" in cp.stderr
 
 
@@ -128,7 +129,7 @@ def test_every_error_line_is_prefixed(wsproxy_bin):
     cp = run_bin(wsproxy_bin, ["--http-port", str(free_port()), "--bind", "127.0.0.1",
                                "--socket", "/tmp/x.sock", "--cert", "/nonexistent.pem",
                                "--key", "/nonexistent.key", "--https-port", "1"])
-    assert cp.returncode == 1 and cp.stderr.startswith("wsproxy: "), cp
+    assert cp.returncode == 2 and cp.stderr.startswith("wsproxy: "), cp
 
 
 def test_missing_or_non_socket_path_warned_at_start_and_restart(proxy, tmp_path):

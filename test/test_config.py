@@ -397,11 +397,11 @@ def test_conflicts_say_where_each_setting_came_from(wsproxy_bin, tmp_path):
     cfg.write_text("[wsproxy]\nhttp_port = %d\nsocket = /tmp/x.sock\n[engine]\nhttps_port = %d\n"
                    % (free_port(), free_port()))
     cp = run_bin(wsproxy_bin, ["--config", cfg, "--config-section", "engine"])
-    assert cp.returncode == 1, cp
+    assert cp.returncode == 2, cp
     assert cp.stderr == ("wsproxy: http_port and https_port are mutually exclusive "
                          "(http_port from %s:2, https_port from %s:5)\n" % (cfg, cfg)), cp.stderr
     cp = run_bin(wsproxy_bin, ["--config", cfg, "--config-section", "engine", "--http-port", "0"])
-    assert cp.returncode == 1, cp
+    assert cp.returncode == 2, cp
     assert cp.stderr == ("wsproxy: https_port requires SSL: set cert_file and key_file "
                          "(https_port from %s:5)\n" % cfg), cp.stderr
     cp = run_bin(wsproxy_bin, ["--config", cfg, "--config-section", "engine",
