@@ -149,7 +149,10 @@ class Block {
           td.classList.add('null');
           td.textContent = 'NULL';
         } else if (typeof v === 'string') {
-          if (v.length > w[j] && w[j] < MAX_WIDTH) { w[j] = Math.min(v.length, MAX_WIDTH); wider = true; }
+          if (v.length > w[j] && w[j] < MAX_WIDTH) {
+            w[j] = Math.min(v.length, MAX_WIDTH);
+            wider = true;
+          }
           if (v.indexOf('\n') < 0 && v.indexOf('\r') < 0) {
             td.textContent = v;
           } else {
@@ -158,7 +161,10 @@ class Block {
           }
         } else {
           const len = 2 + 2 * Math.min(v.length, HEX_LIMIT);
-          if (len > w[j] && w[j] < MAX_WIDTH) { w[j] = Math.min(len, MAX_WIDTH); wider = true; }
+          if (len > w[j] && w[j] < MAX_WIDTH) {
+            w[j] = Math.min(len, MAX_WIDTH);
+            wider = true;
+          }
           td.classList.add('bin');
           td.textContent = hex(v);
         }
