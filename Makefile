@@ -32,54 +32,64 @@ ALL_CFLAGS = $(WARN) $(CFLAGS) $(TLSFLAGS) -pthread
 SRC     := wsproxy.c wsproxy.h
 PROG    := program/main.c
 
-.PHONY: all test unit run bench clean deps check-symbols install uninstall
+.PHONY: all test unit run bench clean deps check-symbols install uninstall FORCE
 
 all: build/wsproxy build/wsproxy.o build/asan/wsproxy build/notls/wsproxy
 
-build/wsproxy: $(PROG) $(SRC)
+# What build/ was built with.  Every compiled target depends on build/.vars,
+# which is rewritten only when one of these changes, so `make TLS=0` or
+# `make CC=clang` after `make` rebuilds instead of keeping the other build.
+BUILD_VARS = $(CC) | $(CFLAGS) | $(LDFLAGS) | $(TLSFLAGS) | $(TLSLIBS) | $(MARIADB_INC) | $(MARIADB_SERVICES) \
+    | $(HOST_CFLAGS) $(foreach h,$(HOSTS),| $(HOST_$(h)_CC) $(HOST_$(h)_BEARSSL))
+build/.vars: FORCE
+	@mkdir -p $(@D)
+	@echo '$(subst ','\'',$(BUILD_VARS))' | cmp -s - $@ || echo '$(subst ','\'',$(BUILD_VARS))' > $@
+FORCE:
+
+build/wsproxy: $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -o $@ $(PROG) wsproxy.c $(TLSLIBS) $(LDFLAGS)
 
-build/wsproxy.o: $(SRC)
+build/wsproxy.o: $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -c -o $@ wsproxy.c
 
-build/asan/wsproxy: $(PROG) $(SRC)
+build/asan/wsproxy: $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(SAN) -o $@ $(PROG) wsproxy.c $(TLSLIBS) $(LDFLAGS)
 
-build/notls/wsproxy: $(PROG) $(SRC)
+build/notls/wsproxy: $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(WARN) $(CFLAGS) -DWS_PROXY_NO_TLS -pthread -o $@ $(PROG) wsproxy.c $(LDFLAGS)
 
-build/clang/wsproxy: $(PROG) $(SRC)
+build/clang/wsproxy: $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	clang $(ALL_CFLAGS) -o $@ $(PROG) wsproxy.c $(TLSLIBS) $(LDFLAGS)
 
-build/clang/notls.o: $(SRC)
+build/clang/notls.o: $(SRC) build/.vars
 	@mkdir -p $(@D)
 	clang $(WARN) $(CFLAGS) -DWS_PROXY_NO_TLS -pthread -c -o $@ wsproxy.c
 
 # Unit tests include wsproxy.c to reach its static functions; the header
 # test links wsproxy.o through wsproxy.h alone.
-build/unit: test/unit.c $(SRC)
+build/unit: test/unit.c $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -o $@ test/unit.c $(TLSLIBS) $(LDFLAGS)
 
-build/asan/unit: test/unit.c $(SRC)
+build/asan/unit: test/unit.c $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(SAN) -o $@ test/unit.c $(TLSLIBS) $(LDFLAGS)
 
 # ThreadSanitizer (clang): the API's thread-safety, with several proxies.
-build/tsan/unit: test/unit.c $(SRC)
+build/tsan/unit: test/unit.c $(SRC) build/.vars
 	@mkdir -p $(@D)
 	clang $(WARN) -g -O1 -fsanitize=thread $(TLSFLAGS) -pthread -o $@ test/unit.c $(TLSLIBS)
 
-build/header_test: test/header_test.c build/wsproxy.o
+build/header_test: test/header_test.c build/wsproxy.o build/.vars
 	$(CC) $(WARN) $(CFLAGS) -pthread -o $@ test/header_test.c build/wsproxy.o $(TLSLIBS) $(LDFLAGS)
 
 # Coverage-guided fuzzing of the parsers (clang's libFuzzer).
-build/fuzz: test/fuzz.c $(PROG) $(SRC)
+build/fuzz: test/fuzz.c $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	clang $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(TLSFLAGS) -pthread -o $@ test/fuzz.c $(TLSLIBS)
 
@@ -124,7 +134,7 @@ clean:
 
 # LD_PRELOAD fault shim for test_faults.py (injected accept errors,
 # descriptors created without close-on-exec).
-build/shim/fault.so: test/shim/fault.c
+build/shim/fault.so: test/shim/fault.c build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(WARN) $(CFLAGS) -shared -fPIC -o $@ test/shim/fault.c -ldl
 
@@ -148,11 +158,15 @@ PATHS_SED   = -e 's|/usr/local/bin/wsproxy|$(BINDIR)/wsproxy|g' \
               -e 's|/etc/logrotate.d/|$(SYSCONFDIR)/logrotate.d/|g' \
               -e 's|/usr/local/lib/systemd/system/|$(UNITDIR)/|g'
 CONF        = $(DESTDIR)$(SYSCONFDIR)/wsproxy/wsproxy.conf
+# The installed program is stripped; build/wsproxy keeps its symbols for a
+# debugger (STRIP=: installs it as built).
+STRIP      ?= strip
 
 install: build/wsproxy
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(MANDIR)/man1 \
 	    $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/wsproxy $(DESTDIR)$(SYSCONFDIR)/logrotate.d
 	install -m 755 build/wsproxy $(DESTDIR)$(BINDIR)/wsproxy
+	$(STRIP) $(DESTDIR)$(BINDIR)/wsproxy
 	install -m 644 wsproxy.h $(DESTDIR)$(INCLUDEDIR)/wsproxy.h
 	sed $(PATHS_SED) dist/wsproxy.1 > $(DESTDIR)$(MANDIR)/man1/wsproxy.1
 	sed $(PATHS_SED) dist/wsproxy.service > $(DESTDIR)$(UNITDIR)/wsproxy.service
@@ -193,7 +207,7 @@ mariadb-version-check:
 PLUGIN_LINK = -pthread -fPIC -shared -fvisibility=hidden -DMYSQL_DYNAMIC_PLUGIN \
     -isystem $(MARIADB_INC) -I. -Wl,-z,defs -Wl,--exclude-libs,libbearssl.a
 
-build/mariadb/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb-version-check
+build/mariadb/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) build/.vars | mariadb-version-check
 	@mkdir -p $(@D)
 	$(CC) $(WARN) $(CFLAGS) $(TLSFLAGS) $(PLUGIN_LINK) -o $@ \
 	    engines/mariadb/wsproxy_plugin.c wsproxy.c $(TLSLIBS) $(MARIADB_SERVICES)
@@ -201,7 +215,7 @@ build/mariadb/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb-vers
 # The same with ASan+UBSan, for the tests (mariadbd gets the runtime preloaded).
 .PHONY: mariadb-plugin-asan
 mariadb-plugin-asan: build/mariadb-asan/wsproxy.so
-build/mariadb-asan/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb-version-check
+build/mariadb-asan/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) build/.vars | mariadb-version-check
 	@mkdir -p $(@D)
 	$(CC) $(WARN) -g -O1 $(SAN) $(TLSFLAGS) $(PLUGIN_LINK) -o $@ \
 	    engines/mariadb/wsproxy_plugin.c wsproxy.c $(TLSLIBS) $(MARIADB_SERVICES)
@@ -266,18 +280,18 @@ host_cc  = $(HOST_$(1)_CC) $(WARN) $(HOST_CFLAGS) $(call host_tls,$(1)) -pthread
 hosts: $(foreach h,$(HOSTS),build/hosts/$(h)/wsproxy build/hosts/$(h)/unit build/hosts/$(h)/wsproxy.o) \
     build/hosts/i386/wsproxy-pic.o
 
-build/hosts/%/wsproxy.o: $(SRC)
+build/hosts/%/wsproxy.o: $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(call host_cc,$*) -c -o $@ wsproxy.c
 
-build/hosts/%/wsproxy-pic.o: $(SRC)
+build/hosts/%/wsproxy-pic.o: $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(call host_cc,$*) -fPIC -c -o $@ wsproxy.c
 
-build/hosts/%/wsproxy: $(PROG) $(SRC)
+build/hosts/%/wsproxy: $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(call host_cc,$*) -static -o $@ $(PROG) wsproxy.c $(HOST_$*_BEARSSL)
 
-build/hosts/%/unit: test/unit.c $(SRC)
+build/hosts/%/unit: test/unit.c $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(call host_cc,$*) -static -o $@ test/unit.c $(HOST_$*_BEARSSL)

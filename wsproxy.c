@@ -1915,6 +1915,16 @@ static int tls_pem_each(const struct bvec *in,
     return rc ? rc : inside ? -2 : count;
 }
 
+/* Does the text hold s? */
+static int tls_text_has(const struct bvec *v, const char *s)
+{
+    size_t i, n = strlen(s);
+    for (i = 0; v->p && i + n <= v->n; i++)
+        if (!memcmp(v->p + i, s, n))
+            return 1;
+    return 0;
+}
+
 struct tls_load {
     struct tls_creds *cr;
     struct bvec certs;
@@ -2090,15 +2100,18 @@ static int tls_creds_parse(const struct bvec *cert_text, const struct bvec *key_
         key_text = &text;
     if (!rc) {
         n = tls_pem_each(key_text, tls_take_key, &l);
+        /* The traditional form's RFC 1421 headers are bad base64 to BearSSL. */
+        l.encrypted |= n == -2 && tls_text_has(key_text, "Proc-Type: 4,ENCRYPTED");
         free(text.p);
-        if (n == -2 || n == 0)
+        if (l.encrypted)
+            rc = err_set(err, errlen, WS_PROXY_ETLS,
+                         "key_file %s: encrypted private keys are not supported "
+                         "(openssl pkey -in KEY -out PLAIN writes it decrypted)", key_file);
+        else if (n == -2 || n == 0)
             rc = err_set(err, errlen, WS_PROXY_ETLS, "key_file %s: not a PEM file", key_file);
         else if (l.empty)
             rc = err_set(err, errlen, WS_PROXY_ETLS,
                          "key_file %s: an empty private key block", key_file);
-        else if (l.encrypted)
-            rc = err_set(err, errlen, WS_PROXY_ETLS,
-                         "key_file %s: encrypted private keys are not supported", key_file);
         else if (l.key_err)
             rc = err_set(err, errlen, WS_PROXY_ETLS,
                          "key_file %s: unsupported or malformed private key (BearSSL error %d)",
@@ -2283,7 +2296,8 @@ static const char *tls_alert(int alert)
     switch (alert) {
     case 10: return "unexpected message";
     case 20: return "bad record MAC";
-    case 40: return "handshake failure: no common cipher suite or curve";
+    case 40: return "handshake failure: no common cipher suite or curve; TLS 1.2 is required "
+                    "(a client that offers only TLS 1.3 has none)";
     case 42: case 43: case 44: case 45: case 46: case 48:
         return "certificate refused";
     case 47: return "illegal parameter";
@@ -2782,7 +2796,7 @@ static void conn_engine_close(struct conn *c)
 
 static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
 {
-    int logged = c->status && c->status != 200 && c->status != 101;
+    int logged = c->status && c->status != 101;
     if (c->phase == PH_DEAD)
         return;
 #ifndef WS_PROXY_NO_TLS
@@ -2809,7 +2823,10 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
              "closed %u (%s) after %.3f s, %llu bytes to engine, %llu bytes to client",
              code, c->why ? c->why : "client gone", (double)(now - c->t_start) / 1000.0,
              (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out);
-    } else if (!logged) /* SPEC 6: every connection's end is logged */
+    } else if (c->status == 200) /* /health, metrics: probes, often one a second */
+        plog(p, WS_PROXY_LOG_DEBUG, c, "answered a plain GET (200) in %.3f s",
+             (double)(now - c->t_start) / 1000.0);
+    else if (!logged) /* SPEC 6: every connection's end is logged */
         plog(p, WS_PROXY_LOG_INFO, c, "ended before a WebSocket (%s) after %.3f s",
              c->why ? c->why : "client closed", (double)(now - c->t_start) / 1000.0);
     c->c_wr = 1; /* close_notify: best effort, without waiting */
@@ -2898,12 +2915,13 @@ static void conn_refuse_with(ws_proxy *p, struct conn *c, int status,
     conn_refuse(p, c, &a, detail, now);
 }
 
-/* The engine cannot be reached: the client hears only that. */
-static void conn_engine_down(ws_proxy *p, struct conn *c, const char *call, int e,
+/* The engine cannot be reached: the client hears only that; the log says
+ * what failed ("connect to", "send PROXY header to") on which path. */
+static void conn_engine_down(ws_proxy *p, struct conn *c, const char *what, int e,
                              int64_t now)
 {
     char eb[128];
-    snprintf(p->why, sizeof p->why, "engine unavailable: %s(%s): %s", call,
+    snprintf(p->why, sizeof p->why, "engine unavailable: %s %s: %s", what,
              c->cfg->c.socket_path, sys_err(e, eb, sizeof eb));
     conn_refuse_with(p, c, 502, "engine unavailable", p->why, now);
 }
@@ -2979,7 +2997,7 @@ static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
     const struct cfg *cf = c->cfg;
     int fd = sock_open(cf->engine.sa.sa_family), on = 1;
     if (fd < 0) {
-        conn_engine_down(p, c, "socket for", errno, now);
+        conn_engine_down(p, c, "no socket for", errno, now);
         return;
     }
     c->efd = fd;
@@ -2992,7 +3010,7 @@ static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
         c->phase = PH_CONNECT;
     else /* EAGAIN here is a full listen backlog: the engine is not keeping
           * up, which the client should hear about at once. */
-        conn_engine_down(p, c, "connect", errno, now);
+        conn_engine_down(p, c, "connect to", errno, now);
 }
 
 /* A plain GET on metrics_path: the figures of ws_proxy_status(), or 403
@@ -3035,7 +3053,7 @@ static void conn_handshake(ws_proxy *p, struct conn *c, struct http_req *r,
     http_handshake(r, cf->c.allowed_origins, cf->c.subprotocols, &a);
     if (a.status == 200) {
         snprintf(p->health, sizeof p->health, "wsproxy %s running, %llu connections open",
-                 WS_PROXY_VERSION, (unsigned long long)p->st.conns_open);
+                 WS_PROXY_VERSION, (unsigned long long)p->st.conns_open - 1); /* not this probe */
         a.why = p->health;
     }
     if (a.status == 101 && c->over_limit)
@@ -3406,7 +3424,7 @@ static void conn_step(ws_proxy *p, struct conn *c, int64_t now)
         int e = 0;
         socklen_t len = sizeof e;
         if (getsockopt(c->efd, SOL_SOCKET, SO_ERROR, &e, &len) || e)
-            conn_engine_down(p, c, "connect", e ? e : errno, now);
+            conn_engine_down(p, c, "connect to", e ? e : errno, now);
         else
             conn_engine_ready(p, c, now);
     }

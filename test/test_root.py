@@ -23,6 +23,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -315,3 +316,37 @@ def test_header_off_as_the_socket_owner_refuses(wsproxy_bin, tmp_path):
                 p.wait(20)
     finally:
         srv.close()
+
+
+def test_a_sighup_that_changes_user_says_what_happened(wsproxy_bin, engine, tmp_path):
+    """Issue 20, item 13: after a SIGHUP that named another user, the log
+    also said "not started as root", though it was."""
+    need_root()
+    e = engine("echo")
+    os.chmod(os.path.dirname(e.path), 0o755)
+    os.chmod(e.path, 0o777)
+    logdir = tempfile.mkdtemp(prefix="wsroot", dir="/tmp")
+    os.chmod(logdir, 0o755)
+    ps = ProxySet(wsproxy_bin, tmp_path)
+    try:
+        port = free_port()
+        cfg = Path(logdir) / "w.cnf"
+        body = "[wsproxy]\nhttp_port = %d\nbind_address = 127.0.0.1\nsocket = %s\nlog_dir = %s\n" \
+            % (port, e.path, logdir)
+        cfg.write_text(body + "user = nobody\n")
+        p = ps.start("--config", cfg, raw=True, port=port, log_dir=logdir, root_args=False)
+        p.wait_log(r"running as user nobody")
+        n0 = len(p.log())
+        cfg.write_text(body + "user = daemon\n")
+        p.signal(signal.SIGHUP)
+        line = p.wait_log(r"a change takes a full restart", start=n0)
+        assert "still running as user nobody (uid %d)" % NOBODY.pw_uid in line, line
+        p.wait_log(r"restarted: listening", start=n0)
+        p.signal(signal.SIGUSR1)      # one more event, so the SIGHUP's lines are all out
+        p.ws().close()
+        time.sleep(0.5)
+        assert "not started as root" not in p.log()[n0:], p.log()[n0:]
+    finally:
+        problems = ps.finish()
+        shutil.rmtree(logdir, ignore_errors=True)
+    assert not problems, "\n".join(problems)

@@ -1339,6 +1339,20 @@ static int tls_parse_text(const char *cert, const char *key, char *err, size_t e
     return rc;
 }
 
+/* openssl genrsa -aes128 -traditional 512 and openssl pkcs8 -topk8 -v2 aes128,
+ * cut short: only the headers matter. */
+static const char encrypted_traditional[] =
+    "-----BEGIN RSA PRIVATE KEY-----\n"
+    "Proc-Type: 4,ENCRYPTED\n"
+    "DEK-Info: AES-128-CBC,3F17F5316E2BAC89B3A8F3F6D11FB5C6\n"
+    "\n"
+    "jVq2Wc1+9Xq6a6vXq7kF8P0QmZ5ZkzWl0Ai5v1xQ0zWyq2yJ8mW1gYtJm0hTq2bB\n"
+    "-----END RSA PRIVATE KEY-----\n";
+static const char encrypted_pkcs8[] =
+    "-----BEGIN ENCRYPTED PRIVATE KEY-----\n"
+    "MIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQIq4vN3c5Qk3ACAggA\n"
+    "-----END ENCRYPTED PRIVATE KEY-----\n";
+
 /* An empty PEM block is refused by name (it once made bvec_add call
  * memcpy(NULL, NULL, 0): UBSan in build/asan/unit). */
 static void test_tls_pem_blocks(void)
@@ -1361,6 +1375,15 @@ static void test_tls_pem_blocks(void)
     /* One file holding both, as operators often write it. */
     snprintf(both, sizeof both, "%s%s", unit_key_pem, unit_cert_pem);
     EQ_INT(tls_parse_text(both, both, err, sizeof err), 0);
+    /* Encrypted keys, PKCS#8 and the traditional form with RFC 1421 headers
+     * (which BearSSL's PEM decoder takes for bad base64: "not a PEM file"). */
+    EQ_INT(tls_parse_text(unit_cert_pem, encrypted_pkcs8, err, sizeof err), WS_PROXY_ETLS);
+    EQ_STR(err, "key_file k.pem: encrypted private keys are not supported "
+                "(openssl pkey -in KEY -out PLAIN writes it decrypted)");
+    EQ_INT(tls_parse_text(unit_cert_pem, encrypted_traditional, err, sizeof err),
+           WS_PROXY_ETLS);
+    EQ_STR(err, "key_file k.pem: encrypted private keys are not supported "
+                "(openssl pkey -in KEY -out PLAIN writes it decrypted)");
 }
 
 /* The expiry is computed in 64 bits from the certificate's day count: with
@@ -1608,6 +1631,14 @@ int main(int argc, char **argv)
         for (i = 0; i < COUNT_OF(cases); i++)
             puts(cases[i].name);
         return 0;
+    }
+    for (a = 1; a < argc; a++) { /* a misspelt case would pass by running nothing */
+        for (i = 0; i < COUNT_OF(cases) && strcmp(argv[a], cases[i].name); i++)
+            ;
+        if (i == COUNT_OF(cases)) {
+            fprintf(stderr, "unit: no case named %s (%s --list names them)\n", argv[a], argv[0]);
+            return 2;
+        }
     }
     for (i = 0; i < COUNT_OF(cases); i++) {
         int before = failures, wanted = argc == 1;
