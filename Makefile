@@ -72,26 +72,26 @@ build/clang/notls.o: $(SRC) build/.vars
 
 # Unit tests include wsproxy.c to reach its static functions; the header
 # test links wsproxy.o through wsproxy.h alone.
-build/unit: test/unit.c $(SRC) build/.vars
+build/unit: test/c/unit.c $(SRC) build/.vars
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -o $@ test/unit.c $(TLSLIBS) $(LDFLAGS)
+	$(CC) $(ALL_CFLAGS) -o $@ test/c/unit.c $(TLSLIBS) $(LDFLAGS)
 
-build/asan/unit: test/unit.c $(SRC) build/.vars
+build/asan/unit: test/c/unit.c $(SRC) build/.vars
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(SAN) -o $@ test/unit.c $(TLSLIBS) $(LDFLAGS)
+	$(CC) $(ALL_CFLAGS) $(SAN) -o $@ test/c/unit.c $(TLSLIBS) $(LDFLAGS)
 
 # ThreadSanitizer (clang): the API's thread-safety, with several proxies.
-build/tsan/unit: test/unit.c $(SRC) build/.vars
+build/tsan/unit: test/c/unit.c $(SRC) build/.vars
 	@mkdir -p $(@D)
-	clang $(WARN) -g -O1 -fsanitize=thread $(TLSFLAGS) -pthread -o $@ test/unit.c $(TLSLIBS)
+	clang $(WARN) -g -O1 -fsanitize=thread $(TLSFLAGS) -pthread -o $@ test/c/unit.c $(TLSLIBS)
 
-build/header_test: test/header_test.c build/wsproxy.o build/.vars
-	$(CC) $(WARN) $(CFLAGS) -pthread -o $@ test/header_test.c build/wsproxy.o $(TLSLIBS) $(LDFLAGS)
+build/header_test: test/c/header_test.c build/wsproxy.o build/.vars
+	$(CC) $(WARN) $(CFLAGS) -pthread -o $@ test/c/header_test.c build/wsproxy.o $(TLSLIBS) $(LDFLAGS)
 
 # Coverage-guided fuzzing of the parsers (clang's libFuzzer).
-build/fuzz: test/fuzz.c $(PROG) $(SRC) build/.vars
+build/fuzz: test/c/fuzz.c $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
-	clang $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(TLSFLAGS) -pthread -o $@ test/fuzz.c $(TLSLIBS)
+	clang $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(TLSFLAGS) -pthread -o $@ test/c/fuzz.c $(TLSLIBS)
 
 # Every exported symbol carries the ws_proxy_ prefix: the defined global and
 # weak symbols of default or protected visibility (a hidden one, such as
@@ -115,9 +115,10 @@ test: deps
 # build/wsproxy itself; `make run TLS=1` serves the studio over https: and wss://.
 # `make run ENGINE=postgres`: a throwaway PostgreSQL with the extension inside
 # (test/run-postgres.sh) and a Node snippet with Neon's driver that queries it.
+# exec: make's SIGTERM goes to its child, which must be the script itself.
 run:
-	@if [ "$(ENGINE)" = postgres ]; then bash test/run-postgres.sh; \
-	else bash test/run-demo.sh; fi
+	@if [ "$(ENGINE)" = postgres ]; then exec bash test/run-postgres.sh; \
+	else exec bash test/run-demo.sh; fi
 
 bench: deps build/wsproxy
 	@bash test/bench/run.sh
@@ -292,6 +293,6 @@ build/hosts/%/wsproxy: $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(call host_cc,$*) -static -o $@ $(PROG) wsproxy.c $(HOST_$*_BEARSSL)
 
-build/hosts/%/unit: test/unit.c $(SRC) build/.vars
+build/hosts/%/unit: test/c/unit.c $(SRC) build/.vars
 	@mkdir -p $(@D)
-	$(call host_cc,$*) -static -o $@ test/unit.c $(HOST_$*_BEARSSL)
+	$(call host_cc,$*) -static -o $@ test/c/unit.c $(HOST_$*_BEARSSL)
