@@ -26,7 +26,7 @@
  * a usage or configuration error.
  *
  * WSPROXY_NO_MAIN compiles only the configuration reader, without main()
- * (test/fuzz.c and test/config_dump.c include this file).
+ * (test/c/fuzz.c and test/c/config_dump.c include this file).
  */
 
 /* Linux needs _GNU_SOURCE for setresuid.  The BSDs and macOS show their

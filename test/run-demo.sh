@@ -324,7 +324,7 @@ if [ "$TLS" = 1 ]; then
 fi
 echo
 echo "  Or from a shell (from $REPO):"
-echo "    node test/query.js --url $URL$ca_arg $creds \"SELECT VERSION(), USER(), CURRENT_USER()\""
+echo "    node test/clients/query.js --url $URL$ca_arg $creds \"SELECT VERSION(), USER(), CURRENT_USER()\""
 if [ -z "$SOCKET" ]; then
     other=$PORT   # the next port that is free, for the SQL below
     for _ in 1 2 3 4 5 6 7 8; do

@@ -98,7 +98,7 @@ Query it with Neon's serverless driver (from $HERE, where npm installed it):
       await c.end();
     })();'
 
-or: node $HERE/pg_query.js --url ws://127.0.0.1:$PORT/ --user demo --password demo --database demo "SELECT 1"
+or: node $HERE/clients/pg_query.js --url ws://127.0.0.1:$PORT/ --user demo --password demo --database demo "SELECT 1"
 
 run-postgres: ready; Ctrl-C stops it
 EOF

@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 
 SOURCES = ["Makefile", "wsproxy.c", "wsproxy.h", "program/main.c",
-           "engines/mariadb/wsproxy_plugin.c", "test/unit.c"]
+           "engines/mariadb/wsproxy_plugin.c", "test/c/unit.c"]
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Runs the C unit tests (test/unit.c) as pytest cases: every case in the
+"""Runs the C unit tests (test/c/unit.c) as pytest cases: every case in the
 plain build and in the ASan+UBSan build, plus the header-only link test and
 the exported-symbol check.  Run through /usr/bin/python3 (Debian's pytest)."""
 import os

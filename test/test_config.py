@@ -414,14 +414,14 @@ def test_conflicts_say_where_each_setting_came_from(wsproxy_bin, tmp_path):
 def test_random_files_read_as_mariadb_reads_them(tmp_path):
     """Differential test: 400 random files of allowed_origin lines (quotes,
     backslashes, '#', ';', '=', blanks, comments, sections) read by
-    wsproxy's reader (test/config_dump.c) and by MariaDB's.  SEED=n NFILES=n
+    wsproxy's reader (test/c/config_dump.c) and by MariaDB's.  SEED=n NFILES=n
     run others."""
     import random
     here = os.path.dirname(os.path.abspath(__file__))
     exe = tmp_path / "config_dump"
     cp = subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror",
                          "-DWS_PROXY_NO_TLS", "-pthread", "-o", str(exe),
-                         os.path.join(here, "config_dump.c")], capture_output=True, text=True,
+                         os.path.join(here, "c", "config_dump.c")], capture_output=True, text=True,
                         timeout=300)
     assert cp.returncode == 0, cp.stderr
     rnd = random.Random(int(os.environ.get("SEED", "12")))

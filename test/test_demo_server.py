@@ -55,7 +55,7 @@ def test_the_demo_database_takes_emoji(demo_dir):
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert "state=RUNNING" in cp.stdout, cp.stdout
     emoji = "caf\u00e9 \U0001F600"
-    q = subprocess.run(["node", str(ROOT / "test" / "query.js"), "--url",
+    q = subprocess.run(["node", str(ROOT / "test" / "clients" / "query.js"), "--url",
                         "ws://127.0.0.1:%d/" % port, "--user", "demo", "--password", "demo",
                         "--database", "demo", "--json",
                         "CREATE TABLE t (s VARCHAR(20)); INSERT INTO t VALUES ('%s'); "

@@ -1,5 +1,5 @@
 """A bounded libFuzzer run over the parsers that read untrusted bytes
-(test/fuzz.c: HTTP parser and handshake, frame decoder in socket-sized
+(test/c/fuzz.c: HTTP parser and handshake, frame decoder in socket-sized
 chunks, UTF-8, base64, certificate and key files) and over the --config
 file reader, seeded with valid requests, frame streams, PEM files (made with
 openssl: EC and RSA, PKCS#8, PKCS#1 and SEC1 keys) and a configuration file.

@@ -3,7 +3,7 @@ MariaDB: build/mariadb/wsproxy.so loaded into private servers
 (--plugin-dir=build/mariadb --plugin-load-add=wsproxy.so, a temp datadir and
 socket, and a free port on 127.0.0.1 that the plugin relays to with a PROXY v2
 header), configured from my.cnf and by SQL, queried through the WebSocket
-with npm mysql2 (test/query.js, test/e2e/sql_client.js) and with a small
+with npm mysql2 (test/clients/query.js, test/e2e/sql_client.js) and with a small
 MySQL-protocol client below (sessions held open across restarts).
 
 The data directory comes from mariadb-install-db --user=mysql, as Debian's
@@ -46,7 +46,7 @@ PLUGIN = os.path.join(PLUGIN_DIR, "wsproxy.so")
 # Every server test runs with the plain build and with the ASan+UBSan build
 # (make mariadb-plugin-asan), whose runtime is then preloaded into mariadbd.
 BUILDS = {"plain": PLUGIN_DIR, "asan": os.path.join(ROOT, "build", "mariadb-asan")}
-QUERY_JS = os.path.join(HERE, "query.js")
+QUERY_JS = os.path.join(HERE, "clients", "query.js")
 SQL_CLIENT = os.path.join(HERE, "e2e", "sql_client.js")
 FAULT_SHIM = os.path.join(ROOT, "build", "shim", "fault.so")
 
@@ -297,7 +297,7 @@ def server_factory(template):
 
 def query(port, sql, user="demo", password="demo", scheme="ws", ca=None,
           host="127.0.0.1", mysql_ca=None):
-    """test/query.js through the WebSocket; returns (rc, rows or stderr)."""
+    """test/clients/query.js through the WebSocket; returns (rc, rows or stderr)."""
     argv = [node(), QUERY_JS, "--url", "%s://%s:%d/" % (scheme, host, port), "--user", user,
             "--password=" + password, "--database=", "--json", "--timeout", "15000"]
     if ca:

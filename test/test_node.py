@@ -1,4 +1,4 @@
-"""A second real client: npm `ws` under node (test/ws_node_test.js)."""
+"""A second real client: npm `ws` under node (test/clients/ws_node_test.js)."""
 
 import os
 import shutil
@@ -19,7 +19,7 @@ def test_node_ws_client(proxy, engine):
     e = engine("echo")
     p = proxy(engine=e)
     try:
-        cp = subprocess.run([node, os.path.join(HERE, "ws_node_test.js"),
+        cp = subprocess.run([node, os.path.join(HERE, "clients", "ws_node_test.js"),
                              str(p.port)], cwd=HERE, capture_output=True,
                             text=True, timeout=p.t(60), stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:

@@ -4,7 +4,7 @@ PostgreSQL 15: build/postgres/wsproxy.so preloaded into private servers
 port, shared_preload_libraries = 'wsproxy', dynamic_library_path naming a
 copy of the build the server can read), configured by postgresql.conf and
 ALTER SYSTEM, and queried through the in-server proxy with Neon's serverless
-driver (test/pg_query.js: npm @neondatabase/serverless over npm ws).
+driver (test/clients/pg_query.js: npm @neondatabase/serverless over npm ws).
 
 pg_hba.conf is Debian's default (local peer, host scram-sha-256) plus, where a
 test says so, `trust` lines for the role trusty on the socket and on
@@ -40,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BUILDS = {"plain": os.path.join(ROOT, "build", "postgres"),
           "asan": os.path.join(ROOT, "build", "postgres-asan")}
-PG_QUERY = os.path.join(HERE, "pg_query.js")
+PG_QUERY = os.path.join(HERE, "clients", "pg_query.js")
 SANITIZER = ("ERROR: AddressSanitizer", "runtime error:")
 
 # Debian's pg_hba.conf as pg_createcluster writes it (comments dropped).

@@ -28,7 +28,7 @@ from conftest import BINS, ROOT, free_port
 from engine import Engine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-QUERY = os.path.join(HERE, "query.js")
+QUERY = os.path.join(HERE, "clients", "query.js")
 
 
 # A network of its own for the demo: loopback, and a veth pair with an address

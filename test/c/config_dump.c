@@ -3,7 +3,7 @@
  *   "ok <hex of allowed_origins>" or "error <reason>".
  * Built by the test itself: cc -pthread config_dump.c */
 #define WSPROXY_NO_MAIN
-#include "../program/main.c"
+#include "../../program/main.c"
 
 int main(int argc, char **argv)
 {

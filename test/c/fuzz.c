@@ -14,8 +14,8 @@
  * test/test_fuzz.py runs it for a bounded time in `make test`.
  */
 #define WSPROXY_NO_MAIN
-#include "../wsproxy.c"
-#include "../program/main.c"
+#include "../../wsproxy.c"
+#include "../../program/main.c"
 
 #define FUZZ_ASSERT(c)                                                       \
     do {                                                                     \

@@ -1,6 +1,6 @@
 /* Links wsproxy.o through wsproxy.h alone: proves the header is
  * self-contained and that the API works from outside the file. */
-#include "../wsproxy.h"
+#include "../../wsproxy.h"
 
 #include <stdio.h>
 #include <string.h>

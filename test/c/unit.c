@@ -6,7 +6,7 @@
  * Needs only cc and make: the restart cases use a Unix-socket echo engine
  * and a minimal WebSocket client written below.
  */
-#include "../wsproxy.c"
+#include "../../wsproxy.c"
 
 #include <dirent.h>
 #include <sys/wait.h>

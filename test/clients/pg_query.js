@@ -3,7 +3,7 @@
 // @neondatabase/serverless, node-postgres's Client over a WebSocket; npm ws
 // as its webSocketConstructor).
 //
-//   node test/pg_query.js --url ws://127.0.0.1:8080/ [--user U] [--password PW]
+//   node test/clients/pg_query.js --url ws://127.0.0.1:8080/ [--user U] [--password PW]
 //        [--database DB] [--ca FILE] [--origin ORIGIN] [--wait-close] [--pause]
 //        [--timeout MS] "SQL" ["SQL" ...]
 //

@@ -2,7 +2,7 @@
 // Small SQL client that reaches a MySQL-protocol engine through wsproxy:
 // the MySQL protocol (npm mysql2) runs over a WebSocket (npm ws) in binary frames.
 //
-//   node test/query.js [--url ws://127.0.0.1:8080/] [--user demo] [--password demo]
+//   node test/clients/query.js [--url ws://127.0.0.1:8080/] [--user demo] [--password demo]
 //                      [--database demo] [--ca FILE] [--mysql-ca FILE] [--origin ORIGIN] [--json]
 //                      [--timeout MS] "SQL"
 //
@@ -16,7 +16,7 @@ const fs = require('fs');
 const WebSocket = require('ws');
 const mysql = require('mysql2');
 
-const USAGE = `usage: node test/query.js [options] "SQL"
+const USAGE = `usage: node test/clients/query.js [options] "SQL"
   --url URL          WebSocket URL of wsproxy (default ws://127.0.0.1:8080/)
   --user NAME        MySQL user (default demo)
   --password PW      password (default demo; --password "" for none)

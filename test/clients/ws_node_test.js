@@ -1,6 +1,6 @@
 'use strict';
 // A real client (npm `ws`) through wsproxy to an echo engine.
-// Usage: node test/ws_node_test.js PORT
+// Usage: node test/clients/ws_node_test.js PORT
 // Exits 0 when every check passed, 1 with a message otherwise; the whole run
 // is bounded by a 30 s timer.
 
