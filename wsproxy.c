@@ -1232,12 +1232,16 @@ struct conn {
     unsigned ping_due : 1, pong_due : 1, over_limit : 1;
     unsigned i_borrowed : 1; /* ib is the transport's, not the free list's */
     unsigned again : 1;   /* the turn budget ran out with work left (rule 9) */
+    unsigned took : 1;    /* the client socket took bytes this turn */
     uint32_t i_borrowed_len;
     uint16_t close_code; /* the code we send (0 = empty Close) */
     uint16_t status;     /* HTTP status answered */
     const char *why;     /* why it ended, for the log: the first reason sticks */
     uint64_t id;
-    int64_t t_start, t_rx, t_data, t_ping; /* ms, monotonic */
+    int64_t t_start, t_open, t_rx, t_data, t_ping; /* ms, monotonic */
+    int64_t t_fin;   /* when the client's FIN was seen */
+    int64_t t_took;  /* when the client socket last took bytes */
+    int64_t t_moved; /* when output was last not stuck: none queued, or taken */
     int64_t t_end; /* closing deadline, 0 = none; once set only moves earlier */
     int64_t t_io;  /* last poll event on either socket: hot or cold */
     uint64_t bytes_in, bytes_out;
@@ -1629,6 +1633,8 @@ static long sock_write(struct conn *c, const uint8_t *buf, size_t len)
     n = io_send(c->cfd, buf, len);
     if (n == IO_AGAIN || (n >= 0 && (size_t)n < len))
         c->c_wr = 0;
+    if (n > 0)
+        c->took = 1;
     return n;
 }
 
@@ -2426,12 +2432,18 @@ static void tr_free(struct conn *c)
  *  4. The client gone (reset, error, TLS closed) ends the connection at
  *     once: nothing can reach it any more.  A client FIN without Close
  *     ends it as soon as the bytes sent before it are relayed, and at most
- *     WS_PROXY_FIN_GRACE_MS later.
- *  5. The engine's end is noticed even while its output is paused on a
- *     slow client: its data is still delivered, but for at most
- *     drain_ms; so is the wait for the engine after the client's Close.
- *     t_end holds that deadline; it is set once and only moves earlier,
- *     so no closing exchange takes longer than drain_ms in all.
+ *     WS_PROXY_FIN_GRACE_MS after it was seen or the connection opened,
+ *     whichever is later.
+ *  5. Events record facts (c_fin and t_fin, close_rcvd, drop, e_fin, the
+ *     times bytes moved); every deadline and timer is derived from them
+ *     by conn_deadline() on every turn, never armed when an event is seen.
+ *     Once the client's Close is decoded (or the client broke the
+ *     protocol) only the drain runs: no Ping, no idle timeout, and the
+ *     close code is fixed.  t_end is that drain's deadline and the
+ *     CLOSING phase's: set once, it only moves earlier.
+ *     The engine's end is noticed even while its output is paused on a
+ *     slow client: its data is still delivered while the client takes
+ *     it, and the connection ends after drain_ms without progress.
  *  6. The first reason to end sticks (why, close_code); conn_end() is the
  *     one place that tears down, logs the end and releases the slot.
  *  7. Readiness flags (c_rd, c_wr, e_rd, e_wr) are set by poll events and
@@ -2619,7 +2631,8 @@ static void conn_close(ws_proxy *p, struct conn *c, uint16_t code,
         close(c->efd);
         c->efd = -1;
     }
-    c->close_code = code;
+    if (!c->close_rcvd && !c->drop) /* rule 5: an echo or failure code stays */
+        c->close_code = code;
     conn_why(c, why);
     c->drop |= drop;
     c->ping_due = c->pong_due = 0;
@@ -2755,7 +2768,7 @@ static void conn_engine_ready(ws_proxy *p, struct conn *c, int64_t now)
     c->up = c->down = DIR_FLOW;
     c->status = 101;
     metrics_handshake(&p->st, now - c->t_start);
-    c->t_rx = c->t_data = now;
+    c->t_open = c->t_rx = c->t_data = c->t_took = c->t_moved = now;
     c->e_wr = 1;
     plog(p, WS_PROXY_LOG_DEBUG, c, "open");
 }
@@ -3200,6 +3213,12 @@ static void conn_step(ws_proxy *p, struct conn *c, int64_t now)
             break;
     }
     c->again = budget < 0 && c->phase != PH_DEAD; /* rule 9 */
+    /* Progress, for the timers (rule 5). */
+    if (c->took)
+        c->t_took = now;
+    if (c->took || !conn_out_queued(c))
+        c->t_moved = now;
+    c->took = 0;
     /* Rule 4: a closed TLS session can carry nothing more either way. */
     if (c->phase != PH_DEAD && c->phase != PH_TLS && tr_pump(c) < 0) {
         conn_why(c, "client closed the connection");
@@ -3207,7 +3226,29 @@ static void conn_step(ws_proxy *p, struct conn *c, int64_t now)
     }
 }
 
-/* The earliest time this connection's timers need the loop. */
+static int64_t earlier(int64_t a, int64_t b)
+{
+    return a < b ? a : b;
+}
+
+/* The FIN grace (rule 4): from the FIN or from opening, whichever is
+ * later, so the bytes before a FIN seen during the handshake get it too. */
+static int64_t conn_fin_deadline(const struct conn *c)
+{
+    return (c->t_fin > c->t_open ? c->t_fin : c->t_open) + WS_PROXY_FIN_GRACE_MS;
+}
+
+/* Ping a client silent for ping_interval_ms; with a Ping out, close when
+ * neither an answer nor progress on our output came for as long (the Ping
+ * may wait behind megabytes the client is still reading). */
+static int64_t conn_ping_deadline(const struct conn *c)
+{
+    int64_t t = c->t_ping ? c->t_ping : c->t_rx;
+    return (c->t_ping && c->t_took > t ? c->t_took : t) + c->cfg->c.ping_interval_ms;
+}
+
+/* The earliest time this connection's timers need the loop, derived from
+ * its state (rule 5). */
 static int64_t conn_deadline(const struct conn *c)
 {
     const struct cfg *cf = c->cfg;
@@ -3220,11 +3261,16 @@ static int64_t conn_deadline(const struct conn *c)
     case PH_OPEN:
         if (c->t_end)
             t = c->t_end;
-        if (cf->c.ping_interval_ms && !up_paused(c) &&
-            (c->t_ping ? c->t_ping : c->t_rx) + cf->c.ping_interval_ms < t)
-            t = (c->t_ping ? c->t_ping : c->t_rx) + cf->c.ping_interval_ms;
-        if (cf->c.idle_timeout_ms && c->t_data + cf->c.idle_timeout_ms < t)
-            t = c->t_data + cf->c.idle_timeout_ms;
+        if (c->c_fin && !c->close_rcvd)
+            t = earlier(t, conn_fin_deadline(c));
+        if (c->down == DIR_DRAIN)
+            t = earlier(t, c->t_moved + cf->drain_ms);
+        if (c->close_rcvd || c->drop)
+            return t; /* drain only */
+        if (cf->c.ping_interval_ms && !up_paused(c))
+            t = earlier(t, conn_ping_deadline(c));
+        if (cf->c.idle_timeout_ms)
+            t = earlier(t, c->t_data + cf->c.idle_timeout_ms);
         return t;
     case PH_CLOSING:
     case PH_REFUSED:
@@ -3255,18 +3301,18 @@ static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
                          "engine unavailable: connect timed out", now);
         break;
     case PH_OPEN:
-        if (c->t_end && now >= c->t_end) {
-            if (c->c_fin && !c->close_rcvd) {
-                conn_why(c, "client disconnected");
-                conn_end(p, c, now);
-            } else if (c->close_rcvd || c->drop) {
-                if (c->close_rcvd)
-                    c->why = "client closed, engine drain timed out";
-                conn_close(p, c, c->close_code, NULL, c->drop, now);
-            } else {
-                conn_why(c, "engine closed, client not reading");
-                conn_end(p, c, now);
-            }
+        if (c->c_fin && !c->close_rcvd && now >= conn_fin_deadline(c)) {
+            conn_why(c, "client disconnected");
+            conn_end(p, c, now);
+        } else if (c->t_end && now >= c->t_end) {
+            if (c->close_rcvd)
+                c->why = "client closed, engine drain timed out";
+            conn_close(p, c, c->close_code, NULL, c->drop, now);
+        } else if (c->down == DIR_DRAIN && now >= c->t_moved + cf->drain_ms) {
+            conn_why(c, "engine closed, client not reading");
+            conn_end(p, c, now);
+        } else if (c->close_rcvd || c->drop) {
+            /* draining: nothing else runs */
         } else if (cf->c.idle_timeout_ms && now >= c->t_data + cf->c.idle_timeout_ms) {
             conn_close(p, c, 1001, "idle timeout", 0, now);
         } else if (c->t_ping) {
@@ -3337,18 +3383,17 @@ static void conn_client_revents(ws_proxy *p, struct conn *c, short ev, int64_t n
     if (ev & POLLOUT)
         c->c_wr = 1;
     if ((ev & POLL_FIN) && !c->c_fin) {
-        c->c_fin = c->c_rd = 1;
+        c->c_fin = c->c_rd = 1; /* the grace is derived (rule 4) */
+        c->t_fin = now;
         if (c->phase == PH_CONNECT) {
             conn_why(c, "client disconnected");
             conn_end(p, c, now);
-        } else if (c->phase == PH_OPEN && !c->close_rcvd) {
-            conn_end_by(c, now + WS_PROXY_FIN_GRACE_MS);
         }
     }
 }
 
 /* What poll said of the engine socket (rules 3 and 5). */
-static void conn_engine_revents(struct conn *c, short ev, int64_t now)
+static void conn_engine_revents(struct conn *c, short ev)
 {
     if (ev & (POLLIN | POLLERR | POLLHUP))
         c->e_rd = 1;
@@ -3358,10 +3403,8 @@ static void conn_engine_revents(struct conn *c, short ev, int64_t now)
         c->e_hup = c->e_rd = c->e_wr = 1;
     if (ev & (POLL_FIN | POLLERR | POLLHUP)) {
         c->e_fin = 1;
-        if (c->phase == PH_OPEN && c->down == DIR_FLOW) {
-            c->down = DIR_DRAIN;
-            conn_end_by(c, now + c->cfg->drain_ms);
-        }
+        if (c->phase == PH_OPEN && c->down == DIR_FLOW)
+            c->down = DIR_DRAIN; /* its deadline counts from progress */
     }
 }
 
@@ -3817,7 +3860,7 @@ static void loop_turn(ws_proxy *p)
         if (rc_ev | re_ev)
             c->t_io = now;
         if (re_ev)
-            conn_engine_revents(c, re_ev, now);
+            conn_engine_revents(c, re_ev);
         if (rc_ev)
             conn_client_revents(p, c, rc_ev, now);
         if (c->phase != PH_DEAD)
