@@ -1098,10 +1098,17 @@ static int frame_decode(struct frame_dec *d, uint8_t *buf, size_t len,
                 d->ctl_len = (uint8_t)(d->ctl_len + n);
             } else {
                 frame_unmask(buf + o, buf + p, n, d->mask, d->moff);
-                if (d->msg_op == OP_TEXT &&
-                    (d->utf8 = utf8_check(d->utf8, buf + o, n)) == UTF8_BAD) {
-                    rc = frame_fail(d, 1007, "invalid UTF-8 in text message");
-                    break;
+                if (d->msg_op == OP_TEXT) {
+                    uint32_t u = utf8_check(d->utf8, buf + o, n);
+                    if (u == UTF8_BAD) {
+                        /* The bytes before the invalid one are delivered,
+                         * as they would be from an earlier read. */
+                        while ((u = utf8_check(d->utf8, buf + o, 1)) != UTF8_BAD)
+                            d->utf8 = u, o++;
+                        rc = frame_fail(d, 1007, "invalid UTF-8 in text message");
+                        break;
+                    }
+                    d->utf8 = u;
                 }
                 o += n;
             }
