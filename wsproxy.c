@@ -112,7 +112,10 @@
 #define WS_PROXY_ACCEPT_BUDGET 64
 #endif
 /* Connections over max_connections accepted only to be answered 503;
- * beyond this the listening socket is not polled. */
+ * beyond this the listening socket is not polled.  Answered refusals do
+ * not count: at most this many linger (WS_PROXY_LINGER_MS) after their
+ * answer, the rest are closed as soon as it is out, so a client refused in
+ * bulk costs itself, not the listener. */
 #ifndef WS_PROXY_REFUSE_SLACK
 #define WS_PROXY_REFUSE_SLACK 64
 #endif
@@ -1240,6 +1243,7 @@ struct conn {
     unsigned i_borrowed : 1; /* ib is the transport's, not the free list's */
     unsigned again : 1;   /* the turn budget ran out with work left (rule 9) */
     unsigned took : 1;    /* the client socket took bytes this turn */
+    unsigned ip_counted : 1; /* counted in the per-address table */
     uint32_t i_borrowed_len;
     uint16_t close_code; /* the code we send (0 = empty Close) */
     uint16_t status;     /* HTTP status answered */
@@ -2621,7 +2625,8 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
     tr_in_done(p, c);
     buf_put(p, &c->ob);
     tr_free(c);
-    ip_count(p, &c->peer, -1);
+    if (c->ip_counted) /* never another connection's count */
+        ip_count(p, &c->peer, -1);
     p->nrefusing -= c->phase == PH_REFUSED;
     c->phase = PH_DEAD;
     p->st.conns_open--;
@@ -3105,6 +3110,10 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
     if (c->phase == PH_REFUSED) {
         if (c->o_len && tr_close_notify(c))
             return 1; /* shut down once close_notify is out too */
+        if (c->o_len && p->nrefusing > WS_PROXY_REFUSE_SLACK) {
+            conn_end(p, c, now); /* too many linger already */
+            return 1;
+        }
         if (c->o_len) {
             /* Answered: stop sending, read until the client closes, so
              * unread request bytes do not turn our close into a reset. */
@@ -3430,17 +3439,41 @@ static void conn_goodbye(ws_proxy *p, struct conn *c, uint16_t code, int64_t now
     conn_end(p, c, now);
 }
 
-/* Frees the connections torn down this turn. */
-static void loop_reap(ws_proxy *p)
+static void conn_free(struct conn *c)
 {
-    size_t i, j, h = 0;
+    cfg_unref(c->cfg);
+    free(c);
+}
+
+/* Frees the connections torn down this turn.  After a turn that stepped
+ * only the hot ones, only those can have died: the hot range is compacted
+ * and the gap filled from the end of the cold range, so a hot turn never
+ * walks the cold connections. */
+static void loop_reap(ws_proxy *p, int full)
+{
+    size_t i, j, h = 0, k, ncold = p->nconns - p->nhot;
     if (!p->ndead)
-        return; /* a hot turn must not walk the cold connections */
+        return;
+    if (!full) {
+        for (i = j = 0; i < p->nhot; i++) {
+            if (p->conns[i]->phase == PH_DEAD)
+                conn_free(p->conns[i]);
+            else
+                p->conns[j++] = p->conns[i];
+        }
+        k = p->nhot - j; /* freed slots in [j, nhot) */
+        memmove(p->conns + j, p->conns + p->nconns - (ncold < k ? ncold : k),
+                (ncold < k ? ncold : k) * sizeof *p->conns);
+        p->nconns -= k;
+        p->nhot = j;
+        p->ndead -= k;
+        if (!p->ndead)
+            return;
+    }
     for (i = j = 0; i < p->nconns; i++) {
         struct conn *c = p->conns[i];
         if (c->phase == PH_DEAD) {
-            cfg_unref(c->cfg);
-            free(c);
+            conn_free(c);
         } else {
             h += i < p->nhot;
             p->conns[j++] = c;
@@ -3467,7 +3500,7 @@ static void loop_fail(ws_proxy *p, const char *what)
     plog(p, WS_PROXY_LOG_ERROR, NULL, "failed: %s; closing every connection",
          p->reason);
     loop_close_all(p, 1011);
-    loop_reap(p);
+    loop_reap(p, 1);
     if (p->lfd >= 0)
         close(p->lfd);
     p->lfd = -1;
@@ -3568,6 +3601,7 @@ static void loop_accept(ws_proxy *p, int64_t now)
          * cannot fill max_connections; the excess is refused at once
          * (over TLS, which cannot answer before its handshake, by closing). */
         per_ip = ip_count(p, &a, 1);
+        c->ip_counted = per_ip != UINT32_MAX;
         if (c->cfg->c.max_connections_per_ip && per_ip > c->cfg->c.max_connections_per_ip) {
             if (!c->tls) {
                 conn_refuse_with(p, c, 503, "too many connections from this address", NULL, now);
@@ -3821,7 +3855,8 @@ static void loop_turn(ws_proxy *p)
     if (full)
         loop_sort(p, now);
     loop_add(p, &n, p->wake_rd, POLLIN);
-    if (p->lfd >= 0 && p->st.conns_open < (uint64_t)p->cfg->max_conns + WS_PROXY_REFUSE_SLACK) {
+    if (p->lfd >= 0 &&
+        p->st.conns_open - p->nrefusing < (uint64_t)p->cfg->max_conns + WS_PROXY_REFUSE_SLACK) {
         if (now >= p->accept_pause_until)
             lidx = loop_add(p, &n, p->lfd, POLLIN);
         else
@@ -3875,7 +3910,7 @@ static void loop_turn(ws_proxy *p)
         if (c->phase != PH_DEAD)
             conn_step(p, c, now);
     }
-    loop_reap(p);
+    loop_reap(p, full);
     if (cpu0 >= 0)
         loop_next_full(p, cpu0);
 }
