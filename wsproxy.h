@@ -16,8 +16,11 @@
  * as the call returns.
  *
  * Callbacks.  The log callback runs on the loop thread (for the "started"
- * line, on the thread calling ws_proxy_start()); it must not call back into
- * the same proxy.  No callback runs after ws_proxy_stop() returns.
+ * line, on the thread calling ws_proxy_start()).  It MUST NOT call any
+ * ws_proxy_* function, on this proxy or on any other: each call waits for a
+ * loop thread to act, so two proxies whose callbacks query each other
+ * deadlock.  Hand the line to another thread if something must follow from
+ * it.  No callback runs after ws_proxy_stop() returns.
  *
  * The library never installs signal handlers, never writes to stdout or
  * stderr, and never calls exit() or abort().  It blocks every signal in its
