@@ -2059,8 +2059,21 @@ static struct tls_conn *tls_conn_new(const struct tls_creds *cr)
     return t;
 }
 
+/* The client sent close_notify.  BearSSL reports CLOSED only once its own
+ * close_notify in reply has gone out, which a client that does not read
+ * never allows; but from the peer's close_notify on it takes no more record
+ * bytes (RECVREC) and, once the bytes decrypted before it are taken, has no
+ * more to give (RECVAPP).  Before the handshake is done the engine may
+ * also refuse input while it writes, so this is read only after. */
+static int tls_peer_closed(const struct conn *c)
+{
+    unsigned st = br_ssl_engine_current_state(&c->tls->sc.eng);
+    return c->tls->up && !(st & (BR_SSL_RECVREC | BR_SSL_RECVAPP));
+}
+
 /* Moves records between the socket and the engine while it can.
- * Returns 1 if bytes moved, 0 if not, -1 once the engine is closed. */
+ * Returns 1 if bytes moved, 0 if not, -1 once the engine is closed or
+ * the client sent close_notify. */
 static int tls_pump(struct conn *c)
 {
     br_ssl_engine_context *e = &c->tls->sc.eng;
@@ -2101,7 +2114,7 @@ static int tls_pump(struct conn *c)
                 return -1;
             }
         }
-        return moved;
+        return tls_peer_closed(c) ? -1 : moved;
     }
 }
 
@@ -2381,10 +2394,15 @@ static short tr_events(const struct conn *c, short want)
     if (c->tls) {
         unsigned st = br_ssl_engine_current_state(&c->tls->sc.eng);
         short ev = 0;
+        /* Records are read whenever BearSSL takes one, whatever the
+         * WebSocket layer wants: it holds at most one record of decrypted
+         * bytes, so this costs no backpressure, and a close_notify is seen
+         * in every state. */
         if (st & BR_SSL_SENDREC)
             ev |= POLLOUT;
-        if ((st & BR_SSL_RECVREC) && ((want & POLLIN) || !c->tls->up))
+        if (st & BR_SSL_RECVREC)
             ev |= POLLIN;
+        (void)want;
         return ev;
     }
 #endif
