@@ -27,30 +27,31 @@ endif
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 ALL_CFLAGS = $(WARN) $(CFLAGS) $(TLSFLAGS) -pthread
 SRC     := wsproxy.c wsproxy.h
+PROG    := program/main.c
 
 .PHONY: all test unit run bench clean deps check-symbols install uninstall
 
 all: build/wsproxy build/wsproxy.o build/asan/wsproxy build/notls/wsproxy
 
-build/wsproxy: $(SRC)
+build/wsproxy: $(PROG) $(SRC)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -DWSPROXY_MAIN -o $@ wsproxy.c $(TLSLIBS) $(LDFLAGS)
+	$(CC) $(ALL_CFLAGS) -o $@ $(PROG) wsproxy.c $(TLSLIBS) $(LDFLAGS)
 
 build/wsproxy.o: $(SRC)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -c -o $@ wsproxy.c
 
-build/asan/wsproxy: $(SRC)
+build/asan/wsproxy: $(PROG) $(SRC)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(SAN) -DWSPROXY_MAIN -o $@ wsproxy.c $(TLSLIBS) $(LDFLAGS)
+	$(CC) $(ALL_CFLAGS) $(SAN) -o $@ $(PROG) wsproxy.c $(TLSLIBS) $(LDFLAGS)
 
-build/notls/wsproxy: $(SRC)
+build/notls/wsproxy: $(PROG) $(SRC)
 	@mkdir -p $(@D)
-	$(CC) $(WARN) $(CFLAGS) -DWS_PROXY_NO_TLS -pthread -DWSPROXY_MAIN -o $@ wsproxy.c $(LDFLAGS)
+	$(CC) $(WARN) $(CFLAGS) -DWS_PROXY_NO_TLS -pthread -o $@ $(PROG) wsproxy.c $(LDFLAGS)
 
-build/clang/wsproxy: $(SRC)
+build/clang/wsproxy: $(PROG) $(SRC)
 	@mkdir -p $(@D)
-	clang $(ALL_CFLAGS) -DWSPROXY_MAIN -o $@ wsproxy.c $(TLSLIBS) $(LDFLAGS)
+	clang $(ALL_CFLAGS) -o $@ $(PROG) wsproxy.c $(TLSLIBS) $(LDFLAGS)
 
 build/clang/notls.o: $(SRC)
 	@mkdir -p $(@D)
@@ -75,7 +76,7 @@ build/header_test: test/header_test.c build/wsproxy.o
 	$(CC) $(WARN) $(CFLAGS) -pthread -o $@ test/header_test.c build/wsproxy.o $(TLSLIBS) $(LDFLAGS)
 
 # Coverage-guided fuzzing of the parsers (clang's libFuzzer).
-build/fuzz: test/fuzz.c $(SRC)
+build/fuzz: test/fuzz.c $(PROG) $(SRC)
 	@mkdir -p $(@D)
 	clang $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(TLSFLAGS) -pthread -o $@ test/fuzz.c $(TLSLIBS)
 

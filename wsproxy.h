@@ -82,6 +82,9 @@ enum ws_proxy_proxy_protocol {
     WS_PROXY_PP_OFF = 2
 };
 
+/* The largest max_connections accepted (ws_proxy_config). */
+#define WS_PROXY_MAX_CONNECTIONS_LIMIT 1000000u
+
 enum ws_proxy_log_level {
     WS_PROXY_LOG_ERROR = 1,
     WS_PROXY_LOG_WARN = 2,
@@ -136,7 +139,7 @@ struct ws_proxy_config {
      * preference; NULL = never select one. */
     const char *subprotocols;
     /* Open client connections (handshaking ones included); 0 = 1024, limit
-     * 1000000.  Over the limit a handshake gets 503. */
+     * WS_PROXY_MAX_CONNECTIONS_LIMIT.  Over the limit a handshake gets 503. */
     unsigned max_connections;
     /* Open connections per client IP address; 0 = unlimited. */
     unsigned max_connections_per_ip;

@@ -1,8 +1,9 @@
 /* Prints what the wsproxy program's --config reader makes of a file, for
  * test/test_config.py to compare with MariaDB's my_print_defaults:
  *   "ok <hex of allowed_origins>" or "error <reason>".
- * Built by the test itself: cc -DWSPROXY_CLI -pthread config_dump.c */
-#include "../wsproxy.c"
+ * Built by the test itself: cc -pthread config_dump.c */
+#define WSPROXY_NO_MAIN
+#include "../program/main.c"
 
 int main(int argc, char **argv)
 {

@@ -3,17 +3,19 @@
  * request parser and handshake, the frame decoder (its input split into
  * chunks as a socket would deliver them), UTF-8 and base64, and the
  * operator's certificate and key files (PEM, the chain, the key, their
- * match), and the program's --config file reader (WSPROXY_CLI compiles it
- * without main(); !include opens nothing here).  The first input byte picks
- * the target (0 http, 1 frames, 2 leaf, 3 tls, 4 config, modulo 5), the
+ * match), and the program's --config file reader (program/main.c with
+ * WSPROXY_NO_MAIN, without main(); !include opens nothing here).  Both
+ * files in one translation unit, the unity build an engine may do.  The
+ * first input byte picks the target (0 http, 1 frames, 2 leaf, 3 tls, 4 config, modulo 5), the
  * second shapes it.
  *   make build/fuzz && build/fuzz -max_total_time=60 CORPUS_DIR
  * WSPROXY_FUZZ_TARGET=http|frames|leaf|tls|config runs every input through that
  * target alone (the first byte is then ignored), to fuzz one at a time.
  * test/test_fuzz.py runs it for a bounded time in `make test`.
  */
-#define WSPROXY_CLI
+#define WSPROXY_NO_MAIN
 #include "../wsproxy.c"
+#include "../program/main.c"
 
 #define FUZZ_ASSERT(c)                                                       \
     do {                                                                     \

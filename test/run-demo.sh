@@ -175,7 +175,7 @@ engine_start
 
 # ---- wsproxy ------------------------------------------------------------------------
 # Inside MariaDB (the plugin) unless SOCKET= names an engine: then the standalone
-# program, as nobody (it must never lend its own uid to a client, see README).
+# program, as nobody (it must never lend its own uid to a client, see docs/security.md).
 if [ -n "$SOCKET" ]; then
     LOG=$TMP/websocket_proxy.log
     tls_args=()

@@ -1,16 +1,12 @@
 """SPEC section 2: the wsproxy program's command line and exit statuses."""
 
-import os
 import re
-import shutil
 import signal
 import socket
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Bin, free_port, run_bin
+from conftest import Bin, free_port, run_bin
 
 
 def test_both_ports_exit_1(wsproxy_bin):
@@ -190,39 +186,3 @@ def test_failed_reload_is_logged_to_the_log_file(proxy, engine, tmp_path):
     c = p.ws()
     c.echo(b"still serving")
     c.close()
-
-
-def readme_embedding():
-    """The C program and the build command of the README's embedding section."""
-    text = (Path(ROOT) / "README.md").read_text()
-    sec = text[text.index("## Embedding"):text.index("## The wsproxy program")]
-    code = re.search(r"```c\n(.*?)```", sec, re.S)
-    cmd = re.search(r"```sh\n(cc [^\n]*)\n```", sec)
-    assert code and cmd, "the README's embedding section lost its program or build line"
-    return code.group(1), cmd.group(1)
-
-
-@pytest.mark.parametrize("cc", ["gcc", "clang"])
-def test_readme_embedding_program_compiles_as_shown(tmp_path, cc):
-    """Built with the README's own command (plus -Wall -Wextra -Werror), with
-    BearSSL and with -DWS_PROXY_NO_TLS."""
-    code, cmd = readme_embedding()
-    (tmp_path / "embed.c").write_text(code)
-    for name in ("wsproxy.c", "wsproxy.h"):
-        shutil.copy(os.path.join(ROOT, name), tmp_path / name)
-    argv = cmd.split()
-    assert argv[0] == "cc" and "-lbearssl" in argv, cmd
-    strict = ["-Wall", "-Wextra", "-Werror"]
-    for variant in (argv, [a for a in argv if a != "-lbearssl"] + ["-DWS_PROXY_NO_TLS"]):
-        cp = subprocess.run([cc] + variant[1:] + strict, cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
-        assert cp.returncode == 0, "%s failed:\n%s" % (" ".join(variant), cp.stderr)
-        assert (tmp_path / "embed").exists()
-        (tmp_path / "embed").unlink()
-
-
-def test_readme_and_header_stand_alone():
-    """They referred readers to a SPEC file that a clone does not contain."""
-    for name in ("README.md", "wsproxy.h"):
-        text = (Path(ROOT) / name).read_text()
-        assert "SPEC" not in text and "../" not in text, name

@@ -4,7 +4,7 @@ point 4), and the command line overriding it (point 5).
 MariaDB itself is the oracle: Debian's `my_print_defaults --defaults-file=F
 wsproxy` prints what MariaDB's reader (mysys/my_default.c) makes of a file,
 and the tests compare it with what wsproxy logs in its "started" line (the
-configuration in force).  Where wsproxy deliberately differs (see the README),
+configuration in force).  Where wsproxy deliberately differs (see docs/program.md),
 the test says so.  Run with /usr/bin/python3 (Debian's pytest)."""
 
 import os
@@ -417,7 +417,7 @@ def test_random_files_read_as_mariadb_reads_them(tmp_path):
     import random
     here = os.path.dirname(os.path.abspath(__file__))
     exe = tmp_path / "config_dump"
-    cp = subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-DWSPROXY_CLI",
+    cp = subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror",
                          "-DWS_PROXY_NO_TLS", "-pthread", "-o", str(exe),
                          os.path.join(here, "config_dump.c")], capture_output=True, text=True,
                         timeout=300)

@@ -242,7 +242,7 @@ def test_first_clients_never_reach_the_engine_as_root(wsproxy_bin, engine, tmp_p
 def test_keys_read_as_root_at_start_and_as_the_user_on_sighup(wsproxy_bin, engine, tmp_path):
     """The key (0600, root's) is read before the switch; a SIGHUP restart
     re-reads it as the user, fails, says so in the log, and the old
-    certificate keeps serving (the README documents it)."""
+    certificate keeps serving (docs/program.md documents it)."""
     import ssl
     from e2e.certs import make_certs
     need_root()

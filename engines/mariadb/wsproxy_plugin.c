@@ -192,7 +192,7 @@ static MYSQL_SYSVAR_STR(log_dir, opt_log_dir, STR_FLAGS,
     "Directory of websocket_proxy.log; empty = the directory of the server's "
     "error log, else the data directory", NULL, str_update, "");
 static MYSQL_SYSVAR_UINT(max_connections, opt_max_connections, PLUGIN_VAR_RQCMDARG,
-    "Open WebSocket connections at most", NULL, NULL, 1024, 1, 1000000, 0);
+    "Open WebSocket connections at most", NULL, NULL, 1024, 1, WS_PROXY_MAX_CONNECTIONS_LIMIT, 0);
 static MYSQL_SYSVAR_UINT(max_connections_per_ip, opt_max_connections_per_ip,
     PLUGIN_VAR_RQCMDARG, "Open WebSocket connections per client IP; 0 = unlimited",
     NULL, NULL, 0, 0, 1000000, 0);

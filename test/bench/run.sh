@@ -562,8 +562,8 @@ stop_pid "$PROXY_PID"
 # is ever hot, so every turn takes them all): what one loop
 # turn over the whole idle set costs, which the hot/cold split avoids.
 LOOP_CPUF=""
-if $CC -std=c99 -O2 -pthread -DWSPROXY_MAIN -DWS_PROXY_NO_TLS -DWS_PROXY_HOT_MS=0 \
-	-o "$OUT/wsproxy-fullturns" wsproxy.c 2>>"$FAILLOG"; then
+if $CC -std=c99 -O2 -pthread -DWS_PROXY_NO_TLS -DWS_PROXY_HOT_MS=0 \
+	-o "$OUT/wsproxy-fullturns" program/main.c wsproxy.c 2>>"$FAILLOG"; then
 	main_bin=$WSPROXY_BIN
 	WSPROXY_BIN=$root/$OUT/wsproxy-fullturns
 	start_proxy ws "$TMP/engine-echo.sock"
