@@ -63,6 +63,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -133,9 +134,9 @@
 #endif
 
 /* A client that vanishes without FIN or RST (cable pulled, NAT state
- * dropped) is found within about this many seconds: by TCP keepalive while
- * the connection is idle, by TCP_USER_TIMEOUT while our data goes
- * unacknowledged.  0 turns both off; ping_interval_ms finds it sooner. */
+ * dropped) is found within about this many seconds by TCP keepalive while
+ * the connection is idle (0 turns it off); while our data goes
+ * unacknowledged, send_timeout_ms finds it; ping_interval_ms sooner. */
 #ifndef WS_PROXY_KEEPALIVE_S
 #define WS_PROXY_KEEPALIVE_S 120
 #endif
@@ -152,6 +153,7 @@
 #define DEFAULT_MAX_CONNECTIONS 1024u
 #define DEFAULT_HANDSHAKE_MS 10000u
 #define DEFAULT_DRAIN_MS 5000u
+#define DEFAULT_SEND_MS 120000u
 /* Room in front of an outgoing payload for the largest server header. */
 #define FRAME_HEADROOM 10
 
@@ -1183,7 +1185,7 @@ struct cfg {
     struct ws_proxy_config c; /* strings point into text[] */
     int port;                 /* http_port or https_port, 0 = none */
     int tls;                  /* serving wss:// */
-    unsigned max_conns, handshake_ms, drain_ms;
+    unsigned max_conns, handshake_ms, drain_ms, send_ms;
     int log_level;
     struct tls_creds *creds;
     char text[1];
@@ -1252,8 +1254,12 @@ struct conn {
     uint64_t id;
     int64_t t_start, t_open, t_rx, t_data, t_ping; /* ms, monotonic */
     int64_t t_fin;   /* when the client's FIN was seen */
-    int64_t t_took;  /* when the client socket last took bytes */
     int64_t t_moved; /* when output was last not stuck: none queued, or taken */
+    int64_t t_look;  /* the last look at the client's progress (conn_look) */
+    int64_t t_acked; /* the last look that found bytes acknowledged */
+    int64_t t_clear; /* the last look that found nothing waiting for it */
+    uint64_t wire_out; /* bytes written to the client socket */
+    uint64_t acked;    /* of those, acknowledged at the last look */
     int64_t t_end; /* closing deadline, 0 = none; once set only moves earlier */
     int64_t t_io;  /* last poll event on either socket: hot or cold */
     uint64_t bytes_in, bytes_out;
@@ -1503,12 +1509,6 @@ static void sock_keepalive(int fd)
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
     }
 #endif
-#ifdef TCP_USER_TIMEOUT
-    {
-        unsigned ms = WS_PROXY_KEEPALIVE_S * 1000u;
-        setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
-    }
-#endif
 }
 
 /* The loop's wake-up pipe, non-blocking and close-on-exec from birth
@@ -1645,8 +1645,10 @@ static long sock_write(struct conn *c, const uint8_t *buf, size_t len)
     n = io_send(c->cfd, buf, len);
     if (n == IO_AGAIN || (n >= 0 && (size_t)n < len))
         c->c_wr = 0;
-    if (n > 0)
+    if (n > 0) {
         c->took = 1;
+        c->wire_out += (uint64_t)n;
+    }
     return n;
 }
 
@@ -2486,6 +2488,11 @@ static void tr_free(struct conn *c)
  *     bytes still to move (undecoded frames in ib after a burst of Pings,
  *     a consumed chunk not yet released), it sets `again` and the loop
  *     does not sleep; likewise for decrypted bytes BearSSL holds.
+ * 10. Liveness is progress, never a clock that ignores it: a client that
+ *     takes our bytes (its TCP acknowledges them, conn_look) is alive,
+ *     however slowly it reads.  The Ping's answer, the drain after the
+ *     engine's end and send_ms (a client that stopped reading) all count
+ *     from the last progress seen.
  */
 
 /* Is the proxy holding client payload the engine has not taken yet? */
@@ -2799,7 +2806,8 @@ static void conn_engine_ready(ws_proxy *p, struct conn *c, int64_t now)
     c->up = c->down = DIR_FLOW;
     c->status = 101;
     metrics_handshake(&p->st, now - c->t_start);
-    c->t_open = c->t_rx = c->t_data = c->t_took = c->t_moved = now;
+    c->t_open = c->t_rx = c->t_data = c->t_moved = now;
+    c->t_look = c->t_acked = c->t_clear = now;
     c->e_wr = 1;
     plog(p, WS_PROXY_LOG_DEBUG, c, "open");
 }
@@ -3249,8 +3257,6 @@ static void conn_step(ws_proxy *p, struct conn *c, int64_t now)
     }
     c->again = budget < 0 && c->phase != PH_DEAD; /* rule 9 */
     /* Progress, for the timers (rule 5). */
-    if (c->took)
-        c->t_took = now;
     if (c->took || !conn_out_queued(c))
         c->t_moved = now;
     c->took = 0;
@@ -3273,13 +3279,59 @@ static int64_t conn_fin_deadline(const struct conn *c)
     return (c->t_fin > c->t_open ? c->t_fin : c->t_open) + WS_PROXY_FIN_GRACE_MS;
 }
 
-/* Ping a client silent for ping_interval_ms; with a Ping out, close when
- * neither an answer nor progress on our output came for as long (the Ping
- * may wait behind megabytes the client is still reading). */
+/* Looks at the client's progress: did it take bytes since the last look
+ * (its TCP acknowledged them: what we wrote minus what the kernel still
+ * holds)?  Where the kernel cannot tell, output that moved at all counts.
+ * Also notes when nothing of ours waits for it (t_clear).  Called when a
+ * Ping goes out and when a deadline that depends on progress is reached
+ * (rule 10); 1 if it took bytes. */
+static int conn_look(struct conn *c, int64_t now)
+{
+    int moved = c->t_moved > c->t_look, clear = !conn_out_queued(c);
+#if defined(__linux__) && defined(TIOCOUTQ)
+    int q; /* SIOCOUTQ: bytes sent but not acknowledged, or not sent */
+    if (ioctl(c->cfd, TIOCOUTQ, &q) == 0 && q >= 0) {
+        uint64_t acked = c->wire_out - (uint64_t)q;
+        moved = acked > c->acked;
+        clear &= !q;
+        c->acked = acked;
+    }
+#endif
+    c->t_look = now;
+    if (moved)
+        c->t_acked = now;
+    if (clear)
+        c->t_clear = now;
+    return moved;
+}
+
+static int64_t later(int64_t a, int64_t b)
+{
+    return a > b ? a : b;
+}
+
+/* A Ping goes to a client silent for ping_interval_ms; with one out, the
+ * connection ends when neither an answer nor progress came for as long:
+ * the Ping may wait behind megabytes the client is still reading. */
 static int64_t conn_ping_deadline(const struct conn *c)
 {
-    int64_t t = c->t_ping ? c->t_ping : c->t_rx;
-    return (c->t_ping && c->t_took > t ? c->t_took : t) + c->cfg->c.ping_interval_ms;
+    return c->t_ping ? later(c->t_ping, c->t_acked) + c->cfg->c.ping_interval_ms
+                     : c->t_rx + c->cfg->c.ping_interval_ms;
+}
+
+/* The client took none of our bytes for send_ms (rule 10); it is looked at
+ * every quarter of that, so the bound holds within a quarter. */
+static int64_t conn_send_deadline(const struct conn *c)
+{
+    return earlier(later(c->t_acked, c->t_clear) + c->cfg->send_ms,
+                   c->t_look + c->cfg->send_ms / 4);
+}
+
+/* The engine ended and its last bytes wait for a client that takes none
+ * of them: released drain_ms after the last progress. */
+static int64_t conn_drain_deadline(const struct conn *c)
+{
+    return later(c->t_moved, c->t_acked) + c->cfg->drain_ms;
 }
 
 /* The earliest time this connection's timers need the loop, derived from
@@ -3299,7 +3351,8 @@ static int64_t conn_deadline(const struct conn *c)
         if (c->c_fin && !c->close_rcvd)
             t = earlier(t, conn_fin_deadline(c));
         if (c->down == DIR_DRAIN)
-            t = earlier(t, c->t_moved + cf->drain_ms);
+            t = earlier(t, conn_drain_deadline(c));
+        t = earlier(t, conn_send_deadline(c));
         if (c->close_rcvd || c->drop)
             return t; /* drain only */
         if (cf->c.ping_interval_ms && !up_paused(c))
@@ -3314,9 +3367,52 @@ static int64_t conn_deadline(const struct conn *c)
     return t;
 }
 
-static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
+/* The timers of an OPEN connection, most final first. */
+static void conn_open_timers(ws_proxy *p, struct conn *c, int64_t now)
 {
     const struct cfg *cf = c->cfg;
+    if (c->c_fin && !c->close_rcvd && now >= conn_fin_deadline(c)) {
+        conn_why(c, "client disconnected");
+        conn_end(p, c, now);
+        return;
+    }
+    if (c->t_end && now >= c->t_end) {
+        if (c->close_rcvd)
+            c->why = "client closed, engine drain timed out";
+        conn_close(p, c, c->close_code, NULL, c->drop, now);
+        return;
+    }
+    if (c->down == DIR_DRAIN && now >= conn_drain_deadline(c) && !conn_look(c, now)) {
+        conn_why(c, "engine closed, client not reading");
+        conn_end(p, c, now);
+        return;
+    }
+    if (now >= conn_send_deadline(c) && !conn_look(c, now) &&
+        now >= later(c->t_acked, c->t_clear) + cf->send_ms) {
+        snprintf(p->why, sizeof p->why, "client stopped reading: took none of our bytes "
+                 "for %lld s", (long long)(now - later(c->t_acked, c->t_clear)) / 1000);
+        plog(p, WS_PROXY_LOG_INFO, c, "%s", p->why);
+        conn_why(c, "client stopped reading");
+        conn_end(p, c, now);
+        return;
+    }
+    if (c->close_rcvd || c->drop)
+        return; /* rule 5: only the drain runs */
+    if (cf->c.idle_timeout_ms && now >= c->t_data + cf->c.idle_timeout_ms) {
+        conn_close(p, c, 1001, "idle timeout", 0, now);
+    } else if (!cf->c.ping_interval_ms || up_paused(c) || now < conn_ping_deadline(c)) {
+        return;
+    } else if (!c->t_ping) {
+        c->ping_due = 1;
+        c->t_ping = now;
+        conn_look(c, now); /* what the client has taken so far */
+    } else if (!conn_look(c, now)) {
+        conn_close(p, c, 1001, "no answer to ping", 1, now);
+    }
+}
+
+static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
+{
     if (c->phase == PH_OPEN && up_paused(c)) {
         c->t_rx = now; /* rule 8: its frames wait behind ours */
         c->t_ping = 0;
@@ -3336,26 +3432,7 @@ static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
                          "engine unavailable: connect timed out", now);
         break;
     case PH_OPEN:
-        if (c->c_fin && !c->close_rcvd && now >= conn_fin_deadline(c)) {
-            conn_why(c, "client disconnected");
-            conn_end(p, c, now);
-        } else if (c->t_end && now >= c->t_end) {
-            if (c->close_rcvd)
-                c->why = "client closed, engine drain timed out";
-            conn_close(p, c, c->close_code, NULL, c->drop, now);
-        } else if (c->down == DIR_DRAIN && now >= c->t_moved + cf->drain_ms) {
-            conn_why(c, "engine closed, client not reading");
-            conn_end(p, c, now);
-        } else if (c->close_rcvd || c->drop) {
-            /* draining: nothing else runs */
-        } else if (cf->c.idle_timeout_ms && now >= c->t_data + cf->c.idle_timeout_ms) {
-            conn_close(p, c, 1001, "idle timeout", 0, now);
-        } else if (c->t_ping) {
-            conn_close(p, c, 1001, "no answer to ping", 1, now);
-        } else {
-            c->ping_due = 1;
-            c->t_ping = now;
-        }
+        conn_open_timers(p, c, now);
         break;
     default:
         conn_end(p, c, now);
@@ -3409,7 +3486,13 @@ static int conn_engine_events(const struct conn *c)
 static void conn_client_revents(ws_proxy *p, struct conn *c, short ev, int64_t now)
 {
     if (ev & (POLLERR | POLLHUP | POLLNVAL)) { /* rule 4 */
-        conn_why(c, ev & POLLERR ? "client connection reset" : "client disconnected");
+        int e = 0;
+        socklen_t len = sizeof e;
+        if (ev & POLLERR)
+            getsockopt(c->cfd, SOL_SOCKET, SO_ERROR, &e, &len);
+        /* Say what happened: a reset is not a timeout (TCP keepalive). */
+        conn_why(c, e == ETIMEDOUT ? "client vanished: TCP keepalive unanswered"
+                    : ev & POLLERR ? "client connection reset" : "client disconnected");
         conn_end(p, c, now);
         return;
     }
@@ -3644,13 +3727,13 @@ static void log_config(ws_proxy *p, const char *verb)
         plog(p, WS_PROXY_LOG_INFO, NULL,
              "%s: listening on %s://%s%s%s:%d -> unix:%s; max_connections=%u "
              "max_connections_per_ip=%u max_message=%llu handshake_timeout_ms=%u "
-             "idle_timeout_ms=%u ping_interval_ms=%u drain_timeout_ms=%u "
+             "idle_timeout_ms=%u ping_interval_ms=%u drain_timeout_ms=%u send_timeout_ms=%u "
              "proxy_protocol=%s allowed_origins=%s subprotocols=%s metrics_path=%s%s%s",
              verb, cf->tls ? "wss" : "ws", p->laddr.sa.sa_family == AF_INET6 ? "[" : "",
              addr_ip(&p->laddr, ip, sizeof ip), p->laddr.sa.sa_family == AF_INET6 ? "]" : "",
              p->lport, cf->c.socket_path, cf->max_conns, cf->c.max_connections_per_ip,
              (unsigned long long)cf->c.max_message, cf->handshake_ms,
-             cf->c.idle_timeout_ms, cf->c.ping_interval_ms, cf->drain_ms,
+             cf->c.idle_timeout_ms, cf->c.ping_interval_ms, cf->drain_ms, cf->send_ms,
              pp[cf->c.proxy_protocol],
              cf->c.allowed_origins && *cf->c.allowed_origins ? cf->c.allowed_origins : "(any)",
              cf->c.subprotocols ? cf->c.subprotocols : "(none)",
@@ -4055,6 +4138,7 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
     cf->max_conns = in->max_connections ? in->max_connections : DEFAULT_MAX_CONNECTIONS;
     cf->handshake_ms = in->handshake_timeout_ms ? in->handshake_timeout_ms : DEFAULT_HANDSHAKE_MS;
     cf->drain_ms = in->drain_timeout_ms ? in->drain_timeout_ms : DEFAULT_DRAIN_MS;
+    cf->send_ms = in->send_timeout_ms ? in->send_timeout_ms : DEFAULT_SEND_MS;
     cf->log_level = in->log_level ? in->log_level : WS_PROXY_LOG_INFO;
 #ifndef WS_PROXY_NO_TLS
     if (cf->tls) {

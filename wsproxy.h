@@ -158,6 +158,10 @@ struct ws_proxy_config {
      * still sends before answering the Close; also bounds every other
      * closing exchange, ms; 0 = 5000. */
     unsigned drain_timeout_ms;
+    /* A client that takes none of our bytes for this long while some wait
+     * for it (it stopped reading, or vanished) is closed and the log says
+     * so, ms; 0 = 120000.  Checked every quarter of it. */
+    unsigned send_timeout_ms;
     /* enum ws_proxy_proxy_protocol; 0 = v2. */
     int proxy_protocol;
     /* Path, starting with '/', on which a plain GET (no Upgrade header)

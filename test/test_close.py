@@ -304,3 +304,62 @@ def test_after_client_close_no_ping_no_idle_and_code_echoed(proxy, engine, opt):
     assert code == 1000, "want the client's 1000 echoed, got %d" % code
     assert time.monotonic() - t0 >= 1.2, "the drain was cut short"
     c.expect_eof()
+
+
+# ---------------------------------------------------------------------------
+# liveness measured by progress (issue 17, items 4-5)
+# ---------------------------------------------------------------------------
+
+def read_slowly(c, rate, timeout):
+    """Read frames at about `rate` bytes/s, answering every Ping at once;
+    returns (data, close code)."""
+    data = b""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    while True:
+        f = c.recv_frame(timeout=max(0.01, deadline - time.monotonic()))
+        if f.opcode == OP_PING:
+            c.send_frame(OP_PONG, f.payload)
+            continue
+        if f.opcode == OP_CLOSE:
+            return data, struct.unpack("!H", f.payload[:2])[0] if f.payload else None
+        data += f.payload
+        ahead = t0 + len(data) / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+@pytest.mark.parametrize("opt", ["--ping-interval", "--send-timeout"])
+def test_slow_reader_keeps_its_result(proxy, engine, opt):
+    """A client reading a large result at 1.3 MB/s (answering every Ping at
+    once) gets all of it: its Ping waits behind megabytes already queued,
+    and the bytes it keeps taking show it is alive.  It was closed 1001 "no
+    answer to ping" after about 2 s."""
+    n = 8 << 20
+    e = engine("source", source_bytes=n, seed=17)
+    p = proxy(opt, "1000", engine=e)
+    c = p.ws()
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    data, code = read_slowly(c, 1.3e6, p.t(30))
+    assert code == 1000, "closed %s after %d of %d bytes" % (code, len(data), n)
+    assert data == source_data(n, 17)
+    c.reply_close(1000)
+
+
+def test_client_that_stops_reading_is_closed_and_logged(proxy, engine):
+    """A client that reads nothing while the engine streams: closed after
+    --send-timeout, and the log says it stopped reading (not a reset)."""
+    e = engine("source", source_bytes=16 << 20, seed=4)
+    p = proxy("--send-timeout", "1500", engine=e)
+    c = p.ws()
+    conn = e.conn(0)
+    t0 = time.monotonic()
+    line = p.wait_log(r"client stopped reading: took none of our bytes for \d+ s",
+                      timeout=6)
+    took = time.monotonic() - t0
+    assert took >= 1.4, "closed after %.2f s: %s" % (took, line)
+    assert conn.wait_closed(p.t(3)), "engine session still open"
+    assert "closed 1006 (client stopped reading)" in p.log()
+    assert "reset" not in p.log()
+    c.sock.close()
+
