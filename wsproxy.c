@@ -2066,12 +2066,13 @@ static struct tls_conn *tls_conn_new(const struct tls_creds *cr)
  * close_notify in reply has gone out, which a client that does not read
  * never allows; but from the peer's close_notify on it takes no more record
  * bytes (RECVREC) and, once the bytes decrypted before it are taken, has no
- * more to give (RECVAPP).  Before the handshake is done the engine may
- * also refuse input while it writes, so this is read only after. */
+ * more to give (RECVAPP).  Before the handshake is done, and once our own
+ * close_notify is queued, the engine may also refuse input while it
+ * writes, so this is read only in between (then CLOSED tells). */
 static int tls_peer_closed(const struct conn *c)
 {
     unsigned st = br_ssl_engine_current_state(&c->tls->sc.eng);
-    return c->tls->up && !(st & (BR_SSL_RECVREC | BR_SSL_RECVAPP));
+    return c->tls->up && !c->tls->notified && !(st & (BR_SSL_RECVREC | BR_SSL_RECVAPP));
 }
 
 /* Moves records between the socket and the engine while it can.
@@ -3120,6 +3121,21 @@ static int conn_flush(ws_proxy *p, struct conn *c)
     return moved;
 }
 
+/* After a failure close (RFC 6455 7.1.7) the client may still be sending:
+ * closing with its bytes unread would reset the connection and throw away
+ * our Close, still in the kernel behind what the client has not read.  So
+ * it lingers as a refusal does: our side shuts once everything is out, and
+ * what arrives is discarded until the client closes, for at most
+ * WS_PROXY_LINGER_MS. */
+static void conn_linger_failed(ws_proxy *p, struct conn *c, int64_t now)
+{
+    tr_in_done(p, c);
+    c->o_pos = c->o_len = 1; /* "answered": see conn_downstream */
+    p->nrefusing++;
+    c->phase = PH_REFUSED;
+    conn_end_by(c, now + WS_PROXY_LINGER_MS);
+}
+
 /* Engine -> client: flush, then compose the next frame. */
 static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
 {
@@ -3152,8 +3168,10 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
     }
     if (c->close_sent) {
         /* Our Close is on the wire: done unless the client's is due. */
-        if (c->drop || c->close_rcvd || c->c_fin)
+        if (c->close_rcvd || c->c_fin)
             conn_end(p, c, now);
+        else if (c->drop)
+            conn_linger_failed(p, c, now);
         return moved;
     }
     if (c->pong_due) {

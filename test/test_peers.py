@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import (OP_BIN, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, WSClient,
+from conftest import (ConnectionClosed, OP_BIN, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, WSClient,
                       close_payload, frame, free_port, new_key, wait_until,
                       ws_request)
 from e2e.certs import make_certs
@@ -532,3 +532,31 @@ def test_burst_of_pings_in_one_segment_all_answered(proxy, engine, certs, tls):
         assert f.opcode == OP_PONG, f
         pongs.append(f.payload)
     assert pongs == [b"p%02d" % i for i in range(40)], pongs
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+def test_failure_close_reaches_a_client_still_sending(proxy, engine, certs, tls):
+    """A protocol violation from a client that has stopped reading and keeps
+    sending: our 1002 waits behind queued output.  Once the client reads
+    again it gets that output and the Close: the proxy does not close with
+    the client's bytes unread (a reset, which would throw the queued Close
+    away), it stops sending and discards them until the client closes."""
+    e = engine("source", source_bytes=64 * MIB)
+    p = start(proxy, e, tls, certs, "--drain-timeout", "5000")
+    c = client(p, tls, certs, rcvbuf=4096)
+    conn = e.conn(0)
+    wait_stall(lambda: conn.sent, 0.5, p.t(20))
+    c.send(frame(OP_BIN, b"bad", mask=False) + frame(OP_BIN, b"x" * 60000) * 4)
+    time.sleep(0.5)
+    got = []
+    try:
+        while True:
+            f = c.recv_frame(timeout=p.t(20))
+            got.append((f.opcode, len(f.payload)))
+            if f.opcode == OP_CLOSE:
+                break
+    except ConnectionClosed as ex:
+        raise AssertionError("no Close frame after %d frames: %s" % (len(got), ex))
+    code = int.from_bytes(f.payload[:2], "big")
+    reason = f.payload[2:]
+    assert code == 1002, (code, reason)
