@@ -155,8 +155,9 @@ struct ws_proxy_config {
      * arrives within the same interval, ms; 0 = never. */
     unsigned ping_interval_ms;
     /* After a client's Close: how long to keep relaying what the engine
-     * still sends before answering the Close; also bounds every other
-     * closing exchange, ms; 0 = 5000. */
+     * still sends before answering the Close; also bounds the wait for the
+     * client's Close after ours, and how long a client may take none of the
+     * engine's last bytes after its end, ms; 0 = 5000. */
     unsigned drain_timeout_ms;
     /* A client that takes none of our bytes for this long while some wait
      * for it (it stopped reading, or vanished) is closed and the log says
