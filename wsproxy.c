@@ -122,6 +122,13 @@
 #ifndef WS_PROXY_REFUSE_SLACK
 #define WS_PROXY_REFUSE_SLACK 64
 #endif
+/* An engine whose listen backlog is full (a non-blocking connect() to its
+ * Unix socket gives EAGAIN where a blocking client would wait in the queue)
+ * is tried again after this many ms, doubling up to 32 times that, until
+ * the handshake timeout. */
+#ifndef WS_PROXY_RETRY_MS
+#define WS_PROXY_RETRY_MS 5
+#endif
 /* How long a refused HTTP client may keep sending before we close, ms. */
 #ifndef WS_PROXY_LINGER_MS
 #define WS_PROXY_LINGER_MS 2000
@@ -1254,6 +1261,7 @@ struct conn {
     uint64_t id;
     int64_t t_start, t_open, t_rx, t_data, t_ping; /* ms, monotonic */
     int64_t t_fin;   /* when the client's FIN was seen */
+    int64_t t_retry; /* when the engine's backlog was last found full */
     int64_t t_moved; /* when output was last not stuck: none queued, or taken */
     int64_t t_look;  /* the last look at the client's progress (conn_look) */
     int64_t t_acked; /* the last look that found bytes acknowledged */
@@ -1268,6 +1276,7 @@ struct conn {
     union conn_addr peer;
     struct tls_conn *tls;
     struct frame_dec dec;
+    uint8_t retries;  /* connects that found the engine's backlog full */
     uint8_t pong_len;
     uint8_t pong[125];
     char name[64]; /* "conn 12 192.0.2.1:51234", for the log */
@@ -2451,7 +2460,8 @@ static void tr_free(struct conn *c)
  *
  * Rules, each enforced in one place:
  *
- *  1. efd >= 0 exactly in CONNECT and OPEN (conn_close closes it).
+ *  1. efd >= 0 exactly in CONNECT and OPEN (conn_close closes it), but
+ *     for a CONNECT that waits to retry an engine whose backlog was full.
  *  2. Paused is derived: up_paused() while payload waits for the engine,
  *     down_paused() while output waits for the client.  A paused side is
  *     not read; nothing else stops reading.
@@ -2813,6 +2823,24 @@ static void conn_engine_ready(ws_proxy *p, struct conn *c, int64_t now)
     plog(p, WS_PROXY_LOG_DEBUG, c, "open");
 }
 
+/* The engine's listen backlog is full: wait in CONNECT without a socket
+ * and try again (WS_PROXY_RETRY_MS, rule 1), as a blocking client would
+ * wait in the queue. */
+static void conn_engine_wait(struct conn *c, int64_t now)
+{
+    close(c->efd);
+    c->efd = -1;
+    c->e_wr = 0;
+    c->phase = PH_CONNECT;
+    c->t_retry = now;
+    c->retries += c->retries < 255;
+}
+
+static int64_t conn_retry_time(const struct conn *c)
+{
+    return c->t_retry + ((int64_t)WS_PROXY_RETRY_MS << (c->retries < 6 ? c->retries - 1 : 5));
+}
+
 static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
 {
     struct sockaddr_un sun;
@@ -2829,8 +2857,9 @@ static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
         conn_engine_ready(p, c, now);
     else if (errno == EINPROGRESS || errno == EINTR)
         c->phase = PH_CONNECT;
-    else /* EAGAIN here is a full listen backlog: the engine is not keeping
-          * up, which the client should hear about at once. */
+    else if (errno == EAGAIN)
+        conn_engine_wait(c, now);
+    else
         conn_engine_down(p, c, "connect", errno, now);
 }
 
@@ -3361,8 +3390,10 @@ static int64_t conn_deadline(const struct conn *c)
     switch (c->phase) {
     case PH_TLS:
     case PH_HTTP:
-    case PH_CONNECT:
         return c->t_start + cf->handshake_ms;
+    case PH_CONNECT:
+        t = c->t_start + cf->handshake_ms;
+        return c->efd < 0 ? earlier(t, conn_retry_time(c)) : t;
     case PH_OPEN:
         if (c->t_end)
             t = c->t_end;
@@ -3446,8 +3477,13 @@ static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
         conn_refuse_with(p, c, 408, "handshake timeout", NULL, now);
         break;
     case PH_CONNECT:
-        conn_refuse_with(p, c, 502, "engine unavailable",
-                         "engine unavailable: connect timed out", now);
+        if (now < c->t_start + c->cfg->handshake_ms)
+            conn_engine_connect(p, c, now); /* a retry is due */
+        else if (c->efd < 0)
+            conn_engine_down(p, c, "connect", EAGAIN, now);
+        else
+            conn_refuse_with(p, c, 502, "engine unavailable",
+                             "engine unavailable: connect timed out", now);
         break;
     case PH_OPEN:
         conn_open_timers(p, c, now);
