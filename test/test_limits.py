@@ -6,13 +6,7 @@ import socket
 import subprocess
 import time
 
-from conftest import WSClient, ws_request, new_key, wait_until
-
-
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0
+from conftest import WSClient, cpu_seconds, ws_request, new_key, wait_until
 
 
 def test_out_of_descriptors_waits_and_recovers(proxy, engine):
@@ -94,7 +88,8 @@ def test_refusals_over_per_ip_limit_do_not_stall_the_listener(proxy, engine):
         took = time.monotonic() - t0
         c.echo(b"from another address")
         c.close()
-        assert took < p.t(0.5), "a handshake from 127.0.0.2 took %.2f s" % took
+        # 5.7 s before; the bound leaves room for a loaded machine
+        assert took < p.t(1.5), "a handshake from 127.0.0.2 took %.2f s" % took
     finally:
         for s in held:
             s.close()

@@ -15,7 +15,7 @@ import time
 import pytest
 import websockets
 
-from conftest import free_port, wait_until
+from conftest import cpu_seconds, free_port, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -286,12 +286,6 @@ def test_restart_with_bad_files_keeps_old_certificate(proxy, engine, pki, tmp_pa
             await ws.send(b"after")
             assert await ws.recv() == b"after"
     asyncio.run(hold_open())
-
-
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_wss_slow_client_backpressure_without_spinning(proxy, engine, pki, ec_leaf):
