@@ -80,11 +80,17 @@ build/fuzz: test/fuzz.c $(PROG) $(SRC)
 	@mkdir -p $(@D)
 	clang $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(TLSFLAGS) -pthread -o $@ test/fuzz.c $(TLSLIBS)
 
-# Every exported symbol carries the ws_proxy_ prefix.
-check-symbols: build/wsproxy.o
-	@bad=$$(nm -g --defined-only build/wsproxy.o | awk '{print $$3}' | grep -v '^ws_proxy_' || true); \
-	if [ -n "$$bad" ]; then echo "unprefixed exported symbols: $$bad"; exit 1; fi; \
-	echo "check-symbols: every exported symbol starts with ws_proxy_"
+# Every exported symbol carries the ws_proxy_ prefix: the defined global and
+# weak symbols of default or protected visibility (a hidden one, such as
+# gcc's __x86.get_pc_thunk.* in i386 PIC code, is not exported).
+# SYMBOLS_OBJ=build/hosts/i386/wsproxy-pic.o checks another build.
+SYMBOLS_OBJ ?= build/wsproxy.o
+check-symbols: $(SYMBOLS_OBJ)
+	@bad=$$(readelf -Ws $(SYMBOLS_OBJ) | awk '($$5 == "GLOBAL" || $$5 == "WEAK") && \
+	    ($$6 == "DEFAULT" || $$6 == "PROTECTED") && $$7 != "UND" {print $$8}' | \
+	    grep -v '^ws_proxy_' || true); \
+	if [ -n "$$bad" ]; then echo "unprefixed exported symbols in $(SYMBOLS_OBJ): $$bad"; exit 1; fi; \
+	echo "check-symbols: every symbol $(SYMBOLS_OBJ) exports starts with ws_proxy_"
 
 deps:
 	@bash test/deps.sh
@@ -187,3 +193,45 @@ build/mariadb-asan/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb
 	@mkdir -p $(@D)
 	$(CC) $(WARN) -g -O1 $(SAN) $(TLSFLAGS) $(PLUGIN_LINK) -o $@ \
 	    engines/mariadb/wsproxy_plugin.c wsproxy.c $(TLSLIBS) $(MARIADB_SERVICES)
+
+# ---- Hosts built and tested on every change (test/test_hosts.py; README
+# "Building").  Each row is a Debian cross toolchain (test/deps.sh installs
+# them): the unit tests and a static program, run natively or under
+# qemu-user.  A row's BearSSL is Debian's libbearssl-dev for that
+# architecture, unpacked by test/deps.sh under HOST_DEPS (never installed:
+# a foreign libbearssl.a in /usr/lib would be found by BEARSSL_LIB above).
+# musl has no BearSSL package, so that row builds without TLS unless
+# HOST_musl_BEARSSL names a libbearssl.a built with musl-gcc.
+HOSTS              := musl i386 s390x
+HOST_DEPS          ?= /opt/wsproxy-hosts
+HOST_musl_CC       ?= musl-gcc
+HOST_musl_BEARSSL  ?=
+HOST_i386_CC       ?= i686-linux-gnu-gcc
+HOST_i386_BEARSSL  ?= $(HOST_DEPS)/i386/usr/lib/i386-linux-gnu/libbearssl.a
+HOST_s390x_CC      ?= s390x-linux-gnu-gcc
+HOST_s390x_BEARSSL ?= $(HOST_DEPS)/s390x/usr/lib/s390x-linux-gnu/libbearssl.a
+HOST_CFLAGS        ?= -O2
+# A row's flags: TLS where it has a BearSSL (its headers beside the
+# library, as Debian lays them out), else WS_PROXY_NO_TLS.
+host_tls = $(if $(HOST_$(1)_BEARSSL),-I$(abspath $(dir $(HOST_$(1)_BEARSSL))../../include/bearssl),-DWS_PROXY_NO_TLS)
+host_cc  = $(HOST_$(1)_CC) $(WARN) $(HOST_CFLAGS) $(call host_tls,$(1)) -pthread
+
+.PHONY: hosts
+hosts: $(foreach h,$(HOSTS),build/hosts/$(h)/wsproxy build/hosts/$(h)/unit build/hosts/$(h)/wsproxy.o) \
+    build/hosts/i386/wsproxy-pic.o
+
+build/hosts/%/wsproxy.o: $(SRC)
+	@mkdir -p $(@D)
+	$(call host_cc,$*) -c -o $@ wsproxy.c
+
+build/hosts/%/wsproxy-pic.o: $(SRC)
+	@mkdir -p $(@D)
+	$(call host_cc,$*) -fPIC -c -o $@ wsproxy.c
+
+build/hosts/%/wsproxy: $(PROG) $(SRC)
+	@mkdir -p $(@D)
+	$(call host_cc,$*) -static -o $@ $(PROG) wsproxy.c $(HOST_$*_BEARSSL)
+
+build/hosts/%/unit: test/unit.c $(SRC)
+	@mkdir -p $(@D)
+	$(call host_cc,$*) -static -o $@ test/unit.c $(HOST_$*_BEARSSL)

@@ -33,20 +33,45 @@
  * This file is the library and nothing else: the standalone wsproxy
  * program (program/main.c) is a client of wsproxy.h, as every engine is.
  *
+ * Portability: C99 and POSIX.1-2008 sockets, poll() and pthreads.  Linux
+ * with glibc or musl, on any architecture (32-bit and big-endian included);
+ * the BSDs and macOS for the library (docs/hosts.md says what is tested
+ * where).  The next section asks each system for its extensions before the
+ * first system header; a unit that included one earlier (a unity build)
+ * gets fallbacks, or an #error naming the fix.
+ *
  * Compile-time options: WS_PROXY_NO_TLS builds without BearSSL; the
- * WS_PROXY_* tunables below may be overridden with -D.
+ * WS_PROXY_* tunables below may be overridden with -D, and one set below
+ * what the proxy needs stops the build with an #error naming the limit.
  */
 
 /* ==== Includes, tunables, portability =================================== */
 
-#if defined(__linux__) && !defined(_GNU_SOURCE)
+/* Feature-test macros: each system's switch for "POSIX.1-2008 and the
+ * system's own extensions".  A bare _POSIX_C_SOURCE would be wrong: the BSDs
+ * and macOS then hide everything outside POSIX (pipe2, initgroups,
+ * SO_NOSIGPIPE, TCP_KEEPINTVL), and FreeBSD cannot be told to show it again.
+ * A unit that included a system header before this file (a unity build) has
+ * already fixed what its headers declare: the checks after the includes
+ * adapt to that, or stop with the fix. */
+#if defined(__linux__)
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* accept4, pipe2 */
 #endif
-#if !defined(_GNU_SOURCE) && !defined(_DEFAULT_SOURCE)
-#define _DEFAULT_SOURCE
+#elif defined(__APPLE__)
+#ifndef _DARWIN_C_SOURCE
+#define _DARWIN_C_SOURCE /* SO_NOSIGPIPE, TCP_KEEPALIVE/KEEPINTVL/KEEPCNT */
 #endif
-#ifndef _POSIX_C_SOURCE
-#define _POSIX_C_SOURCE 200809L
+#elif defined(__NetBSD__)
+#ifndef _NETBSD_SOURCE
+#define _NETBSD_SOURCE
+#endif
+#elif defined(__OpenBSD__)
+#ifndef _BSD_SOURCE
+#define _BSD_SOURCE
+#endif
+#elif !defined(__FreeBSD__) && !defined(__DragonFly__) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L /* elsewhere: POSIX.1-2008 is what we need */
 #endif
 
 #include "wsproxy.h"
@@ -73,6 +98,31 @@
 
 #ifndef WS_PROXY_NO_TLS
 #include <bearssl.h>
+#endif
+
+#ifndef O_CLOEXEC
+#error "wsproxy.c: POSIX.1-2008 is not visible here (no O_CLOEXEC): a system header was included before wsproxy.c with no feature-test macro, as under -std=c99.  Define _GNU_SOURCE (Linux) or _POSIX_C_SOURCE=200809L before the first #include of this unit, or with -D."
+#endif
+
+/* accept4() and pipe2() make a descriptor close-on-exec and non-blocking at
+ * birth.  glibc declares them under _GNU_SOURCE only (__USE_GNU records what
+ * its headers saw first), musl under _GNU_SOURCE or _BSD_SOURCE (its
+ * default), the BSDs while their extensions are visible.  Where they are not
+ * declared, the flags follow the call at once (fd_nonblock). */
+#if defined(__GLIBC__) ? defined(__USE_GNU)                                  \
+                       : defined(__linux__) && (defined(_GNU_SOURCE) || defined(_BSD_SOURCE))
+#define HAVE_ACCEPT4 1
+#define HAVE_PIPE2 1
+#elif (defined(__FreeBSD__) || defined(__OpenBSD__) || defined(__DragonFly__)) &&      \
+    defined(__BSD_VISIBLE) && __BSD_VISIBLE
+#define HAVE_PIPE2 1
+#elif defined(__NetBSD__) && defined(_NETBSD_SOURCE)
+#define HAVE_PIPE2 1
+#endif
+
+/* macOS spells TCP_KEEPIDLE as TCP_KEEPALIVE (seconds, per socket too). */
+#if !defined(TCP_KEEPIDLE) && defined(TCP_KEEPALIVE)
+#define TCP_KEEPIDLE TCP_KEEPALIVE
 #endif
 
 /* Size of one data buffer: bounds what one connection holds in flight in
@@ -113,6 +163,14 @@
 /* Connections accepted per loop turn. */
 #ifndef WS_PROXY_ACCEPT_BUDGET
 #define WS_PROXY_ACCEPT_BUDGET 64
+#endif
+/* Connections the kernel may queue before accept (the kernel caps it at
+ * net.core.somaxconn on Linux, kern.ipc.somaxconn on the BSDs and macOS).
+ * Not SOMAXCONN: that is 4096 in glibc but 128 in musl, macOS and the BSDs,
+ * where a burst of connects (as after a same-port restart) saw SYNs
+ * dropped and a connect take over a second. */
+#ifndef WS_PROXY_LISTEN_BACKLOG
+#define WS_PROXY_LISTEN_BACKLOG 4096
 #endif
 /* Connections over max_connections accepted only to be answered 503;
  * beyond this the listening socket is not polled.  Answered refusals do
@@ -157,6 +215,38 @@
 #define WS_PROXY_TLS_CACHE_BYTES (100 * 1024)
 #endif
 
+/* The limits below which a tunable breaks the proxy rather than shrinks it. */
+#if WS_PROXY_MAX_HEADER < 1024
+#error "WS_PROXY_MAX_HEADER must be at least 1024: a browser's upgrade request alone is 500-1000 bytes"
+#endif
+#if WS_PROXY_BUF_SIZE <= WS_PROXY_MAX_HEADER
+#error "WS_PROXY_BUF_SIZE must exceed WS_PROXY_MAX_HEADER: a request is read into one buffer (lower WS_PROXY_MAX_HEADER too)"
+#endif
+#if WS_PROXY_MAX_HEADERS < 8
+#error "WS_PROXY_MAX_HEADERS must be at least 8: an upgrade request has 5 required headers and Origin"
+#endif
+#if WS_PROXY_FREE_BUFS < 0
+#error "WS_PROXY_FREE_BUFS must be at least 0 (0: every drained buffer goes back to malloc)"
+#endif
+#if WS_PROXY_TURN_BUDGET < 1 || WS_PROXY_ACCEPT_BUDGET < 1 || WS_PROXY_LISTEN_BACKLOG < 1
+#error "WS_PROXY_TURN_BUDGET, WS_PROXY_ACCEPT_BUDGET and WS_PROXY_LISTEN_BACKLOG must be at least 1"
+#endif
+#if WS_PROXY_SCAN_FIRST < 1 || WS_PROXY_HOT_MS < 1 || WS_PROXY_COLD_MS < 1
+#error "WS_PROXY_SCAN_FIRST, WS_PROXY_HOT_MS and WS_PROXY_COLD_MS must be at least 1"
+#endif
+#if WS_PROXY_KEEPALIVE_S != 0 && (WS_PROXY_KEEPALIVE_S < 2 || WS_PROXY_KEEPALIVE_S > 65535)
+#error "WS_PROXY_KEEPALIVE_S must be 0 (off) or 2 to 65535 (TCP_KEEPIDLE, half of it, stops at 32767)"
+#endif
+#if WS_PROXY_KEEPALIVE_S > 0 && !(defined(TCP_KEEPIDLE) && defined(TCP_KEEPINTVL) && defined(TCP_KEEPCNT))
+#error "wsproxy.c: no per-socket TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT here, so a vanished client would go unnoticed.  On the BSDs and macOS, do not define _POSIX_C_SOURCE for this file (it hides them); where the system has none (OpenBSD), build with -DWS_PROXY_KEEPALIVE_S=0 (then ping_interval_ms alone finds such a client)"
+#endif
+#if WS_PROXY_TLS_MAX_CHAIN < 1
+#error "WS_PROXY_TLS_MAX_CHAIN must be at least 1 (the leaf)"
+#endif
+#if WS_PROXY_TLS_CACHE_BYTES < 100
+#error "WS_PROXY_TLS_CACHE_BYTES must be at least 100 (one session)"
+#endif
+
 #define DEFAULT_MAX_CONNECTIONS 1024u
 #define DEFAULT_HANDSHAKE_MS 10000u
 #define DEFAULT_DRAIN_MS 5000u
@@ -196,6 +286,22 @@ static int err_set(char *err, size_t errlen, int code, const char *fmt, ...)
         va_end(ap);
     }
     return code;
+}
+
+/* errno's message in buf.  Not strerror(): POSIX lets it share one buffer
+ * between threads, and the loop thread and API callers (and the host's own
+ * threads) all report system errors.  strerror_r() comes in two kinds: the
+ * XSI one (POSIX; musl, the BSDs, macOS, glibc without _GNU_SOURCE) returns
+ * 0 and fills buf; glibc's GNU one returns the message, perhaps not in buf. */
+static const char *sys_err(int e, char *buf, size_t len)
+{
+#if defined(__GLIBC__) && defined(__USE_GNU)
+    return strerror_r(e, buf, len);
+#else
+    if (strerror_r(e, buf, len))
+        snprintf(buf, len, "error %d", e);
+    return buf;
+#endif
 }
 
 /* ==== Leaf code: SHA-1, base64, UTF-8 ==================================== */
@@ -1195,7 +1301,7 @@ struct cfg {
     unsigned max_conns, handshake_ms, drain_ms, send_ms;
     int log_level;
     struct tls_creds *creds;
-    char text[1];
+    char text[]; /* the strings of c, each NUL-terminated */
 };
 
 /* Connection state: see the section "Connections" for the rules. */
@@ -1336,12 +1442,16 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* CPU time of the calling thread, us: what a loop turn cost, sleep excluded. */
+/* CPU time of the calling thread, us: what a loop turn cost, sleep
+ * excluded; -1 where the system has no such clock (an optional POSIX one). */
 static int64_t thread_cpu_us(void)
 {
+#ifdef CLOCK_THREAD_CPUTIME_ID
     struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
+        return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+#endif
+    return -1;
 }
 
 static const char *log_level_name(int level)
@@ -1389,7 +1499,7 @@ static void plog(ws_proxy *p, int level, const struct conn *c,
 
 static int log_open(const struct cfg *cf, int *fd, char *err, size_t errlen)
 {
-    char path[4096];
+    char path[4096], eb[128];
     *fd = -1;
     if (!cf->c.log_dir || !*cf->c.log_dir)
         return 0;
@@ -1399,7 +1509,7 @@ static int log_open(const struct cfg *cf, int *fd, char *err, size_t errlen)
     *fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
     if (*fd < 0)
         return err_set(err, errlen, WS_PROXY_ELOG, "open(%s): %s", path,
-                       strerror(errno));
+                       sys_err(errno, eb, sizeof eb));
     return 0;
 }
 
@@ -1509,7 +1619,7 @@ static void sock_keepalive(int fd)
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
     if (!on)
         return;
-#if defined(TCP_KEEPIDLE) && defined(TCP_KEEPINTVL) && defined(TCP_KEEPCNT)
+#if WS_PROXY_KEEPALIVE_S > 0 /* the constants are there: see the tunable */
     {
         int idle = WS_PROXY_KEEPALIVE_S / 2, cnt = 6;
         int intvl = WS_PROXY_KEEPALIVE_S / 12 > 0 ? WS_PROXY_KEEPALIVE_S / 12 : 1;
@@ -1521,10 +1631,10 @@ static void sock_keepalive(int fd)
 }
 
 /* The loop's wake-up pipe, non-blocking and close-on-exec from birth
- * where pipe2() exists (Linux, the BSDs). */
+ * where pipe2() is declared (Linux, the BSDs). */
 static int wake_pipe(int fds[2])
 {
-#if defined(__linux__) || defined(__FreeBSD__) || defined(__NetBSD__) || defined(__OpenBSD__)
+#ifdef HAVE_PIPE2
     if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0)
         return 0;
     if (errno != ENOSYS)
@@ -1545,19 +1655,21 @@ static int listen_open(const char *host, int port, int *fd_out,
     union conn_addr a;
     socklen_t len;
     int fd, one = 1;
+    char eb[128];
     if (addr_parse(host, port, &a))
         return err_set(err, errlen, WS_PROXY_EINVAL,
                        "bind_address: not a numeric IPv4 or IPv6 address: %s", host);
     fd = sock_open(a.sa.sa_family);
     if (fd < 0)
-        return err_set(err, errlen, WS_PROXY_ESYS, "socket: %s", strerror(errno));
+        return err_set(err, errlen, WS_PROXY_ESYS, "socket: %s",
+                       sys_err(errno, eb, sizeof eb));
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, &a.sa, addr_len(&a)) || listen(fd, SOMAXCONN)) {
+    if (bind(fd, &a.sa, addr_len(&a)) || listen(fd, WS_PROXY_LISTEN_BACKLOG)) {
         int e = errno;
         close(fd);
         return err_set(err, errlen, WS_PROXY_EBIND,
                        a.sa.sa_family == AF_INET6 ? "bind([%s]:%d): %s" : "bind(%s:%d): %s",
-                       host, port > 0 ? port : 0, strerror(e));
+                       host, port > 0 ? port : 0, sys_err(e, eb, sizeof eb));
     }
     len = sizeof *bound;
     getsockname(fd, &bound->sa, &len);
@@ -1584,7 +1696,7 @@ static void buf_put(ws_proxy *p, uint8_t **bp)
     *bp = NULL;
     if (!b)
         return;
-    if (p->nfree >= WS_PROXY_FREE_BUFS) {
+    if (p->nfree + 1 > WS_PROXY_FREE_BUFS) { /* not >=: the tunable may be 0 */
         free(b);
         return;
     }
@@ -1711,18 +1823,20 @@ static int tls_read_file(const char *what, const char *path, struct bvec *v,
                          char *err, size_t errlen)
 {
     uint8_t chunk[4096];
+    char eb[128];
     ssize_t n;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     memset(v, 0, sizeof *v);
     if (fd < 0)
-        return err_set(err, errlen, WS_PROXY_ETLS, "%s %s: %s", what, path, strerror(errno));
+        return err_set(err, errlen, WS_PROXY_ETLS, "%s %s: %s", what, path,
+                       sys_err(errno, eb, sizeof eb));
     while ((n = read(fd, chunk, sizeof chunk)) > 0 && v->n < (1u << 20))
         bvec_add(v, chunk, (size_t)n);
     close(fd);
     if (n < 0 || v->oom || v->n >= (1u << 20)) {
         free(v->p);
         return err_set(err, errlen, WS_PROXY_ETLS, "%s %s: %s", what, path,
-                       n < 0 ? strerror(errno) : "unreadable or over 1 MiB");
+                       n < 0 ? sys_err(errno, eb, sizeof eb) : "unreadable or over 1 MiB");
     }
     bvec_add(v, "\n", 1);
     return 0;
@@ -1832,8 +1946,7 @@ static void tls_describe(struct tls_creds *cr, const br_x509_decoder_context *dc
     char cn[128] = "(no CN)", fp[96];
     uint8_t digest[32];
     br_sha256_context h;
-    struct tm tm;
-    time_t t;
+    int64_t z, y, era, doe, yoe, doy, mp;
     size_t i, k;
     for (i = 0; dn->p && i + 7 < dn->n; i++)
         if (!memcmp(dn->p + i, cn_oid, 5) && dn->p[i + 6] < 128 &&
@@ -1841,10 +1954,20 @@ static void tls_describe(struct tls_creds *cr, const br_x509_decoder_context *dc
             snprintf(cn, sizeof cn, "%.*s", (int)dn->p[i + 6], (const char *)dn->p + i + 7);
             break;
         }
-    /* notafter_days counts from 1 January of year 0; 1970 is day 719528. */
-    t = (time_t)(((int64_t)dc->notafter_days - 719528) * 86400 + dc->notafter_seconds);
-    gmtime_r(&t, &tm);
-    cr->days_left = (long)((t - time(NULL)) / 86400);
+    /* In 64 bits from BearSSL's day count, never through time_t: a 32-bit
+     * time_t (i386, armhf) ends in 2038.  notafter_days counts from
+     * 1 January of year 0 (1970-01-01 is day 719528); the civil date is
+     * Howard Hinnant's days_from_civil inverted, on eras of 400 years from
+     * 1 March of year 0 (day 60). */
+    z = (int64_t)dc->notafter_days - 60;
+    cr->days_left = (long)(((z + 60) * 86400 + dc->notafter_seconds -
+                            (719528 * (int64_t)86400 + (int64_t)time(NULL))) / 86400);
+    era = (z >= 0 ? z : z - 146096) / 146097;
+    doe = z - era * 146097;                                        /* [0, 146096] */
+    yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;  /* [0, 399] */
+    doy = doe - (365 * yoe + yoe / 4 - yoe / 100);                  /* [0, 365] */
+    mp = (5 * doy + 2) / 153;                                       /* March = 0 */
+    y = yoe + era * 400 + (mp >= 10);
     br_sha256_init(&h);
     br_sha256_update(&h, cr->chain[0].data, cr->chain[0].data_len);
     br_sha256_out(&h, digest);
@@ -1853,8 +1976,9 @@ static void tls_describe(struct tls_creds *cr, const br_x509_decoder_context *dc
     snprintf(cr->info, sizeof cr->info,
              "certificate CN=%s, %u in chain, expires %04d-%02d-%02d %02d:%02d:%02d UTC, "
              "SHA-256 %s",
-             cn, (unsigned)cr->chain_len, tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-             tm.tm_hour, tm.tm_min, tm.tm_sec, fp);
+             cn, (unsigned)cr->chain_len, (int)y, (int)(mp < 10 ? mp + 3 : mp - 9),
+             (int)(doy - (153 * mp + 2) / 5 + 1), (int)(dc->notafter_seconds / 3600),
+             (int)(dc->notafter_seconds / 60 % 60), (int)(dc->notafter_seconds % 60), fp);
 }
 
 static void tls_creds_free(struct tls_creds *cr)
@@ -2751,8 +2875,9 @@ static void conn_refuse_with(ws_proxy *p, struct conn *c, int status,
 static void conn_engine_down(ws_proxy *p, struct conn *c, const char *call, int e,
                              int64_t now)
 {
+    char eb[128];
     snprintf(p->why, sizeof p->why, "engine unavailable: %s(%s): %s", call,
-             c->cfg->c.socket_path, strerror(e));
+             c->cfg->c.socket_path, sys_err(e, eb, sizeof eb));
     conn_refuse_with(p, c, 502, "engine unavailable", p->why, now);
 }
 
@@ -3652,7 +3777,8 @@ static void loop_close_all(ws_proxy *p, uint16_t code)
  * ws_proxy_restart(); the proxy never restarts itself. */
 static void loop_fail(ws_proxy *p, const char *what)
 {
-    snprintf(p->reason, sizeof p->reason, "%s: %s", what, strerror(errno));
+    char eb[128];
+    snprintf(p->reason, sizeof p->reason, "%s: %s", what, sys_err(errno, eb, sizeof eb));
     plog(p, WS_PROXY_LOG_ERROR, NULL, "failed: %s; closing every connection",
          p->reason);
     loop_close_all(p, 1011);
@@ -3670,10 +3796,10 @@ static void loop_accept(ws_proxy *p, int64_t now)
         union conn_addr a;
         socklen_t len = sizeof a;
         struct conn *c;
-        char ip[INET6_ADDRSTRLEN];
+        char ip[INET6_ADDRSTRLEN], eb[128];
         uint32_t per_ip;
         int fd, one = 1;
-#if defined(__linux__)
+#ifdef HAVE_ACCEPT4
         fd = accept4(p->lfd, &a.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 #else
         fd = accept(p->lfd, &a.sa, &len);
@@ -3689,7 +3815,7 @@ static void loop_accept(ws_proxy *p, int64_t now)
                 if (!p->accept_warned_at || now - p->accept_warned_at >= 10000) {
                     plog(p, WS_PROXY_LOG_WARN, NULL,
                          "accept: %s; new connections wait (retrying every 100 ms)",
-                         strerror(errno));
+                         sys_err(errno, eb, sizeof eb));
                     p->accept_warned_at = now;
                 }
                 p->accept_pause_until = now + 100;
@@ -3704,7 +3830,8 @@ static void loop_accept(ws_proxy *p, int64_t now)
                 loop_fail(p, "accept");
                 return;
             }
-            plog(p, WS_PROXY_LOG_DEBUG, NULL, "accept: %s (skipped)", strerror(errno));
+            plog(p, WS_PROXY_LOG_DEBUG, NULL, "accept: %s (skipped)",
+                 sys_err(errno, eb, sizeof eb));
             continue;
         }
         if (p->nconns == p->capconns) {
@@ -4377,6 +4504,7 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
     struct cfg *cf;
     uint64_t serial;
     int fds[2];
+    char eb[128];
     if (err && errlen)
         err[0] = 0;
     if (cfg_new(config, &cf, err, errlen))
@@ -4394,7 +4522,7 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
         return NULL;
     }
     if (wake_pipe(fds)) {
-        err_set(err, errlen, WS_PROXY_ESYS, "pipe: %s", strerror(errno));
+        err_set(err, errlen, WS_PROXY_ESYS, "pipe: %s", sys_err(errno, eb, sizeof eb));
         proxy_free(p);
         return NULL;
     }
@@ -4445,9 +4573,9 @@ static void api_explain_overlap(ws_proxy *p, const struct cfg *cf, char *err, si
 {
     struct ws_proxy_status st;
     union conn_addr want, have;
-    char old[INET6_ADDRSTRLEN + 1];
+    char old[INET6_ADDRSTRLEN + 1], eb[128];
     size_t n;
-    if (!err || !errlen || !cf->port || !strstr(err, strerror(EADDRINUSE)) ||
+    if (!err || !errlen || !cf->port || !strstr(err, sys_err(EADDRINUSE, eb, sizeof eb)) ||
         api_call(p, CMD_STATUS, &st, NULL, 0) || st.state != WS_PROXY_RUNNING ||
         st.port != cf->port)
         return;

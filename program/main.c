@@ -29,14 +29,11 @@
  * (test/fuzz.c and test/config_dump.c include this file).
  */
 
+/* Linux needs _GNU_SOURCE for setresuid.  The BSDs and macOS show their
+ * extensions (initgroups) unless _POSIX_C_SOURCE asks for POSIX alone, so
+ * nothing is defined there (see wsproxy.c's feature-test macros). */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
-#define _GNU_SOURCE /* setresuid */
-#endif
-#if !defined(_GNU_SOURCE) && !defined(_DEFAULT_SOURCE)
-#define _DEFAULT_SOURCE
-#endif
-#ifndef _POSIX_C_SOURCE
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE
 #endif
 
 #include "../wsproxy.h"
@@ -64,8 +61,28 @@
 #include <time.h>
 #include <unistd.h>
 #ifdef __linux__
-#include <linux/capability.h>
 #include <sys/syscall.h>
+
+/* The kernel's capability ABI (linux/capability.h, which musl toolchains and
+ * Alpine without linux-headers do not have): capset(2) takes a header and,
+ * for version 3, two data words of which the first holds capabilities 0-31. */
+struct cli_cap_header {
+    uint32_t version;
+    int pid;
+};
+struct cli_cap_data {
+    uint32_t effective, permitted, inheritable;
+};
+#define CLI_CAP_VERSION_3 0x20080522u
+#define CLI_CAP_DAC_OVERRIDE 1
+#define CLI_CAP_DAC_READ_SEARCH 2
+#define CLI_CAP_NET_BIND_SERVICE 10
+
+#if defined(__GLIBC__) && !defined(__USE_GNU)
+/* A unity build whose first system header came before _GNU_SOURCE: glibc
+ * has setresuid() but declares it only under _GNU_SOURCE. */
+int setresuid(uid_t ruid, uid_t euid, uid_t suid);
+#endif
 #endif
 
 #define CLI_COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -899,15 +916,16 @@ static int cli_become(const struct cli *s, uid_t *uid, char *err, size_t errlen)
                        strerror(errno));
 #ifdef __linux__
     {
-        struct __user_cap_header_struct h;
-        struct __user_cap_data_struct d[2];
+        struct cli_cap_header h;
+        struct cli_cap_data d[2];
         if (setresuid(*uid, *uid, 0))
             return cli_err(err, errlen, 1, "setresuid(%ld): %s", (long)*uid, strerror(errno));
         memset(&h, 0, sizeof h);
         memset(d, 0, sizeof d);
-        h.version = _LINUX_CAPABILITY_VERSION_3;
-        d[0].permitted = d[0].effective = 1u << CAP_NET_BIND_SERVICE |
-                                          1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH;
+        h.version = CLI_CAP_VERSION_3;
+        d[0].permitted = d[0].effective = 1u << CLI_CAP_NET_BIND_SERVICE |
+                                          1u << CLI_CAP_DAC_OVERRIDE |
+                                          1u << CLI_CAP_DAC_READ_SEARCH;
         if (syscall(SYS_capset, &h, d))
             return cli_err(err, errlen, 1, "capset: %s", strerror(errno));
     }

@@ -22,6 +22,12 @@ DEMO_PKGS="gcc make libbearssl-dev mariadb-server mariadb-client openssl python3
 DEMO_PKGS="$DEMO_PKGS libmariadbd-dev libmariadb-dev"
 TEST_PKGS="clang libclang-rt-14-dev python3-websockets python3-pytest socat chromium
 mandoc man-db systemd logrotate prometheus"
+# The host rows of test/test_hosts.py: static musl, i386 and s390x (run under
+# qemu-user).  i386 uses the i686 cross compiler, not gcc-multilib, which
+# Debian 12 will not install beside gcc-s390x-linux-gnu.  The rows' BearSSL:
+# host_bearssl below.
+TEST_PKGS="$TEST_PKGS musl-tools gcc-i686-linux-gnu libc6-dev-i386-cross
+gcc-s390x-linux-gnu libc6-dev-s390x-cross qemu-user-static"
 case $SET in
     demo) PKGS=$DEMO_PKGS ;;
     test) PKGS="$DEMO_PKGS $TEST_PKGS" ;;
@@ -68,6 +74,40 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
     rm -f "$log"
     node_ok || { echo "deps.sh: node >= 18 and npm still not usable" >&2; exit 1; }
+fi
+
+# BearSSL for the i386 and s390x rows: Debian's libbearssl-dev of that
+# architecture, unpacked under /opt/wsproxy-hosts (the Makefile's HOST_DEPS),
+# never installed -- installed, its /usr/lib/TRIPLET/libbearssl.a could be
+# the one the native build's BEARSSL_LIB finds.  apt hears of the foreign
+# architecture for this download only (no dpkg --add-architecture, so the
+# machine's own apt runs are unchanged).
+host_bearssl() {
+    local arch=$1 triplet=$2 dir=/opt/wsproxy-hosts/$1 tmp
+    local opts=(-o APT::Architectures::="$(dpkg --print-architecture)" -o APT::Architectures::="$arch")
+    [ -f "$dir/usr/lib/$triplet/libbearssl.a" ] && return 0
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "deps.sh: missing $dir/usr/lib/$triplet/libbearssl.a: as root on Debian 12, run" \
+             "test/deps.sh (it unpacks libbearssl-dev:$arch there)" >&2
+        exit 1
+    fi
+    echo "deps.sh: unpacking libbearssl-dev:$arch into $dir"
+    # One foreign index that fails to download (a mirror mid-sync) is not
+    # fatal here: the download below says whether the package was found.
+    apt-get "${opts[@]}" update >/dev/null 2>&1 || true
+    tmp=$(mktemp -d /tmp/wsproxy-bearssl.XXXXXX)
+    chmod 755 "$tmp"  # apt downloads as _apt
+    if ! (cd "$tmp" && apt-get "${opts[@]}" download "libbearssl-dev:$arch" >/dev/null 2>&1); then
+        echo "deps.sh: apt-get download libbearssl-dev:$arch failed" >&2
+        exit 1
+    fi
+    mkdir -p "$dir"
+    dpkg-deb -x "$tmp"/libbearssl-dev_*_"$arch".deb "$dir"
+    rm -rf "$tmp"
+}
+if [ "$SET" = test ]; then
+    host_bearssl i386 i386-linux-gnu
+    host_bearssl s390x s390x-linux-gnu
 fi
 
 # Node modules for the JS client and browser tests. A stamp holding the hash of

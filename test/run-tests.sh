@@ -2,7 +2,8 @@
 # What `make test` runs (after test/deps.sh installed the peers): builds
 # every variant -- gcc with and without TLS, clang, ASan+UBSan -- then one
 # pytest session over the C unit tests and the integration tests, each
-# integration test against the plain and the ASan+UBSan binary.  pytest's
+# integration test against the plain and the ASan+UBSan binary.
+# test/test_hosts.py builds the host rows (make hosts) itself, to time them.  pytest's
 # summary line ends the output; any failure makes the exit status non-zero.
 # Debian's pytest and python3-websockets: /usr/bin/python3, never pyenv's.
 set -euo pipefail

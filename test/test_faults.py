@@ -7,15 +7,19 @@ ASan build refuses a preload ahead of its runtime):
   only a broken listener is fatal;
 - every descriptor is created close-on-exec atomically (socket() with
   SOCK_CLOEXEC, pipe2), so a host thread that forks cannot leak one;
-- a 502 body says "engine unavailable" and nothing of the server's insides.
+- a 502 body says "engine unavailable" and nothing of the server's insides;
+- without a thread CPU clock (CLOCK_THREAD_CPUTIME_ID failing), idle
+  connections are still served while one is busy (failed before 7cdfbaa,
+  which read the timespec the failed call left).
 
 Each failed on ed93cc1.  Run with /usr/bin/python3 (Debian's pytest)."""
 
 import os
+import time
 
 import pytest
 
-from conftest import ROOT, Bin, ProxySet, assert_complete, finish_or_fail, ws_request
+from conftest import OP_BIN, ROOT, Bin, ProxySet, assert_complete, finish_or_fail, ws_request
 
 SHIM = str(ROOT / "build" / "shim" / "fault.so")
 PLAIN = Bin("plain", str(ROOT / "build" / "wsproxy"), False)
@@ -60,3 +64,18 @@ def test_502_body_reveals_nothing(shimmed, tmp_path):
     assert_complete(resp, 502)
     assert resp.body == b"engine unavailable\n", resp.body
     p.wait_log("secret-engine-path.sock.*No such file")
+
+
+def test_cold_connections_served_without_a_thread_cpu_clock(shimmed, monkeypatch):
+    from test_loop import COLD, HOT_S, Busy, open_idle
+    monkeypatch.setenv("WSPROXY_SHIM_THREAD_CLOCK", "fail")
+    p = shimmed.start(engine="echo")
+    idle = open_idle(p, COLD)
+    busy = Busy(p.ws())
+    busy.start()
+    time.sleep(HOT_S + 0.5)   # the idle ones turn cold; the busy one stays hot
+    for i, c in enumerate(idle[::15]):
+        msg = b"wake %d" % i
+        c.send_frame(OP_BIN, msg)
+        assert c.recv_data(len(msg), timeout=p.t(2)) == msg
+    busy.finish()

@@ -789,7 +789,7 @@ static void test_restart_semantics(void)
     /* A port in use: the restart fails and nothing changes. */
     c.http_port = pb;
     EQ_INT(ws_proxy_restart(a, &c, err, sizeof err), WS_PROXY_EBIND);
-    CHECK(strstr(err, "Address already in use") != NULL);
+    CHECK(strstr(err, strerror(EADDRINUSE)) != NULL); /* each libc words it its own way */
     EQ_INT(port_of(a), pa);
     EQ_INT(ws_echo(ca, "after failed restart"), 0);
     blocker = ws_open(pa);
@@ -869,10 +869,11 @@ static void test_restart_same_port_other_address(void)
         c.http_port = port, c.bind_address = to;
         EQ_INT(ws_proxy_restart(p, &c, err, sizeof err), WS_PROXY_EBIND);
         snprintf(want, sizeof want,
-                 "%s%s%s:%d): Address already in use (by this proxy, on %s%s%s:%d: one port "
+                 "%s%s%s:%d): %s (by this proxy, on %s%s%s:%d: one port "
                  "cannot be held on two overlapping addresses; restart with no port first, "
                  "then with the new address)",
                  strchr(to, ':') ? "bind([" : "bind(", to, strchr(to, ':') ? "]" : "", port,
+                 strerror(EADDRINUSE),
                  strchr(from, ':') ? "[" : "", from, strchr(from, ':') ? "]" : "", port);
         EQ_STR(err, want);
         /* Nothing changed. */
@@ -1128,7 +1129,87 @@ static void test_tls_pem_blocks(void)
     snprintf(both, sizeof both, "%s%s", unit_key_pem, unit_cert_pem);
     EQ_INT(tls_parse_text(both, both, err, sizeof err), 0);
 }
+
+/* The expiry is computed in 64 bits from the certificate's day count: with
+ * a 32-bit time_t (i386, armhf) this certificate, valid until 2126, was
+ * logged as expiring in 1990 and UBSan saw days_left overflow. */
+static void test_tls_expiry_after_2038(void)
+{
+    struct bvec c, k;
+    struct tls_creds *cr = NULL;
+    char err[256];
+    /* 2126-11-09 06:58:40 UTC is day 57290 after 1970-01-01. */
+    int64_t left = (57290 * (int64_t)86400 + 6 * 3600 + 58 * 60 + 40 - (int64_t)time(NULL)) /
+                   86400;
+    memset(&c, 0, sizeof c), memset(&k, 0, sizeof k);
+    c.p = (uint8_t *)unit_cert_pem, c.n = strlen(unit_cert_pem);
+    k.p = (uint8_t *)unit_key_pem, k.n = strlen(unit_key_pem);
+    EQ_INT(tls_creds_parse(&c, &k, "c.pem", "k.pem", &cr, err, sizeof err), 0);
+    if (!cr)
+        return;
+    if (!strstr(cr->info, "expires 2126-11-09 06:58:40 UTC"))
+        FAIL("info: %s", cr->info);
+    CHECK(cr->days_left >= left - 1 && cr->days_left <= left);
+    tls_creds_free(cr);
+}
 #endif
+
+/* ---- The listen backlog ---- */
+
+/* A burst of connects that the loop has not accepted yet must all complete
+ * at once: the backlog is WS_PROXY_LISTEN_BACKLOG, not SOMAXCONN (128 in
+ * musl, macOS and the BSDs), beyond which the kernel drops SYNs and a
+ * client waits a second for its retransmit. */
+static void test_listen_backlog(void)
+{
+    enum { BURST = 300 };
+    static int fds[BURST];
+    struct pollfd pf[BURST];
+    union conn_addr bound;
+    char err[256];
+    int lfd = -1, want = BURST, i, done = 0, somaxconn = 0;
+    int64_t deadline;
+    FILE *f = fopen("/proc/sys/net/core/somaxconn", "r");
+    if (f) { /* the kernel's cap, below which no backlog helps */
+        if (fscanf(f, "%d", &somaxconn) != 1)
+            somaxconn = 0;
+        fclose(f);
+    }
+    if (somaxconn > 0 && somaxconn <= want)
+        want = somaxconn - 1;
+    EQ_INT(listen_open("127.0.0.1", WS_PROXY_PORT_ANY, &lfd, &bound, err, sizeof err), 0);
+    if (lfd < 0)
+        return;
+    for (i = 0; i < want; i++) {
+        fds[i] = sock_open(AF_INET);
+        CHECK(fds[i] >= 0);
+        if (fds[i] >= 0 && connect(fds[i], &bound.sa, addr_len(&bound)) && errno != EINPROGRESS)
+            FAIL("connect %d: %s", i, strerror(errno));
+        pf[i].fd = fds[i], pf[i].events = POLLOUT, pf[i].revents = 0;
+    }
+    /* Well under the 1 s of a first SYN retransmit. */
+    deadline = mono_ms() + 900;
+    while (done < want && mono_ms() < deadline) {
+        if (poll(pf, (nfds_t)want, 50) < 0 && errno != EINTR)
+            break;
+        for (i = 0; i < want; i++)
+            if (pf[i].fd >= 0 && pf[i].revents) {
+                int so = 0;
+                socklen_t len = sizeof so;
+                getsockopt(pf[i].fd, SOL_SOCKET, SO_ERROR, &so, &len);
+                if (so)
+                    FAIL("connect %d: %s", i, strerror(so));
+                pf[i].fd = -1, done++;
+            }
+    }
+    if (done < want)
+        FAIL("%d of %d connects done within 900 ms (the listen backlog is too short; "
+             "somaxconn %d)", done, want, somaxconn);
+    for (i = 0; i < want; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    close(lfd);
+}
 
 /* ---- ws_proxy_stop racing every other call ---- */
 
@@ -1275,8 +1356,10 @@ static const struct {
     {"metrics_cidr", test_metrics_cidr},
     {"metrics_exposition", test_metrics_exposition},
     {"stop_races_every_call", test_stop_races_every_call},
+    {"listen_backlog", test_listen_backlog},
 #ifndef WS_PROXY_NO_TLS
     {"tls_pem_blocks", test_tls_pem_blocks},
+    {"tls_expiry_after_2038", test_tls_expiry_after_2038},
 #endif
 };
 

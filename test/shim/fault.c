@@ -9,6 +9,10 @@
  *   every socket() without SOCK_CLOEXEC and every pipe() is reported on
  *       stderr ("shim: ..."), since a host thread that forks in between
  *       would leak the descriptor;
+ *   WSPROXY_SHIM_THREAD_CLOCK=fail   clock_gettime(CLOCK_THREAD_CPUTIME_ID)
+ *       fails with EINVAL, as where that optional POSIX clock is missing,
+ *       and leaves in the timespec what an unset one might hold (0 and
+ *       10^6 s in turn), so a caller that ignores the failure shows it;
  *   WSPROXY_SHIM_MPROTECT=EACCES WSPROXY_SHIM_MPROTECT_FROM=wsproxy.so
  *       mprotect() called from the object of that name fails with that
  *       errno, as under a policy that forbids it (test_mariadb_plugin.py).
@@ -23,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -108,6 +113,24 @@ int pipe(int fds[2])
 
 /* Whether the code at pc belongs to an object whose file name ends with
  * name. */
+int clock_gettime(clockid_t id, struct timespec *ts)
+{
+    static int (*real)(clockid_t, struct timespec *);
+    static int turn;
+    const char *v = getenv("WSPROXY_SHIM_THREAD_CLOCK");
+    if (id == CLOCK_THREAD_CPUTIME_ID && v && !strcmp(v, "fail")) {
+        pthread_mutex_lock(&mu);
+        ts->tv_sec = turn++ % 2 ? 1000000 : 0;
+        pthread_mutex_unlock(&mu);
+        ts->tv_nsec = 0;
+        errno = EINVAL;
+        return -1;
+    }
+    if (!real)
+        *(void **)&real = dlsym(RTLD_NEXT, "clock_gettime");
+    return real(id, ts);
+}
+
 static int called_from(const void *pc, const char *name)
 {
     Dl_info info;
