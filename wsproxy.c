@@ -3444,11 +3444,16 @@ static int64_t earlier(int64_t a, int64_t b)
     return a < b ? a : b;
 }
 
+static int64_t later(int64_t a, int64_t b)
+{
+    return a > b ? a : b;
+}
+
 /* The FIN grace (rule 4): from the FIN or from opening, whichever is
  * later, so the bytes before a FIN seen during the handshake get it too. */
 static int64_t conn_fin_deadline(const struct conn *c)
 {
-    return (c->t_fin > c->t_open ? c->t_fin : c->t_open) + WS_PROXY_FIN_GRACE_MS;
+    return later(c->t_fin, c->t_open) + WS_PROXY_FIN_GRACE_MS;
 }
 
 /* Looks at the client's progress: did it take bytes since the last look
@@ -3475,11 +3480,6 @@ static int conn_look(struct conn *c, int64_t now)
     if (clear)
         c->t_clear = now;
     return moved;
-}
-
-static int64_t later(int64_t a, int64_t b)
-{
-    return a > b ? a : b;
 }
 
 /* A Ping goes to a client silent for ping_interval_ms; with one out, the
