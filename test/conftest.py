@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import Engine
+from engine import Engine, refuse_path
 
 ROOT = Path(__file__).resolve().parent.parent
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -295,9 +295,10 @@ class ProxySet:
     """Starts proxies and engines; finish() stops them and reports problems.
     Usable from fixtures of any scope."""
 
-    def __init__(self, b, workdir):
+    def __init__(self, b, workdir, kind="unix"):
         self.bin = b
         self.workdir = workdir
+        self.kind = kind    # the engines': "unix", "tcp" or "tcp6"
         self.proxies = []
         self.engines = []
         self.sockdirs = []
@@ -309,9 +310,14 @@ class ProxySet:
         return d
 
     def engine(self, mode="echo", **kw):
+        kw.setdefault("kind", self.kind)
         e = Engine(self.sockdir(), mode=mode, **kw)
         self.engines.append(e)
         return e
+
+    def refused(self):
+        """An engine address of this set's kind where nothing listens."""
+        return refuse_path(self.sockdir(), self.kind)
 
     def start(self, *args, engine="echo", socket_path=None, port=None,
               log_dir=None, raw=False, wait=True, bind="127.0.0.1", root_args=True):
@@ -374,9 +380,23 @@ def finish_or_fail(ps):
         pytest.fail("\n".join(problems), pytrace=False)
 
 
+def pytest_generate_tests(metafunc):
+    """A test module that sets ENGINE_KINDS = KINDS (from engine.py) runs
+    each test that uses engine_kind (proxyset, proxy, engine) once per
+    kind of engine socket; elsewhere engines listen on Unix sockets."""
+    kinds = getattr(metafunc.module, "ENGINE_KINDS", None)
+    if kinds and "engine_kind" in metafunc.fixturenames:
+        metafunc.parametrize("engine_kind", kinds, scope="function")
+
+
 @pytest.fixture
-def proxyset(wsproxy_bin, tmp_path):
-    ps = ProxySet(wsproxy_bin, tmp_path)
+def engine_kind():
+    return "unix"
+
+
+@pytest.fixture
+def proxyset(wsproxy_bin, tmp_path, engine_kind):
+    ps = ProxySet(wsproxy_bin, tmp_path, engine_kind)
     yield ps
     finish_or_fail(ps)
 

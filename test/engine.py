@@ -1,4 +1,6 @@
-"""A stand-in for the database engine: a Unix-socket server run in threads.
+"""A stand-in for the database engine: a Unix-socket or TCP server run in
+threads (`kind` "unix", "tcp" on 127.0.0.1 or "tcp6" on ::1; `path` is the
+address as wsproxy's --socket spells it).
 
 Every connection the proxy opens is handled by its own thread (this is test
 code; the proxy itself is single-threaded).  The engine first strips a PROXY
@@ -18,8 +20,9 @@ then behaves according to its mode:
             (SO_LINGER 0): on a Unix socket this is what makes the proxy's next
             read fail with ECONNRESET, i.e. an engine error.
 
-`refuse` is not a mode of a running engine: use refuse_path() to get a socket
-path where nothing listens (the proxy must answer 502).
+`refuse` is not a mode of a running engine: use refuse_path() to get an
+address where nothing listens (the proxy must answer 502), and release() to
+free it for an Engine.
 
 Each connection is an EngineConn; tests wait on its events with bounded
 timeouts.  Nothing here waits without a bound except the per-connection
@@ -46,13 +49,46 @@ def source_data(n, seed=1234):
     return random.Random(seed).randbytes(n)
 
 
-def refuse_path(tmpdir):
-    """A socket path with no listener behind it (a stale socket file)."""
-    path = os.path.join(str(tmpdir), "refused.sock")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.bind(path)
-    s.close()  # the file stays, nothing listens: connect() -> ECONNREFUSED
+KINDS = ("unix", "tcp", "tcp6")
+_HOSTS = {"tcp": (socket.AF_INET, "127.0.0.1"), "tcp6": (socket.AF_INET6, "::1")}
+_held = {}  # refuse_path() address -> the bound socket that keeps it
+
+
+def bind(kind, tmpdir, name, address=None):
+    """A stream socket bound for `kind` and its --socket spelling: a Unix
+    path tmpdir/name, or an ephemeral loopback port (or `address` again)."""
+    if kind == "unix":
+        path = address or os.path.join(str(tmpdir), name)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(path)
+        return s, path
+    family, host = _HOSTS[kind]
+    port = int(address.rsplit(":", 1)[1]) if address else 0
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port))
+    port = s.getsockname()[1]
+    return s, ("%s:%d" if kind == "tcp" else "[%s]:%d") % (host, port)
+
+
+def refuse_path(tmpdir, kind="unix"):
+    """An address with no listener behind it: a stale socket file, or a TCP
+    port bound but not listening.  connect() -> ECONNREFUSED."""
+    s, path = bind(kind, tmpdir, "refused.sock")
+    if kind == "unix":
+        s.close()  # the file stays, nothing listens
+    else:
+        _held[path] = s  # the port stays taken, nothing listens
     return path
+
+
+def release(path):
+    """Frees a refuse_path() address so that an Engine can listen there."""
+    s = _held.pop(path, None)
+    if s:
+        s.close()
+    else:
+        os.unlink(path)
 
 
 class HeaderError(Exception):
@@ -286,7 +322,8 @@ class EngineConn:
 class Engine:
     def __init__(self, tmpdir, mode="echo", proxy="auto", source_bytes=0,
                  seed=1234, source_chunk=65536, eof_after=0, tail=b"",
-                 tail_delay=0.0, hold=0.0, gate=None, name="engine.sock"):
+                 tail_delay=0.0, hold=0.0, gate=None, name="engine.sock",
+                 kind="unix", address=None):
         assert mode in ("echo", "sink", "source", "eof-after", "reset"), mode
         self.mode = mode
         self.proxy = proxy
@@ -298,15 +335,14 @@ class Engine:
         self.tail_delay = tail_delay
         self.hold = hold
         self.gate = gate    # threading.Event: echo/sink read only while set
-        self.path = os.path.join(str(tmpdir), name)
+        self.kind = kind
         self.conns = []
         self.stopping = False
         self._stop_event = threading.Event()
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._threads = []
-        self._lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._lsock.bind(self.path)
+        self._lsock, self.path = bind(kind, tmpdir, name, address)
         self._lsock.listen(512)
         self._accept_thread = threading.Thread(target=self._accept_loop,
                                                daemon=True)
@@ -361,10 +397,11 @@ class Engine:
         for t in self._threads:
             t.join(5)
         self._accept_thread.join(5)
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        if self.kind == "unix":
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
     def errors(self):
         return [(c.index, c.error) for c in self.conns if c.error is not None]

@@ -3,7 +3,7 @@
 // the MySQL protocol (npm mysql2) runs over a WebSocket (npm ws) in binary frames.
 //
 //   node test/query.js [--url ws://127.0.0.1:8080/] [--user demo] [--password demo]
-//                      [--database demo] [--ca FILE] [--origin ORIGIN] [--json]
+//                      [--database demo] [--ca FILE] [--mysql-ca FILE] [--origin ORIGIN] [--json]
 //                      [--timeout MS] "SQL"
 //
 // Several statements in one call ("INSERT ...; SELECT ...") run in order, each
@@ -22,6 +22,9 @@ const USAGE = `usage: node test/query.js [options] "SQL"
   --password PW      password (default demo; --password "" for none)
   --database NAME    default database (default demo; --database "" for none)
   --ca FILE          PEM CA certificate(s) to trust for wss:// URLs
+  --mysql-ca FILE    also speak MySQL's own TLS, inside the WebSocket, to the
+                     server (its certificate checked against FILE): what
+                     accounts created REQUIRE SSL need
   --origin ORIGIN    Origin header to send (default: none)
   --json             print rows as JSON instead of a table
   --timeout MS       give up after MS milliseconds in all (default 30000)
@@ -36,10 +39,11 @@ function usage(msg) {
 function parseArgs(argv) {
   const o = {
     url: 'ws://127.0.0.1:8080/', user: 'demo', password: 'demo', database: 'demo',
-    ca: null, origin: null, json: false, timeout: 30000, sql: null,
+    ca: null, mysqlCa: null, origin: null, json: false, timeout: 30000, sql: null,
   };
   const withValue = { '--url': 'url', '--user': 'user', '--password': 'password',
-    '--database': 'database', '--ca': 'ca', '--origin': 'origin', '--timeout': 'timeout' };
+    '--database': 'database', '--ca': 'ca', '--mysql-ca': 'mysqlCa', '--origin': 'origin',
+    '--timeout': 'timeout' };
   for (let i = 0; i < argv.length; i++) {
     let a = argv[i];
     let v;
@@ -182,6 +186,9 @@ function main() {
     dateStrings: true,
     supportBigNumbers: true,
     bigNumberStrings: true,
+    // MySQL's TLS runs over the WebSocket stream itself (tls.connect on a
+    // Duplex): end to end between this client and the server
+    ssl: o.mysqlCa === null ? undefined : { ca: fs.readFileSync(o.mysqlCa) },
   });
   let done = false;
   const explain = (err) => {

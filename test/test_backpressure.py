@@ -12,6 +12,9 @@ import time
 from conftest import OP_BIN, frame
 from engine import source_data
 
+# Each test runs against a Unix and a TCP engine (conftest.pytest_generate_tests).
+ENGINE_KINDS = ("unix", "tcp")
+
 MIB = 1024 * 1024
 # Kernel buffers in the path (client and proxy TCP, engine Unix socket) plus
 # the proxy's own bounded buffers stay well under this.

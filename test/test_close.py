@@ -13,6 +13,9 @@ from conftest import (OP_BIN, OP_CLOSE, OP_PING, OP_PONG,
                       close_payload, frame, read_until_eof, ws_request)
 from engine import source_data
 
+# Each test runs against a Unix and a TCP engine (conftest.pytest_generate_tests).
+ENGINE_KINDS = ("unix", "tcp")
+
 
 # ---------------------------------------------------------------------------
 # close handshake

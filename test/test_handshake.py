@@ -10,7 +10,7 @@ import pytest
 from conftest import (SAMPLE_ACCEPT, SAMPLE_KEY, OP_BIN, OP_TEXT, WSClient,
                       accept_for, assert_complete, frame,
                       new_key, read_until_eof, Response, ws_request)
-from engine import Engine, refuse_path, source_data
+from engine import KINDS, release, source_data
 
 
 # ---------------------------------------------------------------------------
@@ -240,16 +240,15 @@ def test_engine_missing_502(proxy, proxyset):
     assert_complete(resp, 502)
 
 
+@pytest.mark.parametrize("engine_kind", KINDS)
 def test_engine_refusing_502_then_recovers(proxy, proxyset):
-    d = proxyset.sockdir()
-    path = refuse_path(d)
+    path = proxyset.refused()
     p = proxy(engine=None, socket_path=path)
     resp = p.http(ws_request())
     assert_complete(resp, 502)
-    # The engine comes up at the same path: the next client gets through.
-    os.unlink(path)
-    e = Engine(d, mode="echo", name="refused.sock")
-    proxyset.engines.append(e)
+    # The engine comes up at the same address: the next client gets through.
+    release(path)
+    e = proxyset.engine("echo", address=path)
     c = p.ws()
     c.echo(b"engine is back")
     c.close()
@@ -318,6 +317,7 @@ def test_request_one_byte_at_a_time(proxy):
     c.close()
 
 
+@pytest.mark.parametrize("engine_kind", KINDS)
 def test_frames_pipelined_behind_request(proxy, engine):
     e = engine("echo")
     p = proxy(engine=e)
@@ -335,6 +335,7 @@ def test_frames_pipelined_behind_request(proxy, engine):
     c.close()
 
 
+@pytest.mark.parametrize("engine_kind", KINDS)
 def test_engine_greeting_before_client_speaks(proxy, engine):
     e = engine("source", source_bytes=78, seed=7)
     p = proxy(engine=e)

@@ -4,7 +4,10 @@ the engine see the browser's address."""
 import re
 
 from conftest import OP_BIN, frame
-from engine import V2_SIG
+from engine import KINDS, V2_SIG
+
+# Each test runs against each kind of engine socket (conftest.pytest_generate_tests).
+ENGINE_KINDS = KINDS
 
 
 def test_default_is_v2_with_client_address(proxy, engine):
@@ -60,7 +63,8 @@ def test_v1_text_line(proxy, engine):
 
 def test_off_sends_nothing_and_warns(proxy, engine):
     e = engine("echo", proxy="off")   # records the raw stream
-    p = proxy("--proxy-protocol", "off", engine=e)
+    # the test engine's socket is this process's (root's, as wsproxy runs here)
+    p = proxy("--proxy-protocol", "off", "--allow-socket-owner", engine=e)
     c = p.ws()
     c.send(frame(OP_BIN, b"PROXY-less first bytes"))
     assert c.recv_data(22) == b"PROXY-less first bytes"

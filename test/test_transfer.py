@@ -9,7 +9,10 @@ import random
 import websockets
 
 from conftest import raise_nofile
-from engine import source_data
+from engine import KINDS, source_data
+
+# Each test runs against each kind of engine socket (conftest.pytest_generate_tests).
+ENGINE_KINDS = KINDS
 
 MIB = 1024 * 1024
 TOTAL = 16 * MIB

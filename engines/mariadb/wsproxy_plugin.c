@@ -2,46 +2,48 @@
  * wsproxy_plugin.c - wsproxy as a MariaDB daemon plugin.
  *
  * The plugin runs one ws_proxy (../../wsproxy.c, compiled in unchanged) in
- * front of the server's own Unix socket.  Its configuration is the plugin's
+ * front of the server's own TCP listener.  Its configuration is the plugin's
  * system variables (wsproxy_http_port, wsproxy_https_port, ...); it starts
  * at plugin init and is restarted by SET GLOBAL wsproxy_restart = ON, which
  * either fails with an SQL error (the proxy goes on exactly as before) or
  * leaves the proxy listening where the variables say.  Its real state is in
  * SHOW GLOBAL STATUS LIKE 'wsproxy%'.  See README.md next to this file.
  *
- * Identity.  Inside the server the relay is mariadbd itself, so on the
- * server's Unix socket every WebSocket would carry the server's own peer
- * credentials, and unix_socket authentication (Debian: root@localhost and
- * mysql@localhost) would let any browser in as that account.  The plugin
- * wraps the server's getsockopt so that a peer which is mariadbd itself
- * has no user name (see "The relay's identity").  The PROXY v2 header is
- * always on (MariaDB needs proxy_protocol_networks to include localhost),
- * and a server running with skip-grant-tables is refused.
+ * Engine.  The proxy relays to the server's own TCP listener on loopback
+ * (port, bind_address) with a PROXY v2 header, so MariaDB sees each
+ * client's address and its TCP connection: the account is matched by the
+ * client's address, and no peer-credential authentication (unix_socket or
+ * any other) can apply to a TCP connection.  proxy_protocol_networks must
+ * cover the relay's loopback address.  A server with skip_networking, or
+ * whose listener is not on loopback, is not served (FAILED, with the
+ * setting to change), nor is one with skip_grant_tables.  Nothing of the
+ * server is patched: its settings are read through exported variables.
  *
- * Shutdown.  The proxy is stopped (Close 1001) when the server starts
- * ending its sessions, not after (see "Shutdown").
+ * Shutdown.  The core's going_away flag is the server's abort_loop: when
+ * the server ends its sessions at shutdown, each relayed WebSocket gets
+ * Close 1001; deinit stops the proxy (1001 to the rest).
  *
  * Locking.  g_mu serialises every call on the proxy handle (start, restart,
  * status, stop), so ws_proxy_stop() never races another call.  g_cfg_mu
  * guards the string variables: their update callbacks (run by the server
  * under LOCK_global_system_variables) swap the pointer under it, and the
- * restart's check callback (run without that lock) copies them under it.
+ * restart (wsproxy_restart's update, also under that lock, or plugin init)
+ * copies them under it.  The order is always LOCK_global_system_variables,
+ * g_mu, g_cfg_mu; SHOW STATUS takes g_mu alone.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <dlfcn.h>
 #include <errno.h>
-#include <link.h>
-#include <poll.h>
+#include <fcntl.h>
 #include <pthread.h>
-#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/types.h>
-#include <sys/un.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <mysql/plugin.h>
@@ -79,51 +81,158 @@ static const char *srv_str_array(const char *name)
     return p ? p : "";
 }
 
-/* plugin_is_ready(const LEX_CSTRING *, int) of sql_plugin.cc (C++). */
-typedef char (*plugin_is_ready_fn)(const MYSQL_CONST_LEX_STRING *, int);
-
-/* Whether the server has finished starting: before that, other plugins
- * (unix_socket among them) may not be ready yet. */
+/* Whether the server has finished starting. */
 static int srv_started(void)
 {
     const int *p = dlsym(RTLD_DEFAULT, "mysqld_server_started");
     return p && *p;
 }
 
-static int srv_unix_socket_auth_active(void)
+static int srv_flag(const char *name)
 {
-    MYSQL_CONST_LEX_STRING name = {"unix_socket", 11};
-    plugin_is_ready_fn f = (plugin_is_ready_fn)(uintptr_t)dlsym(
-        RTLD_DEFAULT, "_Z15plugin_is_readyPK25st_mysql_const_lex_stringi");
-    return f ? f(&name, MYSQL_AUTHENTICATION_PLUGIN) != 0 : 1;
+    const char *p = dlsym(RTLD_DEFAULT, name); /* a C++ bool */
+    return p && *p;
 }
 
-/* Whether the server takes a PROXY header from a client on its Unix socket:
- * "localhost" (or "*") in proxy_protocol_networks.  Once the server has
- * parsed the setting, its own is_proxy_protocol_allowed() (C++) answers;
- * at plugin init it has not yet, and the setting's text is read instead. */
+/* The next item of a list separated by commas or spaces, into item;
+ * returns the rest, or NULL at the end. */
+static const char *list_next(const char *s, char *item, size_t size)
+{
+    size_t n;
+    s += strspn(s, ", \t");
+    if (!*s)
+        return NULL;
+    n = strcspn(s, ", \t");
+    str_copy(item, n < size ? n + 1 : size, s);
+    return s + n;
+}
+
+/* Where the relay reaches the server's TCP listener on loopback, as
+ * ws_proxy_config.socket_path spells it ("127.0.0.1:3306", "[::1]:3306"),
+ * and the relay's own address (what proxy_protocol_networks must cover).
+ * 0, or -1 with the reason naming the setting to change. */
+static int srv_engine_address(char *dst, size_t size, char *relay, size_t rsize,
+                              char *err, size_t errlen)
+{
+    const unsigned *port = dlsym(RTLD_DEFAULT, "mysqld_port");
+    const char *bind = srv_str_ptr("my_bind_addr_str"), *s = bind;
+    char item[64];
+    if (srv_flag("opt_disable_networking")) {
+        snprintf(err, errlen, "the server runs with skip_networking, and the plugin relays "
+                 "over the server's TCP listener on loopback: remove skip-networking "
+                 "(keep bind_address = 127.0.0.1 to listen on loopback only)");
+        return -1;
+    }
+    if (!port || !*port) {
+        snprintf(err, errlen, "the server has no TCP port (port = 0): set port");
+        return -1;
+    }
+    if (!*bind)
+        bind = s = "*";
+    while ((s = list_next(s, item, sizeof item)) != NULL) {
+        const char *a = !strcmp(item, "::1") ? "::1" : strncmp(item, "127.", 4) ? NULL : item;
+        struct in_addr v4;
+        if (!strcmp(item, "*") || !strcmp(item, "0.0.0.0") || !strcmp(item, "::") ||
+            !strcasecmp(item, "localhost"))
+            a = "127.0.0.1";
+        if (a && strchr(a, ':'))
+            snprintf(dst, size, "[%s]:%u", a, *port);
+        else if (a && inet_pton(AF_INET, a, &v4) == 1)
+            snprintf(dst, size, "%s:%u", a, *port);
+        else
+            continue;
+        str_copy(relay, rsize, a);
+        return 0;
+    }
+    snprintf(err, errlen, "the server's listener is not reachable on loopback "
+             "(bind_address = %s): add 127.0.0.1 to bind_address "
+             "(e.g. bind_address = 127.0.0.1,%s)", bind, bind);
+    return -1;
+}
+
+/* The server's own bind_address as one numeric address for the proxy
+ * (wsproxy_bind_address's default): "0.0.0.0" for every address, the
+ * first numeric item of a list, "127.0.0.1" for localhost or a name. */
+static const char *srv_bind_default(void)
+{
+    static char buf[64];
+    const char *s = srv_str_ptr("my_bind_addr_str");
+    char item[64];
+    uint8_t a[16];
+    if (!*s || !strcmp(s, "*"))
+        return "0.0.0.0";
+    while ((s = list_next(s, item, sizeof item)) != NULL)
+        if (inet_pton(AF_INET, item, a) == 1 || inet_pton(AF_INET6, item, a) == 1) {
+            str_copy(buf, sizeof buf, item);
+            return buf;
+        }
+    return "127.0.0.1";
+}
+
+/* Whether proxy_protocol_networks covers the relay's address (numeric
+ * IPv4 or IPv6).  Once the server runs, its own is_proxy_protocol_allowed()
+ * (C++, thread-safe) answers; while it starts, the setting's text is read
+ * ("*", or addresses with optional /bits; "localhost" is the Unix socket). */
 typedef char (*pp_allowed_fn)(const struct sockaddr *);
 
-static int srv_proxy_header_allowed(void)
+static int srv_proxy_header_allowed(const char *relay)
 {
-    struct sockaddr_un un;
-    const size_t *count = dlsym(RTLD_DEFAULT, "proxy_protocol_subnet_count");
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in v4;
+        struct sockaddr_in6 v6;
+    } u;
+    int v6 = strchr(relay, ':') != NULL, len = v6 ? 16 : 4;
+    const uint8_t *want = v6 ? (const uint8_t *)&u.v6.sin6_addr : (const uint8_t *)&u.v4.sin_addr;
     pp_allowed_fn f = (pp_allowed_fn)(uintptr_t)dlsym(
         RTLD_DEFAULT, "_Z25is_proxy_protocol_allowedPK8sockaddr");
-    const char *s, *e;
-    if (f && count && *count) {
-        memset(&un, 0, sizeof un);
-        un.sun_family = AF_UNIX;
-        return f((const struct sockaddr *)&un) != 0;
-    }
-    s = srv_str_ptr("my_proxy_protocol_networks");
-    if (!strcmp(s, "*"))
-        return 1;
-    for (; *s; s = e) {
-        s += strspn(s, ", ");
-        e = s + strcspn(s, ", ");
-        if (e - s == 9 && !strncmp(s, "localhost", 9))
+    const char *s = srv_str_ptr("my_proxy_protocol_networks");
+    char item[64];
+    memset(&u, 0, sizeof u);
+    u.sa.sa_family = v6 ? AF_INET6 : AF_INET;
+    if (inet_pton(u.sa.sa_family, relay, (void *)want) != 1)
+        return 0;
+    if (f && srv_started())
+        return f(&u.sa) != 0;
+    while ((s = list_next(s, item, sizeof item)) != NULL) {
+        char *slash = strchr(item, '/');
+        uint8_t net[16];
+        int bits = slash ? atoi(slash + 1) : len * 8, i;
+        if (!strcmp(item, "*"))
             return 1;
+        if (slash)
+            *slash = 0;
+        if (inet_pton(u.sa.sa_family, item, net) != 1 || bits < 0 || bits > len * 8)
+            continue;
+        for (i = 0; i < len && bits > 0; i++, bits -= 8) {
+            uint8_t m = (uint8_t)(bits >= 8 ? 0xFF : 0xFF << (8 - bits));
+            if ((net[i] & m) != (want[i] & m))
+                break;
+        }
+        if (i == len || bits <= 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* ==== Checks ============================================================= */
+
+/* Whether relayed logins can work, and are the clients' own: 0, or -1 with
+ * the reason naming the setting to change. */
+static int relay_check(const char *relay, char *err, size_t errlen)
+{
+    if (srv_flag("opt_noacl")) {
+        snprintf(err, errlen, "the server runs with skip_grant_tables: every WebSocket "
+                 "client would get in without a password; start it without "
+                 "skip-grant-tables");
+        return -1;
+    }
+    if (!srv_proxy_header_allowed(relay)) {
+        snprintf(err, errlen, "the server does not accept the PROXY header from the "
+                 "relay's address %s: add it to proxy_protocol_networks "
+                 "(e.g. proxy_protocol_networks = %s)", relay,
+                 strchr(relay, ':') ? "::1/128" : "127.0.0.1/32");
+        return -1;
     }
     return 0;
 }
@@ -140,6 +249,9 @@ static unsigned long long opt_max_message;
 static unsigned opt_handshake_timeout_ms, opt_idle_timeout_ms, opt_ping_interval_ms,
     opt_drain_timeout_ms;
 static my_bool opt_restart;
+static unsigned long opt_serve_on; /* 0 always, 1 primary */
+static unsigned long long opt_log_size_limit;
+static unsigned opt_log_rotations;
 
 /* MariaDB's update of a PLUGIN_VAR_MEMALLOC string copies the new value
  * with the server's allocator and frees the old one; this does the same
@@ -147,26 +259,55 @@ static my_bool opt_restart;
 typedef char *(*my_strdup_fn)(unsigned key, const char *from, unsigned long flags);
 typedef void (*my_free_fn)(void *ptr);
 
-static void str_update(MYSQL_THD thd, struct st_mysql_sys_var *var, void *var_ptr,
-                       const void *save)
+static void str_set(char **var, const char *value)
 {
     my_strdup_fn dup = (my_strdup_fn)(uintptr_t)dlsym(RTLD_DEFAULT, "my_strdup");
     my_free_fn fre = (my_free_fn)(uintptr_t)dlsym(RTLD_DEFAULT, "my_free");
-    const char *value = *(char *const *)save;
     char *old, *copy = NULL;
-    (void)thd;
-    (void)var;
     if (!dup || !fre || (value && !(copy = dup(0, value, 0))))
         return; /* keeps the old value */
     pthread_mutex_lock(&g_cfg_mu);
-    old = *(char **)var_ptr;
-    *(char **)var_ptr = copy;
+    old = *var;
+    *var = copy;
     pthread_mutex_unlock(&g_cfg_mu);
     fre(old);
 }
 
+static void str_update(MYSQL_THD thd, struct st_mysql_sys_var *var, void *var_ptr,
+                       const void *save)
+{
+    (void)thd;
+    (void)var;
+    str_set(var_ptr, *(char *const *)save);
+}
+
 static int restart_check(MYSQL_THD thd, struct st_mysql_sys_var *var, void *save,
                          struct st_mysql_value *value);
+
+/* SET GLOBAL wsproxy_bind_address = NULL, '' or DEFAULT: the server's own
+ * bind_address, which the variable then reads back. */
+static int bind_check(MYSQL_THD thd, struct st_mysql_sys_var *var, void *save,
+                      struct st_mysql_value *value)
+{
+    char buf[64];
+    int len = sizeof buf;
+    const char *v = value->val_str(value, buf, &len);
+    (void)var;
+    if (!v || !*v)
+        v = srv_bind_default(), len = (int)strlen(v);
+    *(const char **)save = thd_strmake(thd, v, (size_t)len);
+    return 0;
+}
+
+/* SET GLOBAL wsproxy_bind_address = DEFAULT skips the check: the same. */
+static void bind_update(MYSQL_THD thd, struct st_mysql_sys_var *var, void *var_ptr,
+                        const void *save)
+{
+    const char *v = *(char *const *)save;
+    (void)thd;
+    (void)var;
+    str_set(var_ptr, v && *v ? v : srv_bind_default());
+}
 static void restart_update(MYSQL_THD thd, struct st_mysql_sys_var *var, void *var_ptr,
                            const void *save);
 
@@ -179,7 +320,8 @@ static MYSQL_SYSVAR_INT(https_port, opt_https_port, PLUGIN_VAR_RQCMDARG,
     "TCP port for wss:// (0 = not set); at most one of http_port and "
     "https_port may be set", NULL, NULL, 0, 0, 65535, 0);
 static MYSQL_SYSVAR_STR(bind_address, opt_bind_address, STR_FLAGS,
-    "Numeric IPv4 or IPv6 address to listen on", NULL, str_update, "0.0.0.0");
+    "Numeric IPv4 or IPv6 address to listen on; default (or NULL, '') = the "
+    "server's bind_address", bind_check, bind_update, NULL);
 static MYSQL_SYSVAR_STR(ssl_cert, opt_ssl_cert, STR_FLAGS,
     "PEM certificate chain for wss://; empty = the server's ssl_cert",
     NULL, str_update, "");
@@ -191,6 +333,19 @@ static MYSQL_SYSVAR_STR(allowed_origins, opt_allowed_origins, STR_FLAGS,
 static MYSQL_SYSVAR_STR(log_dir, opt_log_dir, STR_FLAGS,
     "Directory of websocket_proxy.log; empty = the directory of the server's "
     "error log, else the data directory", NULL, str_update, "");
+static const char *serve_on_names[] = {"always", "primary", NULL};
+static TYPELIB serve_on_typelib = {2, "", serve_on_names, NULL};
+static MYSQL_SYSVAR_ENUM(serve_on, opt_serve_on, PLUGIN_VAR_RQCMDARG,
+    "always: serve whenever a port is set; primary: only while read_only is "
+    "OFF (a replica's proxy is DORMANT, with no listening socket, and serves "
+    "once promoted, without a restart)", NULL, NULL, 0, &serve_on_typelib);
+static MYSQL_SYSVAR_ULONGLONG(log_size_limit, opt_log_size_limit, PLUGIN_VAR_RQCMDARG,
+    "websocket_proxy.log is rotated when it reaches this size, bytes (as "
+    "server_audit_file_rotate_size); read at start and restart", NULL, NULL,
+    1000000, 100, ~0ULL, 0);
+static MYSQL_SYSVAR_UINT(log_rotations, opt_log_rotations, PLUGIN_VAR_RQCMDARG,
+    "Rotated websocket_proxy.log files kept (.1 ... .N), 1..999", NULL, NULL,
+    9, 1, 999, 0);
 static MYSQL_SYSVAR_UINT(max_connections, opt_max_connections, PLUGIN_VAR_RQCMDARG,
     "Open WebSocket connections at most", NULL, NULL, 1024, 1, WS_PROXY_MAX_CONNECTIONS_LIMIT, 0);
 static MYSQL_SYSVAR_UINT(max_connections_per_ip, opt_max_connections_per_ip,
@@ -218,7 +373,8 @@ static MYSQL_SYSVAR_BOOL(restart, opt_restart, PLUGIN_VAR_OPCMDARG | PLUGIN_VAR_
 static struct st_mysql_sys_var *wsproxy_sysvars[] = {
     MYSQL_SYSVAR(http_port), MYSQL_SYSVAR(https_port), MYSQL_SYSVAR(bind_address),
     MYSQL_SYSVAR(ssl_cert), MYSQL_SYSVAR(ssl_key), MYSQL_SYSVAR(allowed_origins),
-    MYSQL_SYSVAR(log_dir), MYSQL_SYSVAR(max_connections),
+    MYSQL_SYSVAR(log_dir), MYSQL_SYSVAR(log_size_limit), MYSQL_SYSVAR(log_rotations),
+    MYSQL_SYSVAR(max_connections), MYSQL_SYSVAR(serve_on),
     MYSQL_SYSVAR(max_connections_per_ip), MYSQL_SYSVAR(max_message),
     MYSQL_SYSVAR(handshake_timeout_ms), MYSQL_SYSVAR(idle_timeout_ms),
     MYSQL_SYSVAR(ping_interval_ms), MYSQL_SYSVAR(drain_timeout_ms),
@@ -230,7 +386,7 @@ static struct st_mysql_sys_var *wsproxy_sysvars[] = {
 struct plugin_cfg {
     struct ws_proxy_config c;
     char bind[64], cert[PLUGIN_PATHLEN], key[PLUGIN_PATHLEN], log_dir[PLUGIN_PATHLEN],
-        origins[4096], sock[PLUGIN_PATHLEN];
+        origins[4096], engine[80], relay[64];
 };
 
 static int copy_str(char *dst, size_t size, const char *src, const char *what,
@@ -280,7 +436,8 @@ static int cfg_build(struct plugin_cfg *pc, char *err, size_t errlen)
     cert = opt_ssl_cert && *opt_ssl_cert ? opt_ssl_cert : srv_str_ptr("opt_ssl_cert");
     key = opt_ssl_key && *opt_ssl_key ? opt_ssl_key : srv_str_ptr("opt_ssl_key");
     rc = copy_str(pc->bind, sizeof pc->bind, opt_bind_address && *opt_bind_address
-                  ? opt_bind_address : "0.0.0.0", "wsproxy_bind_address", err, errlen) ||
+                  ? opt_bind_address : srv_bind_default(), "wsproxy_bind_address",
+                  err, errlen) ||
          copy_str(pc->cert, sizeof pc->cert, cert, "ssl_cert", err, errlen) ||
          copy_str(pc->key, sizeof pc->key, key, "ssl_key", err, errlen) ||
          copy_str(pc->origins, sizeof pc->origins, opt_allowed_origins,
@@ -292,8 +449,8 @@ static int cfg_build(struct plugin_cfg *pc, char *err, size_t errlen)
         return -1;
     if (!pc->log_dir[0] && default_log_dir(pc->log_dir, sizeof pc->log_dir, err, errlen))
         return -1;
-    if (copy_str(pc->sock, sizeof pc->sock, srv_str_ptr("mysqld_unix_port"),
-                 "the server's socket path", err, errlen))
+    if (srv_engine_address(pc->engine, sizeof pc->engine, pc->relay, sizeof pc->relay,
+                           err, errlen) || relay_check(pc->relay, err, errlen))
         return -1;
     if (opt_http_port && opt_https_port) {
         snprintf(err, errlen, "http_port and https_port are mutually exclusive "
@@ -306,18 +463,14 @@ static int cfg_build(struct plugin_cfg *pc, char *err, size_t errlen)
                  "server's ssl_cert and ssl_key (or wsproxy_ssl_cert and wsproxy_ssl_key)");
         return -1;
     }
-    if (!pc->sock[0]) {
-        snprintf(err, errlen, "the server has no Unix socket (socket is not set)");
-        return -1;
-    }
     pc->c.http_port = opt_http_port;
     pc->c.https_port = opt_https_port;
     pc->c.bind_address = pc->bind;
-    pc->c.socket_path = pc->sock;
+    pc->c.socket_path = pc->engine;
+    pc->c.going_away = (const volatile unsigned char *)dlsym(RTLD_DEFAULT, "abort_loop");
     pc->c.cert_file = opt_https_port ? pc->cert : NULL;
     pc->c.key_file = opt_https_port ? pc->key : NULL;
-    pc->c.log_dir = pc->log_dir;
-    pc->c.log_fn = log_to_server;
+    pc->c.log_fn = log_to_server; /* and to websocket_proxy.log: see "Logging" */
     pc->c.allowed_origins = pc->origins;
     pc->c.max_connections = opt_max_connections;
     pc->c.max_connections_per_ip = opt_max_connections_per_ip;
@@ -326,15 +479,95 @@ static int cfg_build(struct plugin_cfg *pc, char *err, size_t errlen)
     pc->c.idle_timeout_ms = opt_idle_timeout_ms;
     pc->c.ping_interval_ms = opt_ping_interval_ms;
     pc->c.drain_timeout_ms = opt_drain_timeout_ms;
-    pc->c.proxy_protocol = WS_PROXY_PP_V2; /* always: see "Identity" above */
+    pc->c.proxy_protocol = WS_PROXY_PP_V2; /* always: see "Engine" above */
     return 0;
 }
 
-/* ==== Logging ============================================================= */
+/* ==== Logging =============================================================
+ * websocket_proxy.log is rotated by size, as server_audit rotates its log
+ * (server_audit_file_rotate_size, _file_rotations): a line that finds the
+ * file at wsproxy_log_size_limit or over first renames it .1 (.1 to .2,
+ * ...; the last, .N with N = wsproxy_log_rotations, is replaced), so it never
+ * grows without bound.  Done here rather than by the server's logger
+ * service, which needs a thread the server knows, and the lines come from
+ * the proxy's own.  The core gets no log_dir: every line comes here, with
+ * the time and level the core would have written.  g_log is replaced only by
+ * a start or restart that succeeds, under g_log_mu. */
+
+struct log_file {
+    int fd;
+    unsigned rotations;
+    unsigned long long limit;
+    char path[PLUGIN_PATHLEN + 32];
+};
+
+static pthread_mutex_t g_log_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct log_file *g_log;
+
+static struct log_file *log_open(const char *dir, char *err, size_t errlen)
+{
+    struct log_file *l = calloc(1, sizeof *l);
+    if (!l) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    snprintf(l->path, sizeof l->path, "%s/websocket_proxy.log", dir);
+    l->limit = opt_log_size_limit;
+    l->rotations = opt_log_rotations;
+    if ((l->fd = open(l->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640)) < 0) {
+        snprintf(err, errlen, "open(%.400s): %s", l->path, strerror(errno));
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+static void log_close(struct log_file *l)
+{
+    if (l) {
+        close(l->fd);
+        free(l);
+    }
+}
+
+/* Caller holds g_log_mu. */
+static void log_rotate(struct log_file *l)
+{
+    char from[sizeof l->path + 16], to[sizeof l->path + 16];
+    unsigned i;
+    int fd;
+    for (i = l->rotations; i > 1; i--) {
+        snprintf(from, sizeof from, "%s.%u", l->path, i - 1);
+        snprintf(to, sizeof to, "%s.%u", l->path, i);
+        rename(from, to);
+    }
+    snprintf(to, sizeof to, "%s.1", l->path);
+    if (rename(l->path, to) == 0 &&
+        (fd = open(l->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640)) >= 0) {
+        close(l->fd);
+        l->fd = fd;
+    }
+}
 
 static void log_to_server(void *user, int level, const char *line)
 {
+    static const char *const names[] = {"", "ERROR", "WARN", "INFO", "DEBUG"};
+    struct timespec ts;
+    struct tm tm;
+    char stamp[32];
     (void)user;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
+    pthread_mutex_lock(&g_log_mu);
+    if (g_log) {
+        struct stat st;
+        if (fstat(g_log->fd, &st) == 0 && (unsigned long long)st.st_size >= g_log->limit)
+            log_rotate(g_log);
+        dprintf(g_log->fd, "%s.%03ldZ %s %s\n", stamp, ts.tv_nsec / 1000000L,
+                names[level >= 1 && level <= 4 ? level : 0], line);
+    }
+    pthread_mutex_unlock(&g_log_mu);
     if (level > WS_PROXY_LOG_WARN)
         return;
     my_printf_error(ER_UNKNOWN_ERROR, "wsproxy: %s",
@@ -350,310 +583,18 @@ static void log_plugin(int level, const char *what)
                     what);
 }
 
-/* ==== Hooks in mariadbd ===================================================
- * Two things the plugin needs are not in MariaDB's plugin API, so it wraps
- * two functions mariadbd imports from libc, by their entries in its GOT:
- * getsockopt (see "The relay's identity") and poll (see "Shutdown").
- *
- * An entry is found through the main program's relocations and must hold
- * the function's address, or it is left alone: a server laid out
- * otherwise is never written.  Relocation made the GOT read-only (RELRO),
- * so its page is made writable for the one store and restored.  A wrapper
- * reads the original from h->orig, which is set before the entry and kept
- * after it is restored, so a call already past the entry finishes right.
- *
- * The wrappers' code must outlive every call into it, also after UNINSTALL
- * SONAME: the library is made RTLD_NODELETE, so deinit puts the entries
- * back but the code stays mapped (and INSTALL SONAME finds it again, with
- * its statics as deinit left them). */
-
-struct hook {
-    const char *name;
-    void *wrapper;
-    void *orig;  /* the server's function, once found */
-    void **slot; /* its GOT entry while wrapped, else NULL */
-};
-
-/* The protection of the page holding addr, from /proc/self/maps; -1 if
- * not found. */
-static int page_prot(const void *addr)
-{
-    FILE *f = fopen("/proc/self/maps", "re");
-    char line[512], perms[8];
-    unsigned long lo, hi, a = (unsigned long)(uintptr_t)addr;
-    int prot = -1;
-    if (!f)
-        return -1;
-    while (prot < 0 && fgets(line, sizeof line, f))
-        if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 && a >= lo && a < hi)
-            prot = (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
-                   (perms[2] == 'x' ? PROT_EXEC : 0);
-    fclose(f);
-    return prot;
-}
-
-/* Replaces *slot by value if it holds expect.  0, or -1 with the reason. */
-static int slot_swap(void **slot, void *expect, void *value, char *err, size_t errlen)
-{
-    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-    void *page = (void *)((uintptr_t)slot & ~(uintptr_t)(pg - 1));
-    int prot = page_prot(slot);
-    err[0] = 0;
-    if (prot < 0)
-        snprintf(err, errlen, "the GOT is not in /proc/self/maps");
-    else if (!(prot & PROT_WRITE) && mprotect(page, pg, prot | PROT_WRITE))
-        snprintf(err, errlen, "mprotect: %s", strerror(errno));
-    else {
-        if (!__atomic_compare_exchange_n(slot, &expect, value, 0, __ATOMIC_SEQ_CST,
-                                         __ATOMIC_SEQ_CST))
-            snprintf(err, errlen, "the GOT entry changed meanwhile");
-        if (!(prot & PROT_WRITE))
-            mprotect(page, pg, prot);
-    }
-    return err[0] ? -1 : 0;
-}
-
-static int keep_loaded(char *err, size_t errlen)
-{
-    static int kept;
-    Dl_info di;
-    if (kept)
-        return 0;
-    if (!dladdr((void *)(uintptr_t)keep_loaded, &di) || !di.dli_fname ||
-        !dlopen(di.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE)) {
-        snprintf(err, errlen, "cannot keep the plugin's library loaded: %s", dlerror());
-        return -1;
-    }
-    kept = 1;
-    return 0;
-}
-
-#if __ELF_NATIVE_CLASS == 64
-#define REL_SYM ELF64_R_SYM
-#else
-#define REL_SYM ELF32_R_SYM
-#endif
-
-/* dl_iterate_phdr() callback: the GOT entry of h->name in the main program
- * (the first object reported), into h->slot if it holds h->orig. */
-static int got_search_main(struct dl_phdr_info *info, size_t size, void *arg)
-{
-    struct hook *h = arg;
-    const ElfW(Dyn) *d = NULL;
-    const ElfW(Sym) *sym = NULL;
-    const char *str = NULL;
-    const ElfW(Rela) *rel[2] = {NULL, NULL};
-    size_t relsz[2] = {0, 0}, i, k;
-    int pltrela = 0;
-    ElfW(Addr) base = info->dlpi_addr;
-    (void)size;
-    for (i = 0; i < info->dlpi_phnum; i++)
-        if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
-            d = (const ElfW(Dyn) *)(base + info->dlpi_phdr[i].p_vaddr);
-    /* glibc rewrites these addresses in place, other loaders may not */
-#define DYN_PTR(v) ((v) >= base ? (v) : base + (v))
-    for (; d && d->d_tag != DT_NULL; d++) {
-        switch (d->d_tag) {
-        case DT_SYMTAB: sym = (const ElfW(Sym) *)DYN_PTR(d->d_un.d_ptr); break;
-        case DT_STRTAB: str = (const char *)DYN_PTR(d->d_un.d_ptr); break;
-        case DT_JMPREL: rel[0] = (const ElfW(Rela) *)DYN_PTR(d->d_un.d_ptr); break;
-        case DT_PLTRELSZ: relsz[0] = d->d_un.d_val; break;
-        case DT_PLTREL: pltrela = d->d_un.d_val == DT_RELA; break;
-        case DT_RELA: rel[1] = (const ElfW(Rela) *)DYN_PTR(d->d_un.d_ptr); break;
-        case DT_RELASZ: relsz[1] = d->d_un.d_val; break;
-        default: break;
-        }
-    }
-#undef DYN_PTR
-    if (!pltrela)
-        rel[0] = NULL;
-    for (k = 0; k < 2 && sym && str && !h->slot; k++)
-        for (i = 0; rel[k] && i < relsz[k] / sizeof(ElfW(Rela)); i++) {
-            void **slot = (void **)(base + rel[k][i].r_offset);
-            size_t si = REL_SYM(rel[k][i].r_info);
-            if (si && !strcmp(str + sym[si].st_name, h->name) && *slot == h->orig) {
-                h->slot = slot;
-                break;
-            }
-        }
-    return 1; /* the main program only */
-}
-
-/* Wraps h; 0, or -1 with the reason.  Caller holds g_mu. */
-static int hook_set(struct hook *h, char *err, size_t errlen)
-{
-    void **slot;
-    char why[96];
-    if (h->slot)
-        return 0;
-    __atomic_store_n(&h->orig, dlsym(RTLD_DEFAULT, h->name), __ATOMIC_RELEASE);
-    if (h->orig)
-        dl_iterate_phdr(got_search_main, h);
-    if (!h->slot) {
-        snprintf(err, errlen, "mariadbd has no GOT entry for %s", h->name);
-        return -1;
-    }
-    slot = h->slot;
-    h->slot = NULL;
-    if (keep_loaded(why, sizeof why) || slot_swap(slot, h->orig, h->wrapper, why, sizeof why)) {
-        snprintf(err, errlen, "cannot wrap mariadbd's %s: %s", h->name, why);
-        return -1;
-    }
-    h->slot = slot;
-    return 0;
-}
-
-static void hook_unset(struct hook *h)
-{
-    char why[96];
-    if (h->slot)
-        slot_swap(h->slot, h->wrapper, h->orig, why, sizeof why);
-    h->slot = NULL;
-}
-
-/* ==== The relay's identity ================================================
- * Every engine connection the proxy makes is a connection of mariadbd to
- * its own socket, so SO_PEERCRED on the server's end of it names the
- * server's own uid, and unix_socket authentication would let a WebSocket
- * client in as the account of that name (Debian: root@localhost and
- * mysql@localhost, all privileges).  No uid change can help a server that
- * is not root, so the plugin changes what the server is told instead:
- * while it is loaded, a peer that is mariadbd itself is reported to the
- * server (whose built-in unix_socket plugin asks getsockopt(SO_PEERCRED))
- * with uid and gid -1, which no passwd entry has: unix_socket refuses it
- * ("Access denied"), at login and at COM_CHANGE_USER alike, whatever the
- * client's address and whoever the server runs as.  Every other peer (a
- * local client, another process's proxy), and every other option, passes
- * through untouched.
- *
- * Where the hook cannot be set (a server built otherwise, a policy that
- * forbids mprotect), the plugin serves only while unix_socket is off. */
-
-typedef int (*getsockopt_fn)(int, int, int, void *, socklen_t *);
-
-static int peer_getsockopt(int fd, int level, int name, void *val, socklen_t *len);
-
-static struct hook g_peer_hook = {"getsockopt", (void *)(uintptr_t)peer_getsockopt,
-                                  NULL, NULL};
-static char g_peer_err[160]; /* why g_peer_hook is not set */
-
-static int peer_getsockopt(int fd, int level, int name, void *val, socklen_t *len)
-{
-    getsockopt_fn real =
-        (getsockopt_fn)(uintptr_t)__atomic_load_n(&g_peer_hook.orig, __ATOMIC_ACQUIRE);
-    int rc = real(fd, level, name, val, len);
-    if (rc == 0 && level == SOL_SOCKET && name == SO_PEERCRED && val && len &&
-        *len >= sizeof(struct ucred)) {
-        struct ucred *u = val;
-        if (u->pid == getpid()) {
-            u->uid = (uid_t)-1;
-            u->gid = (gid_t)-1;
-        }
-    }
-    return rc;
-}
-
-/* Sets the hook and checks it through the server's GOT entry: the peer of
- * a socketpair is this process.  Caller holds g_mu. */
-static void identity_hook_set(void)
-{
-    int sv[2], ok;
-    struct ucred u;
-    socklen_t len = sizeof u;
-    if (g_peer_hook.slot || hook_set(&g_peer_hook, g_peer_err, sizeof g_peer_err))
-        return;
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
-        snprintf(g_peer_err, sizeof g_peer_err, "socketpair: %s", strerror(errno));
-        hook_unset(&g_peer_hook);
-        return;
-    }
-    ok = ((getsockopt_fn)(uintptr_t)*g_peer_hook.slot)(sv[0], SOL_SOCKET, SO_PEERCRED,
-                                                       &u, &len) == 0 && u.uid == (uid_t)-1;
-    close(sv[0]);
-    close(sv[1]);
-    if (!ok) {
-        snprintf(g_peer_err, sizeof g_peer_err, "the getsockopt hook does not answer");
-        hook_unset(&g_peer_hook);
-    }
-}
-
-/* Checks that no WebSocket client can authenticate by the server's peer
- * credentials, nor without any. */
-static int identity_check(char *err, size_t errlen)
-{
-    const char *noacl = dlsym(RTLD_DEFAULT, "opt_noacl");
-    if (noacl && *noacl) {
-        snprintf(err, errlen, "the server runs with skip_grant_tables: every WebSocket "
-                 "client would get in without a password; start it without "
-                 "skip-grant-tables");
-        return -1;
-    }
-    if (!srv_proxy_header_allowed()) {
-        snprintf(err, errlen, "the server does not accept the PROXY header on its "
-                 "Unix socket: add localhost to proxy_protocol_networks "
-                 "(e.g. proxy_protocol_networks = localhost)");
-        return -1;
-    }
-    /* While the server starts, unix_socket is not ready yet: count it */
-    if (g_peer_hook.slot || (srv_started() && !srv_unix_socket_auth_active()))
-        return 0;
-    {
-        char buf[4096];
-        struct passwd pwb, *pw = NULL;
-        const char *name = getpwuid_r(geteuid(), &pwb, buf, sizeof buf, &pw) == 0 && pw
-                           ? pw->pw_name : "?";
-        snprintf(err, errlen, "unix_socket authentication would let WebSocket clients in "
-                 "as '%s', the server's own user, since the plugin cannot hide the "
-                 "server's peer credentials (%s): turn unix_socket authentication off "
-                 "(unix_socket = OFF) and SET GLOBAL wsproxy_restart = ON",
-                 name, g_peer_err);
-    }
-    return -1;
-}
-
-/* ==== Shutdown ============================================================
- * At shutdown MariaDB ends its client sessions first, which would close
- * each relayed WebSocket with 1000, as an engine that hangs up does, and
- * deinitialises plugins later.  The proxy is to stop first, with Close 1001
- * ("going away").  MariaDB tells no plugin that it is shutting down, but
- * its main thread leaves the poll() of its accept loop for that (with
- * abort_loop set), before it ends any session.  So mariadbd's poll is
- * wrapped, and the first call to return after abort_loop is set stops the
- * proxy.  Without the hook, deinit stops it (clients then mostly see 1000). */
-
-typedef int (*poll_fn)(struct pollfd *, nfds_t, int);
-
-static int shutdown_poll(struct pollfd *fds, nfds_t n, int timeout);
-
-static struct hook g_poll_hook = {"poll", (void *)(uintptr_t)shutdown_poll, NULL, NULL};
-static const volatile char *g_abort_loop; /* mariadbd's abort_loop */
-static int g_shutdown;                    /* the server is shutting down */
-
-static void proxy_shutdown(void);
-
-static int shutdown_poll(struct pollfd *fds, nfds_t n, int timeout)
-{
-    poll_fn real = (poll_fn)(uintptr_t)__atomic_load_n(&g_poll_hook.orig, __ATOMIC_ACQUIRE);
-    int rc = real(fds, n, timeout), e = errno;
-    if (g_abort_loop && *g_abort_loop && !__atomic_load_n(&g_shutdown, __ATOMIC_ACQUIRE)) {
-        proxy_shutdown();
-        errno = e; /* the server looks at EINTR */
-    }
-    return rc;
-}
-
-static void shutdown_hook_set(void)
-{
-    char err[160];
-    if ((g_abort_loop = dlsym(RTLD_DEFAULT, "abort_loop")) != NULL)
-        hook_set(&g_poll_hook, err, sizeof err);
-}
-
 /* ==== The proxy =========================================================== */
 
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static ws_proxy *g_proxy;     /* NULL: not started, g_state/g_reason say why */
 static int g_state = WS_PROXY_STOPPED;
+static int g_shutdown; /* deinit has begun: nothing starts any more */
+/* The configuration applied (g_cfgs[g_cur]; a start or restart builds the
+ * other one and flips on success), and whether the proxy is
+ * DORMANT: wsproxy_serve_on = primary on a read_only server, so it runs
+ * with no port.  See "Primary only". */
+static struct plugin_cfg g_cfgs[2];
+static int g_cur, g_primary_only, g_dormant;
 static char g_reason[PLUGIN_ERRLEN];
 
 struct spawn {
@@ -691,26 +632,100 @@ static ws_proxy *proxy_spawn(const struct ws_proxy_config *cfg, char *err, size_
 
 /* Applies the variables; 0, or -1 with the reason and nothing changed.
  * Caller holds g_mu. */
+/* Starts or restarts the proxy with pc, listening on its port or, if
+ * !listen, on none.  Caller holds g_mu. */
+static int proxy_serve(struct plugin_cfg *pc, int listen, char *err, size_t errlen)
+{
+    int http = pc->c.http_port, https = pc->c.https_port, rc;
+    if (!listen)
+        pc->c.http_port = pc->c.https_port = 0;
+    if (g_proxy)
+        rc = ws_proxy_restart(g_proxy, &pc->c, err, errlen) ? -1 : 0;
+    else
+        rc = (g_proxy = proxy_spawn(&pc->c, err, errlen)) != NULL ? 0 : -1;
+    pc->c.http_port = http, pc->c.https_port = https;
+    return rc;
+}
+
 static int proxy_apply(char *err, size_t errlen)
 {
-    static struct plugin_cfg pc; /* under g_mu */
+    struct plugin_cfg *pc = &g_cfgs[!g_cur];
+    struct log_file *log, *unused;
+    int rc, dormant;
     if (g_shutdown) {
         snprintf(err, errlen, "the server is shutting down");
         return -1;
     }
-    if (cfg_build(&pc, err, errlen) || identity_check(err, errlen))
+    if (cfg_build(pc, err, errlen))
         return -1;
-    if (g_proxy)
-        return ws_proxy_restart(g_proxy, &pc.c, err, errlen) ? -1 : 0;
-    if (!pc.c.http_port && !pc.c.https_port) {
+    if (!g_proxy && !pc->c.http_port && !pc->c.https_port) {
         g_state = WS_PROXY_STOPPED;
         g_reason[0] = 0;
         return 0;
     }
-    if (!(g_proxy = proxy_spawn(&pc.c, err, errlen)))
+    /* the new log takes the start's or restart's own lines; it replaces the
+     * old one only if that succeeds */
+    if (!(log = log_open(pc->log_dir, err, errlen)))
         return -1;
-    g_reason[0] = 0;
-    return 0;
+    pthread_mutex_lock(&g_log_mu);
+    unused = g_log;
+    g_log = log;
+    pthread_mutex_unlock(&g_log_mu);
+    dormant = opt_serve_on == 1 && srv_flag("opt_readonly");
+    rc = proxy_serve(pc, !dormant, err, errlen);
+    if (rc) {
+        pthread_mutex_lock(&g_log_mu);
+        g_log = unused;
+        pthread_mutex_unlock(&g_log_mu);
+        unused = log;
+    } else {
+        g_cur = !g_cur;
+        g_primary_only = opt_serve_on == 1;
+        g_dormant = dormant;
+        g_reason[0] = 0;
+    }
+    log_close(unused);
+    return rc;
+}
+
+/* ==== Primary only ========================================================
+ * With wsproxy_serve_on = primary the proxy listens only while the server's
+ * read_only is OFF.  A thread of the plugin's own looks every
+ * ROLE_CHECK_MS: a promotion (SET GLOBAL read_only = OFF) restarts the proxy
+ * with the applied configuration's port, a demotion with none (DORMANT:
+ * no listening socket; open connections go on, as at any restart without
+ * a port).  No server thread runs any of this. */
+
+#define ROLE_CHECK_MS 200
+
+static pthread_t g_role_thread;
+static pthread_cond_t g_role_cv = PTHREAD_COND_INITIALIZER;
+static int g_role_stop, g_role_running;
+
+static void *role_main(void *arg)
+{
+    struct timespec t;
+    (void)arg;
+    pthread_mutex_lock(&g_mu);
+    while (!g_role_stop) {
+        clock_gettime(CLOCK_REALTIME, &t);
+        t.tv_nsec += ROLE_CHECK_MS * 1000000L;
+        t.tv_sec += t.tv_nsec / 1000000000L;
+        t.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&g_role_cv, &g_mu, &t);
+        if (!g_role_stop && !g_shutdown && g_proxy && g_primary_only &&
+            srv_flag("opt_readonly") != g_dormant) {
+            char err[PLUGIN_ERRLEN], line[PLUGIN_ERRLEN + 64];
+            if (proxy_serve(&g_cfgs[g_cur], g_dormant, err, sizeof err) == 0) {
+                g_dormant = !g_dormant;
+            } else {
+                snprintf(line, sizeof line, "cannot serve as primary: %s", err);
+                log_plugin(WS_PROXY_LOG_ERROR, line);
+            }
+        }
+    }
+    pthread_mutex_unlock(&g_mu);
+    return NULL;
 }
 
 /* Stops the proxy for good: every client gets Close 1001. */
@@ -722,51 +737,55 @@ static void proxy_shutdown(void)
     g_state = WS_PROXY_STOPPED;
     g_reason[0] = 0;
     __atomic_store_n(&g_shutdown, 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&g_log_mu); /* no callback runs any more */
+    log_close(g_log);
+    g_log = NULL;
+    pthread_mutex_unlock(&g_log_mu);
     pthread_mutex_unlock(&g_mu);
 }
 
+/* SET GLOBAL wsproxy_restart = ON: the check only reads the value; the
+ * update applies it, since MariaDB runs the updates of a SET statement only
+ * once every variable in it has passed its check: a statement that fails
+ * (SET GLOBAL wsproxy_restart = ON, max_connections = 'abc') moves nothing. */
 static int restart_check(MYSQL_THD thd, struct st_mysql_sys_var *var, void *save,
                          struct st_mysql_value *value)
 {
-    char err[PLUGIN_ERRLEN], buf[16];
-    int len = sizeof buf, on, rc;
+    char buf[16];
+    int len = sizeof buf;
     long long v;
     (void)thd;
     (void)var;
     if (value->value_type(value) == MYSQL_VALUE_TYPE_STRING) {
         const char *s = value->val_str(value, buf, &len);
         if (s && (!strcasecmp(s, "ON") || !strcasecmp(s, "TRUE") || !strcmp(s, "1")))
-            on = 1;
+            v = 1;
         else if (s && (!strcasecmp(s, "OFF") || !strcasecmp(s, "FALSE") || !strcmp(s, "0")))
-            on = 0;
+            v = 0;
         else
             return 1;
-    } else {
-        value->val_int(value, &v);
-        if (v != 0 && v != 1)
-            return 1;
-        on = (int)v;
-    }
-    *(my_bool *)save = 0;
-    if (!on)
-        return 0;
-    pthread_mutex_lock(&g_mu);
-    rc = proxy_apply(err, sizeof err);
-    pthread_mutex_unlock(&g_mu);
-    if (rc) {
-        my_printf_error(ER_UNKNOWN_ERROR, "wsproxy_restart failed: %s", 0, err);
+    } else if (value->val_int(value, &v), v != 0 && v != 1) {
         return 1;
     }
+    *(my_bool *)save = (my_bool)v;
     return 0;
 }
 
 static void restart_update(MYSQL_THD thd, struct st_mysql_sys_var *var, void *var_ptr,
                            const void *save)
 {
+    char err[PLUGIN_ERRLEN];
+    int rc = 0;
     (void)thd;
     (void)var;
-    (void)save;
     *(my_bool *)var_ptr = 0; /* reads back OFF */
+    if (!*(const my_bool *)save)
+        return;
+    pthread_mutex_lock(&g_mu);
+    rc = proxy_apply(err, sizeof err);
+    pthread_mutex_unlock(&g_mu);
+    if (rc) /* the statement fails with this error */
+        my_printf_error(ER_UNKNOWN_ERROR, "wsproxy_restart failed: %s", 0, err);
 }
 
 /* ==== Status variables ==================================================== */
@@ -805,8 +824,25 @@ static int show_wsproxy(MYSQL_THD thd, struct st_mysql_show_var *var, void *buff
     }
     str_copy(b->reason, sizeof b->reason, reason);
     pthread_mutex_unlock(&g_mu);
+    if (st.state == WS_PROXY_RUNNING) {
+        /* a setting changed since the start may stop every relayed login */
+        char engine[80], relay[64], err[PLUGIN_ERRLEN];
+        if (srv_engine_address(engine, sizeof engine, relay, sizeof relay, err, sizeof err) ||
+            relay_check(relay, err, sizeof err)) {
+            st.state = WS_PROXY_FAILED;
+            snprintf(b->reason, sizeof b->reason, "%.400s, then SET GLOBAL wsproxy_restart = ON",
+                     err);
+        }
+    }
+    pthread_mutex_lock(&g_mu);
+    if (g_proxy && g_dormant && st.state == WS_PROXY_STOPPED) {
+        st.state = -1;
+        snprintf(b->reason, sizeof b->reason, "read_only = ON: a replica, and "
+                 "wsproxy_serve_on = primary; serves once read_only = OFF");
+    }
+    pthread_mutex_unlock(&g_mu);
     snprintf(b->state, sizeof b->state, "%s", st.state == WS_PROXY_RUNNING ? "RUNNING" :
-             st.state == WS_PROXY_FAILED ? "FAILED" : "STOPPED");
+             st.state == WS_PROXY_FAILED ? "FAILED" : st.state < 0 ? "DORMANT" : "STOPPED");
     snprintf(b->scheme, sizeof b->scheme, "%s",
              st.state != WS_PROXY_RUNNING ? "" : st.tls ? "wss" : "ws");
     b->port = st.port;
@@ -855,8 +891,8 @@ static int wsproxy_init(void *p)
     g_state = WS_PROXY_STOPPED;
     g_reason[0] = 0;
     __atomic_store_n(&g_shutdown, 0, __ATOMIC_RELEASE);
-    identity_hook_set();
-    shutdown_hook_set();
+    if (!opt_bind_address || !*opt_bind_address) /* reads back what is bound */
+        str_set(&opt_bind_address, srv_bind_default());
     if ((rc = proxy_apply(err, sizeof err)) != 0) {
         /* never fail the server's start: the proxy stays FAILED until
          * SET GLOBAL wsproxy_restart = ON */
@@ -865,6 +901,8 @@ static int wsproxy_init(void *p)
         snprintf(line, sizeof line, "not serving: %s", err);
         log_plugin(WS_PROXY_LOG_ERROR, line);
     }
+    g_role_stop = 0;
+    g_role_running = pthread_create(&g_role_thread, NULL, role_main, NULL) == 0;
     pthread_mutex_unlock(&g_mu);
     return 0;
 }
@@ -872,11 +910,14 @@ static int wsproxy_init(void *p)
 static int wsproxy_deinit(void *p)
 {
     (void)p;
-    proxy_shutdown();
     pthread_mutex_lock(&g_mu);
-    hook_unset(&g_poll_hook);
-    hook_unset(&g_peer_hook);
+    g_role_stop = 1;
+    pthread_cond_signal(&g_role_cv);
     pthread_mutex_unlock(&g_mu);
+    if (g_role_running)
+        pthread_join(g_role_thread, NULL);
+    g_role_running = 0;
+    proxy_shutdown();
     return 0;
 }
 
@@ -890,7 +931,7 @@ maria_declare_plugin(wsproxy){
     &wsproxy_info,
     "wsproxy",
     "The wsproxy authors",
-    "WebSocket (ws:// and wss://) proxy in front of the server's Unix socket",
+    "WebSocket (ws:// and wss://) proxy in front of the server's own TCP listener",
     PLUGIN_LICENSE_BSD,
     wsproxy_init,
     wsproxy_deinit,

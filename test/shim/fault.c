@@ -13,9 +13,9 @@
  *       fails with EINVAL, as where that optional POSIX clock is missing,
  *       and leaves in the timespec what an unset one might hold (0 and
  *       10^6 s in turn), so a caller that ignores the failure shows it;
- *   WSPROXY_SHIM_MPROTECT=EACCES WSPROXY_SHIM_MPROTECT_FROM=wsproxy.so
- *       mprotect() called from the object of that name fails with that
- *       errno, as under a policy that forbids it (test_mariadb_plugin.py).
+ *   WSPROXY_SHIM_NODELAY=1: every TCP_NODELAY set on a socket not yet
+ *       bound to a port (an engine socket before its connect; accepted
+ *       client sockets have the listener's) is reported on stderr.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -26,6 +26,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -111,8 +113,6 @@ int pipe(int fds[2])
     return real(fds);
 }
 
-/* Whether the code at pc belongs to an object whose file name ends with
- * name. */
 int clock_gettime(clockid_t id, struct timespec *ts)
 {
     static int (*real)(clockid_t, struct timespec *);
@@ -131,26 +131,17 @@ int clock_gettime(clockid_t id, struct timespec *ts)
     return real(id, ts);
 }
 
-static int called_from(const void *pc, const char *name)
+int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
 {
-    Dl_info info;
-    size_t n, m = strlen(name);
-    if (!dladdr(pc, &info) || !info.dli_fname)
-        return 0;
-    n = strlen(info.dli_fname);
-    return n >= m && !strcmp(info.dli_fname + n - m, name);
-}
-
-int mprotect(void *addr, size_t len, int prot)
-{
-    static int (*real)(void *, size_t, int);
-    const char *e = getenv("WSPROXY_SHIM_MPROTECT");
-    const char *from = getenv("WSPROXY_SHIM_MPROTECT_FROM");
-    if (e && from && called_from(__builtin_return_address(0), from)) {
-        errno = errno_named(e, strlen(e));
-        return -1;
-    }
+    static int (*real)(int, int, int, const void *, socklen_t);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
     if (!real)
-        *(void **)&real = dlsym(RTLD_NEXT, "mprotect");
-    return real(addr, len, prot);
+        *(void **)&real = dlsym(RTLD_NEXT, "setsockopt");
+    if (getenv("WSPROXY_SHIM_NODELAY") && level == IPPROTO_TCP && name == TCP_NODELAY &&
+        getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
+        ((ss.ss_family == AF_INET && !((struct sockaddr_in *)&ss)->sin_port) ||
+         (ss.ss_family == AF_INET6 && !((struct sockaddr_in6 *)&ss)->sin6_port)))
+        report("shim: TCP_NODELAY on an engine socket\n");
+    return real(fd, level, name, val, len);
 }
