@@ -26,6 +26,7 @@ import pwd
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -261,20 +262,41 @@ def server_factory(initialised, build):
         s.cleanup()
 
 
+def listening(port):
+    """The local addresses with a TCP socket listening on port (from
+    /proc/net/tcp and tcp6): e.g. {"127.0.0.1"} or {"::1"}."""
+    found = set()
+    for name, fam in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        with open("/proc/net/" + name) as f:
+            for line in f.readlines()[1:]:
+                local, st = line.split()[1], line.split()[3]
+                addr, p = local.split(":")
+                if st != "0A" or int(p, 16) != port:
+                    continue
+                raw = bytes.fromhex(addr)
+                # the kernel prints each 32-bit word in host (little-endian) order
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(socket.inet_ntop(fam, raw))
+    return found
+
+
 # ---------------------------------------------------------------------------
 # the client: Neon's serverless driver
 # ---------------------------------------------------------------------------
 
 def query(port, *sql, user="alice", password="alice-secret", scheme="ws", ca=None,
-          origin=None):
+          origin=None, host="127.0.0.1", pool=0):
     """pg_query.js: a list of JSON results, one per statement (or the
-    connect error as the only element), then {"close": code}."""
-    argv = [node(), PG_QUERY, "--url", "%s://127.0.0.1:%d/" % (scheme, port),
+    connect error as the only element), then {"close": code}; with pool=N
+    each statement N times at once on Neon's Pool, then {"pool": "ended"}."""
+    argv = [node(), PG_QUERY, "--url", "%s://%s:%d/" % (scheme, host, port),
             "--user", user, "--password=" + password, "--timeout", "20000"]
     if ca:
         argv += ["--ca", ca]
     if origin:
         argv += ["--origin", origin]
+    if pool:
+        argv += ["--pool", str(pool)]
     cp = subprocess.run(argv + list(sql), capture_output=True, text=True, timeout=40,
                         stdin=subprocess.DEVNULL)
     out = [json.loads(line) for line in cp.stdout.splitlines() if line.startswith("{")]
@@ -365,6 +387,69 @@ def test_queries_over_ws(server_factory):
     assert int(st["connections_total"]) == 2 and int(st["bytes_to_client"]) > 16 * 1024 * 1024, st
     log = s.logtext()
     assert "must prove a secret" in log and "proxy_protocol is off" not in log, log[-3000:]
+    # logging_collector is off: every line of the proxy, each connection's
+    # too, is in the server's log (its stderr), and there is no separate file
+    assert "wsproxy: [conn" in log and "bytes to engine" in log, log[-3000:]
+    assert not any(os.path.exists(os.path.join(d, "websocket_proxy.log"))
+                   for d in (s.data, os.path.join(s.data, "log"), s.dir))
+    # the default bind address: the loopback listen_addresses names
+    assert listening(s.http_port) == {"127.0.0.1"}
+
+
+def test_default_bind_is_the_loopback_of_listen_addresses(server_factory):
+    """listen_addresses = '::1': the proxy listens on ::1 only; an explicit
+    wsproxy.bind_address moves it, at wsproxy_restart() and not before."""
+    s = server_factory(conf={"listen_addresses": "'::1'"}).start()
+    assert listening(s.http_port) == {"::1"}
+    assert rows(s.http_port, "SELECT host(inet_client_addr()) AS a", host="[::1]") == \
+        [{"a": "::1"}]
+    s.psql("ALTER SYSTEM SET wsproxy.bind_address = '127.0.0.1'")
+    s.psql("SELECT pg_reload_conf()")
+    time.sleep(0.5)
+    assert listening(s.http_port) == {"::1"}
+    ok, err = s.restart_proxy()
+    assert ok, err
+    assert listening(s.http_port) == {"127.0.0.1"}
+    assert rows(s.http_port, "SELECT 1 AS one") == [{"one": 1}]
+
+
+def test_pool_of_20_concurrent_clients(server_factory):
+    """Neon's Pool with 20 clients at once: 20 relayed sessions, all seen
+    by wsproxy_clients() while they run."""
+    s = server_factory().start()
+    out = []
+    t = threading.Thread(target=lambda: out.append(query(
+        s.http_port, "SELECT pg_backend_pid() AS pid, pg_sleep(3)::text AS z", pool=20)))
+    t.start()
+    try:
+        wait_until(lambda: s.psql("SELECT count(*) FROM wsproxy_clients() c JOIN "
+                                  "pg_stat_activity a USING (pid) WHERE a.usename = 'alice'")
+                   == [["20"]], 30, step=0.2, what="20 relayed sessions")
+    finally:
+        t.join(60)
+    r = out[0]
+    assert r[-1] == {"pool": "ended"} and len(r) == 21, r
+    assert len({x["rows"][0]["pid"] for x in r[:-1]}) == 20, r
+    st = s.status()
+    assert st["connections_total"] == "20" and st["connections_open"] == "0", st
+
+
+def test_listen_notify_through_the_proxy(server_factory):
+    s = server_factory().start()
+    held = Session(s.http_port, "LISTEN ch", "SELECT 1 AS one")
+    try:
+        assert held.line() == {"rows": []}
+        assert held.line() == {"waiting": 1}
+        s.psql("NOTIFY ch, 'from psql'")
+        assert held.line() == {"notification": {"channel": "ch", "payload": "from psql"}}
+        # from another WebSocket session
+        assert query(s.http_port, "NOTIFY ch, 'from a websocket'")[0] == {"rows": []}
+        assert held.line() == {"notification": {"channel": "ch",
+                                                "payload": "from a websocket"}}
+        held.step()
+        assert held.line() == {"rows": [{"one": 1}]}
+    finally:
+        held.close()
 
 
 @pytest.fixture(scope="module")
@@ -373,9 +458,9 @@ def certs(tmp_path_factory):
     return make_certs(tmp_path_factory.mktemp("pg-tls"))
 
 
-def server_tls(s, certs):
+def server_tls(s, certs, cert="server.crt", key="server.key"):
     """The server's own certificate (ssl = on), as postgres can read it."""
-    for name, src in (("server.crt", certs.chain), ("server.key", certs.key)):
+    for name, src in ((cert, certs.chain), (key, certs.key)):
         dst = os.path.join(s.data, name)
         shutil.copy(src, dst)
         os.chmod(dst, 0o600)
@@ -383,10 +468,15 @@ def server_tls(s, certs):
 
 
 def test_queries_over_wss_with_the_servers_certificate(server_factory, certs):
+    """Only the server's own ssl_cert_file and ssl_key_file are set (not
+    Debian's server.crt names): wsproxy.ssl_* are empty and follow them."""
     port = free_port()
-    s = server_factory(conf={"ssl": "on", "wsproxy.http_port": 0, "wsproxy.https_port": port})
-    server_tls(s, certs)
+    s = server_factory(conf={"ssl": "on", "ssl_cert_file": "'pg-chain.pem'",
+                             "ssl_key_file": "'pg-key.pem'",
+                             "wsproxy.http_port": 0, "wsproxy.https_port": port})
+    server_tls(s, certs, "pg-chain.pem", "pg-key.pem")
     s.start()
+    assert s.psql("SHOW wsproxy.ssl_cert_file") == [[""]]
     assert s.status()["scheme"] == "wss"
     r = query(port, "SELECT current_user AS u, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
               scheme="wss", ca=certs.ca)
@@ -541,6 +631,8 @@ def test_relay_over_the_unix_socket_refuses_peer_and_trust(server_factory):
     hba = "local all alice scram-sha-256\n" + TRUST_HBA
     s = server_factory(hba=hba, conf={"listen_addresses": "''"}).start()
     assert "-> unix:" in s.logtext()
+    # no TCP listener for the server: the proxy's default is still loopback
+    assert listening(s.http_port) == {"127.0.0.1"}
     for user in ("postgres", "trusty"):  # peer (as the server's own user), trust
         e = refused(s.http_port, user, "x")
         assert "password authentication is required for WebSocket sessions" in e["error"], e
@@ -619,6 +711,38 @@ def test_terminated_session_closes_1000_after_the_shutdown_wait(server_factory):
     finally:
         h.close()
     assert rows(s.http_port, "SELECT 1 AS one") == [{"one": 1}]
+
+
+def test_log_file_with_the_collector_and_reopened_at_reload(server_factory):
+    """logging_collector = on: each connection's lines go to
+    websocket_proxy.log in log_directory, the server's log keeps the
+    proxy's warnings and its start line; after the file is renamed (as
+    logrotate does), pg_reload_conf() makes the worker reopen it, and
+    nothing else moves."""
+    s = server_factory(conf={"logging_collector": "on", "log_directory": "'pglog'",
+                             "log_filename": "'postgresql.log'"}).start()
+    d = os.path.join(s.data, "pglog")
+    wlog, slog = os.path.join(d, "websocket_proxy.log"), os.path.join(d, "postgresql.log")
+
+    def text(path):
+        try:
+            with open(path, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+    assert rows(s.http_port, "SELECT 1 AS one") == [{"one": 1}]
+    wait_until(lambda: "bytes to engine" in text(wlog), 10, what="the connection's line")
+    assert "wsproxy: relaying to" in text(slog) and "[conn" not in text(slog)
+    os.rename(wlog, wlog + ".1")
+    s.psql("SELECT pg_reload_conf()")
+    wait_until(lambda: os.path.exists(wlog), 10, what="websocket_proxy.log reopened")
+    assert rows(s.http_port, "SELECT 2 AS two") == [{"two": 2}]
+    wait_until(lambda: "bytes to engine" in text(wlog), 10, what="a line in the new file")
+    assert text(wlog + ".1").count("bytes to engine") == 1
+    st = s.status()
+    assert st["state"] == "RUNNING" and st["port"] == str(s.http_port), st
+    s.stop()
+    assert not any(m in text(slog) for m in SANITIZER), text(slog)[-6000:]
 
 
 def test_not_preloaded_says_what_to_do(server_factory):
