@@ -128,7 +128,8 @@ async function main() {
     exit(0);
     return;
   }
-  await client.end().catch(() => {});
+  // end() never settles once the server's side has gone (e.g. Close 1009)
+  if (closed === null) await client.end().catch(() => {});
   for (let i = 0; i < 100 && closed === null; i++) await new Promise((r) => setTimeout(r, 20));
   out({ close: closed });
   clearTimeout(timer);

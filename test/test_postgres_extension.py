@@ -417,15 +417,21 @@ def test_pool_of_20_concurrent_clients(server_factory):
     """Neon's Pool with 20 clients at once: 20 relayed sessions, all seen
     by wsproxy_clients() while they run."""
     s = server_factory().start()
+    # each query waits (up to 30 s) until the test inserts into go
+    s.psql("CREATE TABLE go (); GRANT SELECT ON go TO alice; "
+           "CREATE FUNCTION wait_go() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+           "FOR i IN 1..600 LOOP EXIT WHEN EXISTS (SELECT FROM go); "
+           "PERFORM pg_sleep(0.05); END LOOP; RETURN pg_backend_pid(); END $$")
     out = []
     t = threading.Thread(target=lambda: out.append(query(
-        s.http_port, "SELECT pg_backend_pid() AS pid, pg_sleep(3)::text AS z", pool=20)))
+        s.http_port, "SELECT wait_go() AS pid", pool=20)))
     t.start()
     try:
         wait_until(lambda: s.psql("SELECT count(*) FROM wsproxy_clients() c JOIN "
                                   "pg_stat_activity a USING (pid) WHERE a.usename = 'alice'")
                    == [["20"]], 30, step=0.2, what="20 relayed sessions")
     finally:
+        s.psql("INSERT INTO go DEFAULT VALUES")
         t.join(60)
     r = out[0]
     assert r[-1] == {"pool": "ended"} and len(r) == 21, r
@@ -599,6 +605,22 @@ def test_clients_join_pg_stat_activity(server_factory):
         held.close()
     wait_until(lambda: s.psql("SELECT count(*) FROM wsproxy_clients()") == [["0"]], 10,
                what="the session to leave wsproxy_clients()")
+
+
+def test_allowed_origins_and_limits_are_gucs(server_factory):
+    s = server_factory(conf={"wsproxy.allowed_origins": "'https://app.example'"}).start()
+    assert rows(s.http_port, "SELECT 1 AS one", origin="https://app.example") == [{"one": 1}]
+    assert refused(s.http_port, "alice", "alice-secret", origin="https://evil.example")
+    st = s.psql("SELECT refused_403, connections_total FROM wsproxy_status()")
+    assert st == [["1", "2"]], st
+    # a limit with its unit, applied by the restart: a larger message ends
+    # the session with 1009, a smaller one passes
+    s.psql("ALTER SYSTEM SET wsproxy.max_message = '4kB'")
+    ok, err = s.restart_proxy()
+    assert ok, err
+    r = query(s.http_port, "SELECT length('%s') AS n" % ("a" * 3000),
+              "SELECT length('%s') AS n" % ("a" * 5000))
+    assert r[0] == {"rows": [{"n": 3000}]} and "error" in r[1] and r[-1] == {"close": 1009}, r
 
 
 # ---------------------------------------------------------------------------
