@@ -209,6 +209,18 @@ class Server:
         rc, _, err = self.psql("SELECT wsproxy_restart()", check=False)
         return rc == 0, err
 
+    def reload(self, name, value):
+        """pg_reload_conf() after ALTER SYSTEM SET name = value, returning once
+        the worker has had the reload: a new backend shows the value (the
+        postmaster signals its children after reading the files), and then
+        wsproxy_status() is answered by the worker after its SIGHUP."""
+        self.psql("ALTER SYSTEM SET %s = %s" % (name, value))
+        self.psql("SELECT pg_reload_conf()")
+        wait_until(lambda: self.psql("SELECT %s::text = current_setting('%s')"
+                                     % (value, name)) == [["t"]],
+                   20, step=0.1, what="the reload of %s" % name)
+        return self.status()
+
     def logtext(self):
         try:
             with open(self.logpath, errors="replace") as f:
@@ -403,9 +415,7 @@ def test_default_bind_is_the_loopback_of_listen_addresses(server_factory):
     assert listening(s.http_port) == {"::1"}
     assert rows(s.http_port, "SELECT host(inet_client_addr()) AS a", host="[::1]") == \
         [{"a": "::1"}]
-    s.psql("ALTER SYSTEM SET wsproxy.bind_address = '127.0.0.1'")
-    s.psql("SELECT pg_reload_conf()")
-    time.sleep(0.5)
+    s.reload("wsproxy.bind_address", "'127.0.0.1'")
     assert listening(s.http_port) == {"::1"}
     ok, err = s.restart_proxy()
     assert ok, err
@@ -505,11 +515,9 @@ def test_restart_moves_the_port_and_keeps_sessions(server_factory):
         assert held.line() == {"rows": [{"one": 1}]}
         assert held.line() == {"waiting": 1}
         new = free_port()
-        s.psql("ALTER SYSTEM SET wsproxy.http_port = %d" % new)
-        s.psql("SELECT pg_reload_conf()")
-        time.sleep(0.5)
-        # a reload moves nothing
-        assert s.status()["port"] == str(old) and not port_accepts(new)
+        # a reload moves nothing, once the worker has had it too
+        assert s.reload("wsproxy.http_port", new)["port"] == str(old)
+        assert not port_accepts(new) and listening(new) == set()
         assert rows(old, "SELECT 2 AS two") == [{"two": 2}]
         ok, err = s.restart_proxy()
         assert ok, err
