@@ -498,6 +498,10 @@ def test_queries_over_wss_with_the_servers_certificate(server_factory, certs):
               scheme="wss", ca=certs.ca)
     # TLS ends in the proxy: the relayed session itself is plain
     assert r[0]["rows"] == [{"u": "alice", "ssl": False}], r
+    # and wsproxy_clients() says wss for it
+    s.psql("GRANT EXECUTE ON FUNCTION wsproxy_clients() TO alice")
+    assert rows(port, "SELECT scheme, pid = pg_backend_pid() AS me FROM wsproxy_clients()",
+                scheme="wss", ca=certs.ca) == [{"scheme": "wss", "me": True}]
     # a client that does not trust the CA gets no session
     r = query(port, "SELECT 1", scheme="wss")
     assert "error" in r[0], r
