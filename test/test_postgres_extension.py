@@ -116,11 +116,22 @@ def build(request, initialised):
     return request.param, so
 
 
+# A network namespace with loopback and another interface (10.99.0.1 on a
+# veth pair), for listen_addresses that name every interface or none on
+# loopback: nothing outside the namespace can reach it.
+NETNS = ("ip link set lo up && ip link add v0 type veth peer name v1 && "
+         "ip addr add 10.99.0.1/24 dev v0 && ip link set v0 up && ip link set v1 up && "
+         "exec setpriv --reuid=postgres --regid=postgres --clear-groups -- "
+         "env LD_PRELOAD=\"$WSP_PRELOAD\" \"$@\"")
+
+
 class Server:
     """A postgres on a private socket and port with the extension preloaded."""
 
-    def __init__(self, initialised, build, conf=None, hba=DEBIAN_HBA, preload=True):
+    def __init__(self, initialised, build, conf=None, hba=DEBIAN_HBA, preload=True,
+                 netns=False):
         self.san = build[0] == "asan"
+        self.netns = netns  # in a network namespace of its own: see NETNS
         self.dir = tempfile.mkdtemp(prefix="wspg", dir="/tmp")
         os.chmod(self.dir, 0o755)
         self.data = os.path.join(self.dir, "data")
@@ -162,10 +173,15 @@ class Server:
             env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=1"
             env["UBSAN_OPTIONS"] = "print_stacktrace=1"
         self.log = open(self.logpath, "ab")
-        self.proc = subprocess.Popen([os.path.join(pg_bin(), "postgres"), "-D", self.data],
-                                     stdin=subprocess.DEVNULL, stdout=self.log,
+        argv, who = [os.path.join(pg_bin(), "postgres"), "-D", self.data], as_postgres()
+        if self.netns:
+            # root makes the namespace, then execs postgres as postgres (the
+            # same pid) with the sanitizer runtime preloaded into it alone
+            env["WSP_PRELOAD"] = env.pop("LD_PRELOAD", "")
+            argv, who = ["unshare", "-n", "--", "sh", "-c", NETNS, "sh"] + argv, {}
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT, env=env, cwd=self.dir,
-                                     start_new_session=True, **as_postgres())
+                                     start_new_session=True, **who)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -274,12 +290,13 @@ def server_factory(initialised, build):
         s.cleanup()
 
 
-def listening(port):
+def listening(port, netns=None):
     """The local addresses with a TCP socket listening on port (from
-    /proc/net/tcp and tcp6): e.g. {"127.0.0.1"} or {"::1"}."""
+    /proc/net/tcp and tcp6, or those of the namespace of pid netns): e.g.
+    {"127.0.0.1"} or {"::1"}."""
     found = set()
     for name, fam in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
-        with open("/proc/net/" + name) as f:
+        with open("/proc/%s/net/%s" % (netns or "self", name)) as f:
             for line in f.readlines()[1:]:
                 local, st = line.split()[1], line.split()[3]
                 addr, p = local.split(":")
@@ -297,7 +314,7 @@ def listening(port):
 # ---------------------------------------------------------------------------
 
 def query(port, *sql, user="alice", password="alice-secret", scheme="ws", ca=None,
-          origin=None, host="127.0.0.1", pool=0):
+          origin=None, host="127.0.0.1", pool=0, netns=None):
     """pg_query.js: a list of JSON results, one per statement (or the
     connect error as the only element), then {"close": code}; with pool=N
     each statement N times at once on Neon's Pool, then {"pool": "ended"}."""
@@ -309,6 +326,8 @@ def query(port, *sql, user="alice", password="alice-secret", scheme="ws", ca=Non
         argv += ["--origin", origin]
     if pool:
         argv += ["--pool", str(pool)]
+    if netns:  # the pid of a process in the namespace to run in
+        argv = ["nsenter", "-t", str(netns), "-n", "--"] + argv
     cp = subprocess.run(argv + list(sql), capture_output=True, text=True, timeout=40,
                         stdin=subprocess.DEVNULL)
     out = [json.loads(line) for line in cp.stdout.splitlines() if line.startswith("{")]
@@ -421,6 +440,23 @@ def test_default_bind_is_the_loopback_of_listen_addresses(server_factory):
     assert ok, err
     assert listening(s.http_port) == {"127.0.0.1"}
     assert rows(s.http_port, "SELECT 1 AS one") == [{"one": 1}]
+
+
+@pytest.mark.parametrize("listen", ["*", "10.99.0.1"])
+def test_default_bind_is_loopback_when_listen_addresses_names_none(server_factory, listen):
+    """In a network namespace with another interface: listen_addresses = '*'
+    (every interface) or only that interface's address, and the proxy still
+    listens on 127.0.0.1 alone; without a loopback listener it relays over
+    the Unix socket."""
+    hba = "local all alice scram-sha-256\n" + DEBIAN_HBA
+    s = server_factory(hba=hba, netns=True,
+                       conf={"listen_addresses": "'%s'" % listen}).start()
+    pid = s.proc.pid
+    assert listening(s.port, netns=pid) == ({"0.0.0.0", "::"} if listen == "*" else {listen})
+    assert listening(s.http_port, netns=pid) == {"127.0.0.1"}
+    assert listening(s.http_port) == set()  # not in this test's namespace
+    assert rows(s.http_port, "SELECT current_user AS u", netns=pid) == [{"u": "alice"}]
+    assert ("-> unix:" in s.logtext()) == (listen != "*")
 
 
 def test_pool_of_20_concurrent_clients(server_factory):
