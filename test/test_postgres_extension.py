@@ -786,12 +786,12 @@ def test_terminated_session_closes_1000_after_the_shutdown_wait(server_factory):
 def test_log_file_with_the_collector_and_reopened_at_reload(server_factory):
     """logging_collector = on: each connection's lines go to
     websocket_proxy.log in log_directory, the server's log keeps the
-    proxy's warnings and its start line; after the file is renamed (as
-    logrotate does), pg_reload_conf() makes the worker reopen it, and
-    nothing else moves."""
-    s = server_factory(conf={"logging_collector": "on", "log_directory": "'pglog'",
+    proxy's warnings and its start line.  logrotate, with the rules
+    engines/postgres/README.md gives, renames the file and reloads the
+    server: the worker reopens it, and nothing else moves."""
+    s = server_factory(conf={"logging_collector": "on", "log_directory": "'log'",
                              "log_filename": "'postgresql.log'"}).start()
-    d = os.path.join(s.data, "pglog")
+    d = os.path.join(s.data, "log")
     wlog, slog = os.path.join(d, "websocket_proxy.log"), os.path.join(d, "postgresql.log")
 
     def text(path):
@@ -803,8 +803,18 @@ def test_log_file_with_the_collector_and_reopened_at_reload(server_factory):
     assert rows(s.http_port, "SELECT 1 AS one") == [{"one": 1}]
     wait_until(lambda: "bytes to engine" in text(wlog), 10, what="the connection's line")
     assert "wsproxy: relaying to" in text(slog) and "[conn" not in text(slog)
-    os.rename(wlog, wlog + ".1")
-    s.psql("SELECT pg_reload_conf()")
+    with open(os.path.join(ROOT, "engines", "postgres", "README.md")) as f:
+        readme = f.read()
+    rules = readme.split("/var/lib/postgresql/15/main/log/websocket_proxy.log {", 1)[1]
+    rules = ("/var/lib/postgresql/15/main/log/websocket_proxy.log {" +
+             rules.split("```", 1)[0]).replace("/var/lib/postgresql/15/main", s.data)
+    conf = os.path.join(s.dir, "logrotate.conf")
+    with open(conf, "w") as f:
+        f.write(rules)
+    os.chmod(conf, 0o644)
+    cp = subprocess.run(["logrotate", "-f", "-v", "-s", os.path.join(s.dir, "lr.state"), conf],
+                        capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0 and "running postrotate script" in cp.stderr + cp.stdout, cp
     wait_until(lambda: os.path.exists(wlog), 10, what="websocket_proxy.log reopened")
     assert rows(s.http_port, "SELECT 2 AS two") == [{"two": 2}]
     wait_until(lambda: "bytes to engine" in text(wlog), 10, what="a line in the new file")
