@@ -428,12 +428,22 @@ def test_queries_over_ws(server_factory):
 
 
 def test_default_bind_is_the_loopback_of_listen_addresses(server_factory):
-    """listen_addresses = '::1': the proxy listens on ::1 only; an explicit
+    """listen_addresses = '::1': the proxy listens on ::1 only, relays to
+    [::1] (where a trust line still does not let a WebSocket in); an explicit
     wsproxy.bind_address moves it, at wsproxy_restart() and not before."""
-    s = server_factory(conf={"listen_addresses": "'::1'"}).start()
+    hba = TRUST_HBA.replace("host    all             all             ::1/128",
+                            "host    all             trusty          ::1/128     trust\n"
+                            "host    all             all             ::1/128")
+    s = server_factory(hba=hba, conf={"listen_addresses": "'::1'"}).start()
     assert listening(s.http_port) == {"::1"}
     assert rows(s.http_port, "SELECT host(inet_client_addr()) AS a", host="[::1]") == \
         [{"a": "::1"}]
+    e = refused(s.http_port, "trusty", "", host="[::1]")
+    assert "password authentication is required for WebSocket sessions" in e["error"], e
+    cp = subprocess.run([os.path.join(pg_bin(), "psql"), "-XAtq", "-h", "::1", "-p",
+                         str(s.port), "-U", "trusty", "-d", "postgres", "-c",
+                         "SELECT current_user"], capture_output=True, text=True, timeout=30)
+    assert cp.stdout.strip() == "trusty", cp.stderr
     s.reload("wsproxy.bind_address", "'127.0.0.1'")
     assert listening(s.http_port) == {"::1"}
     ok, err = s.restart_proxy()
@@ -598,7 +608,9 @@ def test_both_ports_at_start_is_failed_not_an_abort(server_factory):
     assert st["state"] == "FAILED" and "mutually exclusive" in st["reason"], st
     assert "mutually exclusive" in s.logtext()
     assert not port_accepts(s.http_port)
-    s.psql("ALTER SYSTEM SET wsproxy.https_port = 0")
+    # fixed and reloaded: still FAILED, the proxy never restarts itself
+    st = s.reload("wsproxy.https_port", 0)
+    assert st["state"] == "FAILED" and not port_accepts(s.http_port), st
     ok, err = s.restart_proxy()
     assert ok, err
     assert rows(s.http_port, "SELECT 1 AS one") == [{"one": 1}]
