@@ -11,6 +11,8 @@ test says so, `trust` lines for the role trusty on the socket and on
 127.0.0.1.  The extension's control and SQL files must be installed
 (make postgres-install; test/run-tests.sh does it).
 
+Runs as root (initdb and the servers as the postgres OS user; two tests put
+a server in a network namespace of its own with unshare, ip and nsenter).
 Every server test runs with the plain build and with the ASan+UBSan build
 (build/postgres-asan, its runtime preloaded into postgres); a sanitizer
 report in the server's log fails the test.
