@@ -675,14 +675,34 @@ def test_allowed_origins_and_limits_are_gucs(server_factory):
     assert refused(s.http_port, "alice", "alice-secret", origin="https://evil.example")
     st = s.psql("SELECT refused_403, connections_total FROM wsproxy_status()")
     assert st == [["1", "2"]], st
-    # a limit with its unit, applied by the restart: a larger message ends
-    # the session with 1009, a smaller one passes
+    # limits, with units, applied by the restart: a larger message ends the
+    # session with 1009, a smaller one passes; a second connection from the
+    # same address is refused while the first is open
     s.psql("ALTER SYSTEM SET wsproxy.max_message = '4kB'")
+    s.psql("ALTER SYSTEM SET wsproxy.max_connections_per_ip = 1")
     ok, err = s.restart_proxy()
     assert ok, err
     r = query(s.http_port, "SELECT length('%s') AS n" % ("a" * 3000),
               "SELECT length('%s') AS n" % ("a" * 5000))
     assert r[0] == {"rows": [{"n": 3000}]} and "error" in r[1] and r[-1] == {"close": 1009}, r
+    held = Session(s.http_port, "SELECT 1 AS one", wait_close=True)
+    try:
+        assert held.line() == {"rows": [{"one": 1}]} and held.line() == {"ready": True}
+        assert refused(s.http_port, "alice", "alice-secret")
+        assert s.psql("SELECT refused_503 FROM wsproxy_status()") == [["1"]]
+    finally:
+        held.close()
+    # a timeout: an idle session is closed with 1001
+    s.psql("ALTER SYSTEM SET wsproxy.max_connections_per_ip = 0")
+    s.psql("ALTER SYSTEM SET wsproxy.idle_timeout = '1s'")
+    ok, err = s.restart_proxy()
+    assert ok, err
+    held = Session(s.http_port, "SELECT 1 AS one", wait_close=True)
+    try:
+        assert held.line() == {"rows": [{"one": 1}]} and held.line() == {"ready": True}
+        assert held.line() == {"close": 1001}  # without the timeout: open for good
+    finally:
+        held.close()
 
 
 # ---------------------------------------------------------------------------
