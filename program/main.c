@@ -1001,12 +1001,22 @@ static int cli_usage(const char *fmt, ...)
 }
 
 /* The engine may start after the proxy: a warning, not an error.  A TCP
- * engine (not starting with / or .) is not looked at. */
+ * engine (not starting with / or .) is not looked at.  PostgreSQL's socket
+ * is known by its name (.s.PGSQL.PORT): it has no PROXY protocol, and the
+ * header would break every session with a log line that does not say why. */
 static void cli_check_socket(const struct cli *s)
 {
     struct stat st;
+    const char *base;
     if (s->cfg.socket_path[0] != '/' && s->cfg.socket_path[0] != '.')
         return;
+    base = strrchr(s->cfg.socket_path, '/');
+    base = base ? base + 1 : s->cfg.socket_path;
+    if (!strncmp(base, ".s.PGSQL.", 9) && s->cfg.proxy_protocol != WS_PROXY_PP_OFF)
+        cli_note(s, WS_PROXY_LOG_WARN, "engine socket %s is PostgreSQL's, which has no "
+                 "PROXY protocol support: the header breaks its startup packet (the "
+                 "server logs \"invalid length of startup packet\" and ends every "
+                 "session); use --proxy-protocol off", s->cfg.socket_path);
     if (stat(s->cfg.socket_path, &st))
         cli_note(s, WS_PROXY_LOG_WARN, "engine socket %s: %s (clients get 502 until the "
                  "engine listens there)", s->cfg.socket_path, strerror(errno));

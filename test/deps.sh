@@ -24,6 +24,9 @@ DEMO_PKGS="gcc make libbearssl-dev mariadb-server mariadb-client openssl python3
 DEMO_PKGS="$DEMO_PKGS libmariadbd-dev libmariadb-dev"
 TEST_PKGS="clang libclang-rt-14-dev python3-websockets python3-pytest socat chromium
 mandoc man-db systemd logrotate prometheus"
+# iproute2: ip, for the tests' private network namespaces (test_tls_netns.py,
+# test_postgres_extension.py's listen_addresses tests).
+TEST_PKGS="$TEST_PKGS iproute2"
 # PostgreSQL 15 and its server headers (make postgres-extension, PGXS);
 # libkrb5-dev: gssapi.h, which the server headers include.
 PG_PKGS="postgresql postgresql-server-dev-15 libkrb5-dev"

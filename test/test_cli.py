@@ -147,6 +147,23 @@ def test_missing_or_non_socket_path_warned_at_start_and_restart(proxy, tmp_path)
     p2.wait_log(r"engine socket %s is not a socket" % re.escape(str(plain)))
 
 
+def test_postgres_socket_with_the_proxy_header_is_warned(proxy, tmp_path):
+    """PostgreSQL (its socket is named .s.PGSQL.PORT) has no PROXY protocol:
+    the default header breaks its startup packet, and the log says so."""
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    pg = str(tmp_path / ".s.PGSQL.5432")
+    p = proxy(engine=None, socket_path=pg, log_dir=logdir)
+    p.wait_log(r"WARN \[proxy\] engine socket %s is PostgreSQL's, which has no PROXY "
+               r"protocol support: the header breaks its startup packet .*"
+               r"--proxy-protocol off" % re.escape(pg))
+    off = tmp_path / "logs-off"
+    off.mkdir()
+    q = proxy("--proxy-protocol", "off", engine=None, socket_path=pg, log_dir=off)
+    q.wait_log(r"engine socket .*: No such file")
+    assert "PostgreSQL" not in q.log(), q.log()
+
+
 def test_engine_socket_present_gives_no_warning(proxy, engine, tmp_path):
     logdir = tmp_path / "logs"
     logdir.mkdir()

@@ -11,6 +11,8 @@ test says so, `trust` lines for the role trusty on the socket and on
 127.0.0.1.  The extension's control and SQL files must be installed
 (make postgres-install; test/run-tests.sh does it).
 
+Runs as root (initdb and the servers as the postgres OS user; two tests put
+a server in a network namespace of its own with unshare, ip and nsenter).
 Every server test runs with the plain build and with the ASan+UBSan build
 (build/postgres-asan, its runtime preloaded into postgres); a sanitizer
 report in the server's log fails the test.
@@ -26,6 +28,7 @@ import pwd
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -115,11 +118,22 @@ def build(request, initialised):
     return request.param, so
 
 
+# A network namespace with loopback and another interface (10.99.0.1 on a
+# veth pair), for listen_addresses that name every interface or none on
+# loopback: nothing outside the namespace can reach it.
+NETNS = ("ip link set lo up && ip link add v0 type veth peer name v1 && "
+         "ip addr add 10.99.0.1/24 dev v0 && ip link set v0 up && ip link set v1 up && "
+         "exec setpriv --reuid=postgres --regid=postgres --clear-groups -- "
+         "env LD_PRELOAD=\"$WSP_PRELOAD\" \"$@\"")
+
+
 class Server:
     """A postgres on a private socket and port with the extension preloaded."""
 
-    def __init__(self, initialised, build, conf=None, hba=DEBIAN_HBA, preload=True):
+    def __init__(self, initialised, build, conf=None, hba=DEBIAN_HBA, preload=True,
+                 netns=False):
         self.san = build[0] == "asan"
+        self.netns = netns  # in a network namespace of its own: see NETNS
         self.dir = tempfile.mkdtemp(prefix="wspg", dir="/tmp")
         os.chmod(self.dir, 0o755)
         self.data = os.path.join(self.dir, "data")
@@ -161,10 +175,15 @@ class Server:
             env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=1"
             env["UBSAN_OPTIONS"] = "print_stacktrace=1"
         self.log = open(self.logpath, "ab")
-        self.proc = subprocess.Popen([os.path.join(pg_bin(), "postgres"), "-D", self.data],
-                                     stdin=subprocess.DEVNULL, stdout=self.log,
+        argv, who = [os.path.join(pg_bin(), "postgres"), "-D", self.data], as_postgres()
+        if self.netns:
+            # root makes the namespace, then execs postgres as postgres (the
+            # same pid) with the sanitizer runtime preloaded into it alone
+            env["WSP_PRELOAD"] = env.pop("LD_PRELOAD", "")
+            argv, who = ["unshare", "-n", "--", "sh", "-c", NETNS, "sh"] + argv, {}
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT, env=env, cwd=self.dir,
-                                     start_new_session=True, **as_postgres())
+                                     start_new_session=True, **who)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -207,6 +226,18 @@ class Server:
         """SELECT wsproxy_restart(): (ok, stderr)."""
         rc, _, err = self.psql("SELECT wsproxy_restart()", check=False)
         return rc == 0, err
+
+    def reload(self, name, value):
+        """pg_reload_conf() after ALTER SYSTEM SET name = value, returning once
+        the worker has had the reload: a new backend shows the value (the
+        postmaster signals its children after reading the files), and then
+        wsproxy_status() is answered by the worker after its SIGHUP."""
+        self.psql("ALTER SYSTEM SET %s = %s" % (name, value))
+        self.psql("SELECT pg_reload_conf()")
+        wait_until(lambda: self.psql("SELECT %s::text = current_setting('%s')"
+                                     % (value, name)) == [["t"]],
+                   20, step=0.1, what="the reload of %s" % name)
+        return self.status()
 
     def logtext(self):
         try:
@@ -261,20 +292,44 @@ def server_factory(initialised, build):
         s.cleanup()
 
 
+def listening(port, netns=None):
+    """The local addresses with a TCP socket listening on port (from
+    /proc/net/tcp and tcp6, or those of the namespace of pid netns): e.g.
+    {"127.0.0.1"} or {"::1"}."""
+    found = set()
+    for name, fam in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        with open("/proc/%s/net/%s" % (netns or "self", name)) as f:
+            for line in f.readlines()[1:]:
+                local, st = line.split()[1], line.split()[3]
+                addr, p = local.split(":")
+                if st != "0A" or int(p, 16) != port:
+                    continue
+                raw = bytes.fromhex(addr)
+                # the kernel prints each 32-bit word in host (little-endian) order
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(socket.inet_ntop(fam, raw))
+    return found
+
+
 # ---------------------------------------------------------------------------
 # the client: Neon's serverless driver
 # ---------------------------------------------------------------------------
 
 def query(port, *sql, user="alice", password="alice-secret", scheme="ws", ca=None,
-          origin=None):
+          origin=None, host="127.0.0.1", pool=0, netns=None):
     """pg_query.js: a list of JSON results, one per statement (or the
-    connect error as the only element), then {"close": code}."""
-    argv = [node(), PG_QUERY, "--url", "%s://127.0.0.1:%d/" % (scheme, port),
+    connect error as the only element), then {"close": code}; with pool=N
+    each statement N times at once on Neon's Pool, then {"pool": "ended"}."""
+    argv = [node(), PG_QUERY, "--url", "%s://%s:%d/" % (scheme, host, port),
             "--user", user, "--password=" + password, "--timeout", "20000"]
     if ca:
         argv += ["--ca", ca]
     if origin:
         argv += ["--origin", origin]
+    if pool:
+        argv += ["--pool", str(pool)]
+    if netns:  # the pid of a process in the namespace to run in
+        argv = ["nsenter", "-t", str(netns), "-n", "--"] + argv
     cp = subprocess.run(argv + list(sql), capture_output=True, text=True, timeout=40,
                         stdin=subprocess.DEVNULL)
     out = [json.loads(line) for line in cp.stdout.splitlines() if line.startswith("{")]
@@ -365,6 +420,100 @@ def test_queries_over_ws(server_factory):
     assert int(st["connections_total"]) == 2 and int(st["bytes_to_client"]) > 16 * 1024 * 1024, st
     log = s.logtext()
     assert "must prove a secret" in log and "proxy_protocol is off" not in log, log[-3000:]
+    # logging_collector is off: every line of the proxy, each connection's
+    # too, is in the server's log (its stderr), and there is no separate file
+    assert "wsproxy: [conn" in log and "bytes to engine" in log, log[-3000:]
+    assert not any(os.path.exists(os.path.join(d, "websocket_proxy.log"))
+                   for d in (s.data, os.path.join(s.data, "log"), s.dir))
+    # the default bind address: the loopback listen_addresses names
+    assert listening(s.http_port) == {"127.0.0.1"}
+
+
+def test_default_bind_is_the_loopback_of_listen_addresses(server_factory):
+    """listen_addresses = '::1': the proxy listens on ::1 only, relays to
+    [::1] (where a trust line still does not let a WebSocket in); an explicit
+    wsproxy.bind_address moves it, at wsproxy_restart() and not before."""
+    hba = TRUST_HBA.replace("host    all             all             ::1/128",
+                            "host    all             trusty          ::1/128     trust\n"
+                            "host    all             all             ::1/128")
+    s = server_factory(hba=hba, conf={"listen_addresses": "'::1'"}).start()
+    assert listening(s.http_port) == {"::1"}
+    assert rows(s.http_port, "SELECT host(inet_client_addr()) AS a", host="[::1]") == \
+        [{"a": "::1"}]
+    e = refused(s.http_port, "trusty", "", host="[::1]")
+    assert "password authentication is required for WebSocket sessions" in e["error"], e
+    cp = subprocess.run([os.path.join(pg_bin(), "psql"), "-XAtq", "-h", "::1", "-p",
+                         str(s.port), "-U", "trusty", "-d", "postgres", "-c",
+                         "SELECT current_user"], capture_output=True, text=True, timeout=30)
+    assert cp.stdout.strip() == "trusty", cp.stderr
+    s.reload("wsproxy.bind_address", "'127.0.0.1'")
+    assert listening(s.http_port) == {"::1"}
+    ok, err = s.restart_proxy()
+    assert ok, err
+    assert listening(s.http_port) == {"127.0.0.1"}
+    assert rows(s.http_port, "SELECT 1 AS one") == [{"one": 1}]
+
+
+@pytest.mark.parametrize("listen", ["*", "10.99.0.1"])
+def test_default_bind_is_loopback_when_listen_addresses_names_none(server_factory, listen):
+    """In a network namespace with another interface: listen_addresses = '*'
+    (every interface) or only that interface's address, and the proxy still
+    listens on 127.0.0.1 alone; without a loopback listener it relays over
+    the Unix socket."""
+    hba = "local all alice scram-sha-256\n" + DEBIAN_HBA
+    s = server_factory(hba=hba, netns=True,
+                       conf={"listen_addresses": "'%s'" % listen}).start()
+    pid = s.proc.pid
+    assert listening(s.port, netns=pid) == ({"0.0.0.0", "::"} if listen == "*" else {listen})
+    assert listening(s.http_port, netns=pid) == {"127.0.0.1"}
+    assert listening(s.http_port) == set()  # not in this test's namespace
+    assert rows(s.http_port, "SELECT current_user AS u", netns=pid) == [{"u": "alice"}]
+    assert ("-> unix:" in s.logtext()) == (listen != "*")
+
+
+def test_pool_of_20_concurrent_clients(server_factory):
+    """Neon's Pool with 20 clients at once: 20 relayed sessions, all seen
+    by wsproxy_clients() while they run."""
+    s = server_factory().start()
+    # each query waits (up to 30 s) until the test inserts into go
+    s.psql("CREATE TABLE go (); GRANT SELECT ON go TO alice; "
+           "CREATE FUNCTION wait_go() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+           "FOR i IN 1..600 LOOP EXIT WHEN EXISTS (SELECT FROM go); "
+           "PERFORM pg_sleep(0.05); END LOOP; RETURN pg_backend_pid(); END $$")
+    out = []
+    t = threading.Thread(target=lambda: out.append(query(
+        s.http_port, "SELECT wait_go() AS pid", pool=20)))
+    t.start()
+    try:
+        wait_until(lambda: s.psql("SELECT count(*) FROM wsproxy_clients() c JOIN "
+                                  "pg_stat_activity a USING (pid) WHERE a.usename = 'alice'")
+                   == [["20"]], 30, step=0.2, what="20 relayed sessions")
+    finally:
+        s.psql("INSERT INTO go DEFAULT VALUES")
+        t.join(60)
+    r = out[0]
+    assert r[-1] == {"pool": "ended"} and len(r) == 21, r
+    assert len({x["rows"][0]["pid"] for x in r[:-1]}) == 20, r
+    st = s.status()
+    assert st["connections_total"] == "20" and st["connections_open"] == "0", st
+
+
+def test_listen_notify_through_the_proxy(server_factory):
+    s = server_factory().start()
+    held = Session(s.http_port, "LISTEN ch", "SELECT 1 AS one")
+    try:
+        assert held.line() == {"rows": []}
+        assert held.line() == {"waiting": 1}
+        s.psql("NOTIFY ch, 'from psql'")
+        assert held.line() == {"notification": {"channel": "ch", "payload": "from psql"}}
+        # from another WebSocket session
+        assert query(s.http_port, "NOTIFY ch, 'from a websocket'")[0] == {"rows": []}
+        assert held.line() == {"notification": {"channel": "ch",
+                                                "payload": "from a websocket"}}
+        held.step()
+        assert held.line() == {"rows": [{"one": 1}]}
+    finally:
+        held.close()
 
 
 @pytest.fixture(scope="module")
@@ -373,9 +522,9 @@ def certs(tmp_path_factory):
     return make_certs(tmp_path_factory.mktemp("pg-tls"))
 
 
-def server_tls(s, certs):
+def server_tls(s, certs, cert="server.crt", key="server.key"):
     """The server's own certificate (ssl = on), as postgres can read it."""
-    for name, src in (("server.crt", certs.chain), ("server.key", certs.key)):
+    for name, src in ((cert, certs.chain), (key, certs.key)):
         dst = os.path.join(s.data, name)
         shutil.copy(src, dst)
         os.chmod(dst, 0o600)
@@ -383,15 +532,24 @@ def server_tls(s, certs):
 
 
 def test_queries_over_wss_with_the_servers_certificate(server_factory, certs):
+    """Only the server's own ssl_cert_file and ssl_key_file are set (not
+    Debian's server.crt names): wsproxy.ssl_* are empty and follow them."""
     port = free_port()
-    s = server_factory(conf={"ssl": "on", "wsproxy.http_port": 0, "wsproxy.https_port": port})
-    server_tls(s, certs)
+    s = server_factory(conf={"ssl": "on", "ssl_cert_file": "'pg-chain.pem'",
+                             "ssl_key_file": "'pg-key.pem'",
+                             "wsproxy.http_port": 0, "wsproxy.https_port": port})
+    server_tls(s, certs, "pg-chain.pem", "pg-key.pem")
     s.start()
+    assert s.psql("SHOW wsproxy.ssl_cert_file") == [[""]]
     assert s.status()["scheme"] == "wss"
     r = query(port, "SELECT current_user AS u, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
               scheme="wss", ca=certs.ca)
     # TLS ends in the proxy: the relayed session itself is plain
     assert r[0]["rows"] == [{"u": "alice", "ssl": False}], r
+    # and wsproxy_clients() says wss for it
+    s.psql("GRANT EXECUTE ON FUNCTION wsproxy_clients() TO alice")
+    assert rows(port, "SELECT scheme, pid = pg_backend_pid() AS me FROM wsproxy_clients()",
+                scheme="wss", ca=certs.ca) == [{"scheme": "wss", "me": True}]
     # a client that does not trust the CA gets no session
     r = query(port, "SELECT 1", scheme="wss")
     assert "error" in r[0], r
@@ -409,11 +567,9 @@ def test_restart_moves_the_port_and_keeps_sessions(server_factory):
         assert held.line() == {"rows": [{"one": 1}]}
         assert held.line() == {"waiting": 1}
         new = free_port()
-        s.psql("ALTER SYSTEM SET wsproxy.http_port = %d" % new)
-        s.psql("SELECT pg_reload_conf()")
-        time.sleep(0.5)
-        # a reload moves nothing
-        assert s.status()["port"] == str(old) and not port_accepts(new)
+        # a reload moves nothing, once the worker has had it too
+        assert s.reload("wsproxy.http_port", new)["port"] == str(old)
+        assert not port_accepts(new) and listening(new) == set()
         assert rows(old, "SELECT 2 AS two") == [{"two": 2}]
         ok, err = s.restart_proxy()
         assert ok, err
@@ -454,7 +610,9 @@ def test_both_ports_at_start_is_failed_not_an_abort(server_factory):
     assert st["state"] == "FAILED" and "mutually exclusive" in st["reason"], st
     assert "mutually exclusive" in s.logtext()
     assert not port_accepts(s.http_port)
-    s.psql("ALTER SYSTEM SET wsproxy.https_port = 0")
+    # fixed and reloaded: still FAILED, the proxy never restarts itself
+    st = s.reload("wsproxy.https_port", 0)
+    assert st["state"] == "FAILED" and not port_accepts(s.http_port), st
     ok, err = s.restart_proxy()
     assert ok, err
     assert rows(s.http_port, "SELECT 1 AS one") == [{"one": 1}]
@@ -511,6 +669,42 @@ def test_clients_join_pg_stat_activity(server_factory):
                what="the session to leave wsproxy_clients()")
 
 
+def test_allowed_origins_and_limits_are_gucs(server_factory):
+    s = server_factory(conf={"wsproxy.allowed_origins": "'https://app.example'"}).start()
+    assert rows(s.http_port, "SELECT 1 AS one", origin="https://app.example") == [{"one": 1}]
+    assert refused(s.http_port, "alice", "alice-secret", origin="https://evil.example")
+    st = s.psql("SELECT refused_403, connections_total FROM wsproxy_status()")
+    assert st == [["1", "2"]], st
+    # limits, with units, applied by the restart: a larger message ends the
+    # session with 1009, a smaller one passes; a second connection from the
+    # same address is refused while the first is open
+    s.psql("ALTER SYSTEM SET wsproxy.max_message = '4kB'")
+    s.psql("ALTER SYSTEM SET wsproxy.max_connections_per_ip = 1")
+    ok, err = s.restart_proxy()
+    assert ok, err
+    r = query(s.http_port, "SELECT length('%s') AS n" % ("a" * 3000),
+              "SELECT length('%s') AS n" % ("a" * 5000))
+    assert r[0] == {"rows": [{"n": 3000}]} and "error" in r[1] and r[-1] == {"close": 1009}, r
+    held = Session(s.http_port, "SELECT 1 AS one", wait_close=True)
+    try:
+        assert held.line() == {"rows": [{"one": 1}]} and held.line() == {"ready": True}
+        assert refused(s.http_port, "alice", "alice-secret")
+        assert s.psql("SELECT refused_503 FROM wsproxy_status()") == [["1"]]
+    finally:
+        held.close()
+    # a timeout: an idle session is closed with 1001
+    s.psql("ALTER SYSTEM SET wsproxy.max_connections_per_ip = 0")
+    s.psql("ALTER SYSTEM SET wsproxy.idle_timeout = '1s'")
+    ok, err = s.restart_proxy()
+    assert ok, err
+    held = Session(s.http_port, "SELECT 1 AS one", wait_close=True)
+    try:
+        assert held.line() == {"rows": [{"one": 1}]} and held.line() == {"ready": True}
+        assert held.line() == {"close": 1001}  # without the timeout: open for good
+    finally:
+        held.close()
+
+
 # ---------------------------------------------------------------------------
 # security: no WebSocket login without a secret
 # ---------------------------------------------------------------------------
@@ -541,6 +735,8 @@ def test_relay_over_the_unix_socket_refuses_peer_and_trust(server_factory):
     hba = "local all alice scram-sha-256\n" + TRUST_HBA
     s = server_factory(hba=hba, conf={"listen_addresses": "''"}).start()
     assert "-> unix:" in s.logtext()
+    # no TCP listener for the server: the proxy's default is still loopback
+    assert listening(s.http_port) == {"127.0.0.1"}
     for user in ("postgres", "trusty"):  # peer (as the server's own user), trust
         e = refused(s.http_port, user, "x")
         assert "password authentication is required for WebSocket sessions" in e["error"], e
@@ -619,6 +815,48 @@ def test_terminated_session_closes_1000_after_the_shutdown_wait(server_factory):
     finally:
         h.close()
     assert rows(s.http_port, "SELECT 1 AS one") == [{"one": 1}]
+
+
+def test_log_file_with_the_collector_and_reopened_at_reload(server_factory):
+    """logging_collector = on: each connection's lines go to
+    websocket_proxy.log in log_directory, the server's log keeps the
+    proxy's warnings and its start line.  logrotate, with the rules
+    engines/postgres/README.md gives, renames the file and reloads the
+    server: the worker reopens it, and nothing else moves."""
+    s = server_factory(conf={"logging_collector": "on", "log_directory": "'log'",
+                             "log_filename": "'postgresql.log'"}).start()
+    d = os.path.join(s.data, "log")
+    wlog, slog = os.path.join(d, "websocket_proxy.log"), os.path.join(d, "postgresql.log")
+
+    def text(path):
+        try:
+            with open(path, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+    assert rows(s.http_port, "SELECT 1 AS one") == [{"one": 1}]
+    wait_until(lambda: "bytes to engine" in text(wlog), 10, what="the connection's line")
+    assert "wsproxy: relaying to" in text(slog) and "[conn" not in text(slog)
+    with open(os.path.join(ROOT, "engines", "postgres", "README.md")) as f:
+        readme = f.read()
+    rules = readme.split("/var/lib/postgresql/15/main/log/websocket_proxy.log {", 1)[1]
+    rules = ("/var/lib/postgresql/15/main/log/websocket_proxy.log {" +
+             rules.split("```", 1)[0]).replace("/var/lib/postgresql/15/main", s.data)
+    conf = os.path.join(s.dir, "logrotate.conf")
+    with open(conf, "w") as f:
+        f.write(rules)
+    os.chmod(conf, 0o644)
+    cp = subprocess.run(["logrotate", "-f", "-v", "-s", os.path.join(s.dir, "lr.state"), conf],
+                        capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0 and "running postrotate script" in cp.stderr + cp.stdout, cp
+    wait_until(lambda: os.path.exists(wlog), 10, what="websocket_proxy.log reopened")
+    assert rows(s.http_port, "SELECT 2 AS two") == [{"two": 2}]
+    wait_until(lambda: "bytes to engine" in text(wlog), 10, what="a line in the new file")
+    assert text(wlog + ".1").count("bytes to engine") == 1
+    st = s.status()
+    assert st["state"] == "RUNNING" and st["port"] == str(s.http_port), st
+    s.stop()
+    assert not any(m in text(slog) for m in SANITIZER), text(slog)[-6000:]
 
 
 def test_not_preloaded_says_what_to_do(server_factory):

@@ -555,6 +555,10 @@ void wsproxy_worker_main(Datum arg)
         if (ConfigReloadPending) { /* nothing moves until wsproxy_restart() */
             ConfigReloadPending = false;
             ProcessConfigFile(PGC_SIGHUP);
+            /* but websocket_proxy.log is reopened, same path: logrotate's
+             * postrotate can be `pg_ctl reload` */
+            if (g_proxy && !g_log_all && ws_proxy_reopen_log(g_proxy, err, sizeof err))
+                ereport(LOG, (errmsg("wsproxy: could not reopen its log: %s", err)));
         }
         SpinLockAcquire(&g_sh->mu);
         seq = g_sh->req_seq;

@@ -5,7 +5,7 @@
 //
 //   node test/clients/pg_query.js --url ws://127.0.0.1:8080/ [--user U] [--password PW]
 //        [--database DB] [--ca FILE] [--origin ORIGIN] [--wait-close] [--pause]
-//        [--timeout MS] "SQL" ["SQL" ...]
+//        [--timeout MS] [--pool N] "SQL" ["SQL" ...]
 //
 // Each SQL argument runs in order on one session and prints one JSON line:
 // {"rows": [...]} or {"error": message, "code": SQLSTATE}; an error on
@@ -15,18 +15,23 @@
 // server went away).  Without it the session ends and {"close": CODE} is
 // printed too.  With --pause, before each statement after the first it
 // prints {"waiting": N} and reads a line from stdin (a test holds the
-// session open meanwhile).  Exit status 0 unless the connection failed.
+// session open meanwhile).  A notification (LISTEN) prints
+// {"notification": {"channel": C, "payload": P}} when it arrives.  With
+// --pool N the statements run instead on the driver's Pool (max N): each one
+// N times at once, one JSON line per run, then {"pool": "ended"}.
+// Exit status 0 unless the connection failed.
 'use strict';
 
 const fs = require('fs');
 const WebSocket = require('ws');
-const { Client, neonConfig } = require('@neondatabase/serverless');
+const { Client, Pool, neonConfig } = require('@neondatabase/serverless');
 
 function parseArgs(argv) {
   const o = { url: null, user: 'postgres', password: '', database: 'postgres', ca: null,
-    origin: null, waitClose: false, pause: false, timeout: 30000, sql: [] };
+    origin: null, waitClose: false, pause: false, timeout: 30000, pool: 0, sql: [] };
   const withValue = { '--url': 'url', '--user': 'user', '--password': 'password',
-    '--database': 'database', '--ca': 'ca', '--origin': 'origin', '--timeout': 'timeout' };
+    '--database': 'database', '--ca': 'ca', '--origin': 'origin', '--timeout': 'timeout',
+    '--pool': 'pool' };
   for (let i = 0; i < argv.length; i++) {
     let a = argv[i];
     let v;
@@ -40,6 +45,7 @@ function parseArgs(argv) {
   }
   if (!o.url || !/^wss?:\/\/[^/]+/i.test(o.url)) throw new Error('--url ws://HOST:PORT/ needed');
   o.timeout = Number(o.timeout);
+  o.pool = Number(o.pool);
   return o;
 }
 
@@ -73,9 +79,23 @@ async function main() {
   neonConfig.pipelineConnect = false;                // SCRAM: no pipelined password
   const timer = o.pause ? null : setTimeout(() => { out({ error: `timed out after ${o.timeout} ms` }); exit(1); },
     o.timeout);
-  const client = new Client({ host: u.hostname, user: o.user, password: o.password,
-    database: o.database });
+  const conn = { host: u.hostname, user: o.user, password: o.password, database: o.database };
+  if (o.pool) {
+    const pool = new Pool({ ...conn, max: o.pool });
+    pool.on('error', () => {});
+    for (const sql of o.sql) {
+      await Promise.all(Array.from({ length: o.pool }, () => pool.query(sql).then(
+        (r) => out({ rows: r.rows }), (e) => out({ error: e.message, code: e.code || null }))));
+    }
+    await pool.end();
+    out({ pool: 'ended' });
+    clearTimeout(timer);
+    exit(0);
+    return;
+  }
+  const client = new Client(conn);
   client.on('error', () => {});
+  client.on('notification', (n) => out({ notification: { channel: n.channel, payload: n.payload } }));
   try {
     await client.connect();
   } catch (e) {
@@ -108,7 +128,8 @@ async function main() {
     exit(0);
     return;
   }
-  await client.end().catch(() => {});
+  // end() never settles once the server's side has gone (e.g. Close 1009)
+  if (closed === null) await client.end().catch(() => {});
   for (let i = 0; i < 100 && closed === null; i++) await new Promise((r) => setTimeout(r, 20));
   out({ close: closed });
   clearTimeout(timer);
