@@ -88,6 +88,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -172,9 +173,19 @@
 #define WS_PROXY_LISTEN_BACKLOG 4096
 #endif
 /* Connections over max_connections accepted only to be answered 503;
- * beyond this the listening socket is not polled. */
+ * beyond this the listening socket is not polled.  Answered refusals do
+ * not count: at most this many linger (WS_PROXY_LINGER_MS) after their
+ * answer, the rest are closed as soon as it is out, so a client refused in
+ * bulk costs itself, not the listener. */
 #ifndef WS_PROXY_REFUSE_SLACK
 #define WS_PROXY_REFUSE_SLACK 64
+#endif
+/* An engine whose listen backlog is full (a non-blocking connect() to its
+ * Unix socket gives EAGAIN where a blocking client would wait in the queue)
+ * is tried again after this many ms, doubling up to 32 times that, until
+ * the handshake timeout. */
+#ifndef WS_PROXY_RETRY_MS
+#define WS_PROXY_RETRY_MS 5
 #endif
 /* How long a refused HTTP client may keep sending before we close, ms. */
 #ifndef WS_PROXY_LINGER_MS
@@ -188,9 +199,9 @@
 #endif
 
 /* A client that vanishes without FIN or RST (cable pulled, NAT state
- * dropped) is found within about this many seconds: by TCP keepalive while
- * the connection is idle, by TCP_USER_TIMEOUT while our data goes
- * unacknowledged.  0 turns both off; ping_interval_ms finds it sooner. */
+ * dropped) is found within about this many seconds by TCP keepalive while
+ * the connection is idle (0 turns it off); while our data goes
+ * unacknowledged, send_timeout_ms finds it; ping_interval_ms sooner. */
 #ifndef WS_PROXY_KEEPALIVE_S
 #define WS_PROXY_KEEPALIVE_S 120
 #endif
@@ -239,6 +250,7 @@
 #define DEFAULT_MAX_CONNECTIONS 1024u
 #define DEFAULT_HANDSHAKE_MS 10000u
 #define DEFAULT_DRAIN_MS 5000u
+#define DEFAULT_SEND_MS 120000u
 /* Room in front of an outgoing payload for the largest server header. */
 #define FRAME_HEADROOM 10
 
@@ -1205,10 +1217,17 @@ static int frame_decode(struct frame_dec *d, uint8_t *buf, size_t len,
                 d->ctl_len = (uint8_t)(d->ctl_len + n);
             } else {
                 frame_unmask(buf + o, buf + p, n, d->mask, d->moff);
-                if (d->msg_op == OP_TEXT &&
-                    (d->utf8 = utf8_check(d->utf8, buf + o, n)) == UTF8_BAD) {
-                    rc = frame_fail(d, 1007, "invalid UTF-8 in text message");
-                    break;
+                if (d->msg_op == OP_TEXT) {
+                    uint32_t u = utf8_check(d->utf8, buf + o, n);
+                    if (u == UTF8_BAD) {
+                        /* The bytes before the invalid one are delivered,
+                         * as they would be from an earlier read. */
+                        while ((u = utf8_check(d->utf8, buf + o, 1)) != UTF8_BAD)
+                            d->utf8 = u, o++;
+                        rc = frame_fail(d, 1007, "invalid UTF-8 in text message");
+                        break;
+                    }
+                    d->utf8 = u;
                 }
                 o += n;
             }
@@ -1289,7 +1308,7 @@ struct cfg {
     socklen_t engine_len;
     int port;                 /* http_port or https_port, 0 = none */
     int tls;                  /* serving wss:// */
-    unsigned max_conns, handshake_ms, drain_ms;
+    unsigned max_conns, handshake_ms, drain_ms, send_ms;
     int log_level;
     struct tls_creds *creds;
     char text[]; /* the strings of c, each NUL-terminated */
@@ -1349,12 +1368,22 @@ struct conn {
     unsigned ping_due : 1, pong_due : 1, over_limit : 1;
     unsigned i_borrowed : 1; /* ib is the transport's, not the free list's */
     unsigned again : 1;   /* the turn budget ran out with work left (rule 9) */
+    unsigned took : 1;    /* the client socket took bytes this turn */
+    unsigned ip_counted : 1; /* counted in the per-address table */
     uint32_t i_borrowed_len;
     uint16_t close_code; /* the code we send (0 = empty Close) */
     uint16_t status;     /* HTTP status answered */
     const char *why;     /* why it ended, for the log: the first reason sticks */
     uint64_t id;
-    int64_t t_start, t_rx, t_data, t_ping; /* ms, monotonic */
+    int64_t t_start, t_open, t_rx, t_data, t_ping; /* ms, monotonic */
+    int64_t t_fin;   /* when the client's FIN was seen */
+    int64_t t_retry; /* when the engine's backlog was last found full */
+    int64_t t_moved; /* when output was last not stuck: none queued, or taken */
+    int64_t t_look;  /* the last look at the client's progress (conn_look) */
+    int64_t t_acked; /* the last look that found bytes acknowledged */
+    int64_t t_clear; /* the last look that found nothing waiting for it */
+    uint64_t wire_out; /* bytes written to the client socket */
+    uint64_t acked;    /* of those, acknowledged at the last look */
     int64_t t_end; /* closing deadline, 0 = none; once set only moves earlier */
     int64_t t_io;  /* last poll event on either socket: hot or cold */
     uint64_t bytes_in, bytes_out;
@@ -1363,6 +1392,7 @@ struct conn {
     union conn_addr peer;
     struct tls_conn *tls;
     struct frame_dec dec;
+    uint8_t retries;  /* connects that found the engine's backlog full */
     uint8_t pong_len;
     uint8_t pong[125];
     char name[64]; /* "conn 12 192.0.2.1:51234", for the log */
@@ -1655,12 +1685,6 @@ static void sock_keepalive(int fd)
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
     }
 #endif
-#ifdef TCP_USER_TIMEOUT
-    {
-        unsigned ms = WS_PROXY_KEEPALIVE_S * 1000u;
-        setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
-    }
-#endif
 }
 
 /* The loop's wake-up pipe, non-blocking and close-on-exec from birth
@@ -1799,6 +1823,10 @@ static long sock_write(struct conn *c, const uint8_t *buf, size_t len)
     n = io_send(c->cfd, buf, len);
     if (n == IO_AGAIN || (n >= 0 && (size_t)n < len))
         c->c_wr = 0;
+    if (n > 0) {
+        c->took = 1;
+        c->wire_out += (uint64_t)n;
+    }
     return n;
 }
 
@@ -2224,8 +2252,22 @@ static struct tls_conn *tls_conn_new(const struct tls_creds *cr)
     return t;
 }
 
+/* The client sent close_notify.  BearSSL reports CLOSED only once its own
+ * close_notify in reply has gone out, which a client that does not read
+ * never allows; but from the peer's close_notify on it takes no more record
+ * bytes (RECVREC) and, once the bytes decrypted before it are taken, has no
+ * more to give (RECVAPP).  Before the handshake is done, and once our own
+ * close_notify is queued, the engine may also refuse input while it
+ * writes, so this is read only in between (then CLOSED tells). */
+static int tls_peer_closed(const struct conn *c)
+{
+    unsigned st = br_ssl_engine_current_state(&c->tls->sc.eng);
+    return c->tls->up && !c->tls->notified && !(st & (BR_SSL_RECVREC | BR_SSL_RECVAPP));
+}
+
 /* Moves records between the socket and the engine while it can.
- * Returns 1 if bytes moved, 0 if not, -1 once the engine is closed. */
+ * Returns 1 if bytes moved, 0 if not, -1 once the engine is closed or
+ * the client sent close_notify. */
 static int tls_pump(struct conn *c)
 {
     br_ssl_engine_context *e = &c->tls->sc.eng;
@@ -2266,7 +2308,7 @@ static int tls_pump(struct conn *c)
                 return -1;
             }
         }
-        return moved;
+        return tls_peer_closed(c) ? -1 : moved;
     }
 }
 
@@ -2546,10 +2588,15 @@ static short tr_events(const struct conn *c, short want)
     if (c->tls) {
         unsigned st = br_ssl_engine_current_state(&c->tls->sc.eng);
         short ev = 0;
+        /* Records are read whenever BearSSL takes one, whatever the
+         * WebSocket layer wants: it holds at most one record of decrypted
+         * bytes, so this costs no backpressure, and a close_notify is seen
+         * in every state. */
         if (st & BR_SSL_SENDREC)
             ev |= POLLOUT;
-        if ((st & BR_SSL_RECVREC) && ((want & POLLIN) || !c->tls->up))
+        if (st & BR_SSL_RECVREC)
             ev |= POLLIN;
+        (void)want;
         return ev;
     }
 #endif
@@ -2594,7 +2641,8 @@ static void tr_free(struct conn *c)
  *
  * Rules, each enforced in one place:
  *
- *  1. efd >= 0 exactly in CONNECT and OPEN (conn_close closes it).
+ *  1. efd >= 0 exactly in CONNECT and OPEN (conn_close closes it), but
+ *     for a CONNECT that waits to retry an engine whose backlog was full.
  *  2. Paused is derived: up_paused() while payload waits for the engine,
  *     down_paused() while output waits for the client.  A paused side is
  *     not read; nothing else stops reading.
@@ -2608,12 +2656,18 @@ static void tr_free(struct conn *c)
  *  4. The client gone (reset, error, TLS closed) ends the connection at
  *     once: nothing can reach it any more.  A client FIN without Close
  *     ends it as soon as the bytes sent before it are relayed, and at most
- *     WS_PROXY_FIN_GRACE_MS later.
- *  5. The engine's end is noticed even while its output is paused on a
- *     slow client: its data is still delivered, but for at most
- *     drain_ms; so is the wait for the engine after the client's Close.
- *     t_end holds that deadline; it is set once and only moves earlier,
- *     so no closing exchange takes longer than drain_ms in all.
+ *     WS_PROXY_FIN_GRACE_MS after it was seen or the connection opened,
+ *     whichever is later.
+ *  5. Events record facts (c_fin and t_fin, close_rcvd, drop, e_fin, the
+ *     times bytes moved); every deadline and timer is derived from them
+ *     by conn_deadline() on every turn, never armed when an event is seen.
+ *     Once the client's Close is decoded (or the client broke the
+ *     protocol) only the drain runs: no Ping, no idle timeout, and the
+ *     close code is fixed.  t_end is that drain's deadline and the
+ *     CLOSING phase's: set once, it only moves earlier.
+ *     The engine's end is noticed even while its output is paused on a
+ *     slow client: its data is still delivered while the client takes
+ *     it, and the connection ends after drain_ms without progress.
  *  6. The first reason to end sticks (why, close_code); conn_end() is the
  *     one place that tears down, logs the end and releases the slot.
  *  7. Readiness flags (c_rd, c_wr, e_rd, e_wr) are set by poll events and
@@ -2626,6 +2680,11 @@ static void tr_free(struct conn *c)
  *     bytes still to move (undecoded frames in ib after a burst of Pings,
  *     a consumed chunk not yet released), it sets `again` and the loop
  *     does not sleep; likewise for decrypted bytes BearSSL holds.
+ * 10. Liveness is progress, never a clock that ignores it: a client that
+ *     takes our bytes (its TCP acknowledges them, conn_look) is alive,
+ *     however slowly it reads.  The Ping's answer, the drain after the
+ *     engine's end and send_ms (a client that stopped reading) all count
+ *     from the last progress seen.
  */
 
 /* Is the proxy holding client payload the engine has not taken yet? */
@@ -2784,7 +2843,8 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
     tr_in_done(p, c);
     buf_put(p, &c->ob);
     tr_free(c);
-    ip_count(p, &c->peer, -1);
+    if (c->ip_counted) /* never another connection's count */
+        ip_count(p, &c->peer, -1);
     p->nrefusing -= c->phase == PH_REFUSED;
     c->phase = PH_DEAD;
     p->st.conns_open--;
@@ -2801,7 +2861,8 @@ static void conn_close(ws_proxy *p, struct conn *c, uint16_t code,
         close(c->efd);
         c->efd = -1;
     }
-    c->close_code = code;
+    if (!c->close_rcvd && !c->drop) /* rule 5: an echo or failure code stays */
+        c->close_code = code;
     conn_why(c, why);
     c->drop |= drop;
     c->ping_due = c->pong_due = 0;
@@ -2938,9 +2999,28 @@ static void conn_engine_ready(ws_proxy *p, struct conn *c, int64_t now)
     c->up = c->down = DIR_FLOW;
     c->status = 101;
     metrics_handshake(&p->st, now - c->t_start);
-    c->t_rx = c->t_data = now;
+    c->t_open = c->t_rx = c->t_data = c->t_moved = now;
+    c->t_look = c->t_acked = c->t_clear = now;
     c->e_wr = 1;
     plog(p, WS_PROXY_LOG_DEBUG, c, "open");
+}
+
+/* The engine's listen backlog is full: wait in CONNECT without a socket
+ * and try again (WS_PROXY_RETRY_MS, rule 1), as a blocking client would
+ * wait in the queue. */
+static void conn_engine_wait(struct conn *c, int64_t now)
+{
+    close(c->efd);
+    c->efd = -1;
+    c->e_wr = 0;
+    c->phase = PH_CONNECT;
+    c->t_retry = now;
+    c->retries += c->retries < 255;
+}
+
+static int64_t conn_retry_time(const struct conn *c)
+{
+    return c->t_retry + ((int64_t)WS_PROXY_RETRY_MS << (c->retries < 6 ? c->retries - 1 : 5));
 }
 
 static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
@@ -2959,8 +3039,9 @@ static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
         conn_engine_ready(p, c, now);
     else if (errno == EINPROGRESS || errno == EINTR)
         c->phase = PH_CONNECT;
-    else /* EAGAIN here is a full listen backlog: the engine is not keeping
-          * up, which the client should hear about at once. */
+    else if (errno == EAGAIN)
+        conn_engine_wait(c, now);
+    else
         conn_engine_down(p, c, "connect", errno, now);
 }
 
@@ -3251,6 +3332,21 @@ static int conn_flush(ws_proxy *p, struct conn *c)
     return moved;
 }
 
+/* After a failure close (RFC 6455 7.1.7) the client may still be sending:
+ * closing with its bytes unread would reset the connection and throw away
+ * our Close, still in the kernel behind what the client has not read.  So
+ * it lingers as a refusal does: our side shuts once everything is out, and
+ * what arrives is discarded until the client closes, for at most
+ * WS_PROXY_LINGER_MS. */
+static void conn_linger_failed(ws_proxy *p, struct conn *c, int64_t now)
+{
+    tr_in_done(p, c);
+    c->o_pos = c->o_len = 1; /* "answered": see conn_downstream */
+    p->nrefusing++;
+    c->phase = PH_REFUSED;
+    conn_end_by(c, now + WS_PROXY_LINGER_MS);
+}
+
 /* Engine -> client: flush, then compose the next frame. */
 static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
 {
@@ -3268,6 +3364,10 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
     if (c->phase == PH_REFUSED) {
         if (c->o_len && tr_close_notify(c))
             return 1; /* shut down once close_notify is out too */
+        if (c->o_len && p->nrefusing > WS_PROXY_REFUSE_SLACK) {
+            conn_end(p, c, now); /* too many linger already */
+            return 1;
+        }
         if (c->o_len) {
             /* Answered: stop sending, read until the client closes, so
              * unread request bytes do not turn our close into a reset. */
@@ -3279,8 +3379,10 @@ static int conn_downstream(ws_proxy *p, struct conn *c, int64_t now)
     }
     if (c->close_sent) {
         /* Our Close is on the wire: done unless the client's is due. */
-        if (c->drop || c->close_rcvd || c->c_fin)
+        if (c->close_rcvd || c->c_fin)
             conn_end(p, c, now);
+        else if (c->drop)
+            conn_linger_failed(p, c, now);
         return moved;
     }
     if (c->pong_due) {
@@ -3386,6 +3488,10 @@ static void conn_step(ws_proxy *p, struct conn *c, int64_t now)
             break;
     }
     c->again = budget < 0 && c->phase != PH_DEAD; /* rule 9 */
+    /* Progress, for the timers (rule 5). */
+    if (c->took || !conn_out_queued(c))
+        c->t_moved = now;
+    c->took = 0;
     /* Rule 4: a closed TLS session can carry nothing more either way. */
     if (c->phase != PH_DEAD && c->phase != PH_TLS && tr_pump(c) < 0) {
         conn_why(c, "client closed the connection");
@@ -3393,7 +3499,75 @@ static void conn_step(ws_proxy *p, struct conn *c, int64_t now)
     }
 }
 
-/* The earliest time this connection's timers need the loop. */
+static int64_t earlier(int64_t a, int64_t b)
+{
+    return a < b ? a : b;
+}
+
+static int64_t later(int64_t a, int64_t b)
+{
+    return a > b ? a : b;
+}
+
+/* The FIN grace (rule 4): from the FIN or from opening, whichever is
+ * later, so the bytes before a FIN seen during the handshake get it too. */
+static int64_t conn_fin_deadline(const struct conn *c)
+{
+    return later(c->t_fin, c->t_open) + WS_PROXY_FIN_GRACE_MS;
+}
+
+/* Looks at the client's progress: did it take bytes since the last look
+ * (its TCP acknowledged them: what we wrote minus what the kernel still
+ * holds)?  Where the kernel cannot tell, output that moved at all counts.
+ * Also notes when nothing of ours waits for it (t_clear).  Called when a
+ * Ping goes out and when a deadline that depends on progress is reached
+ * (rule 10); 1 if it took bytes. */
+static int conn_look(struct conn *c, int64_t now)
+{
+    int moved = c->t_moved > c->t_look, clear = !conn_out_queued(c);
+#if defined(__linux__) && defined(TIOCOUTQ)
+    int q; /* SIOCOUTQ: bytes sent but not acknowledged, or not sent */
+    if (ioctl(c->cfd, TIOCOUTQ, &q) == 0 && q >= 0) {
+        uint64_t acked = c->wire_out - (uint64_t)q;
+        moved = acked > c->acked;
+        clear &= !q;
+        c->acked = acked;
+    }
+#endif
+    c->t_look = now;
+    if (moved)
+        c->t_acked = now;
+    if (clear)
+        c->t_clear = now;
+    return moved;
+}
+
+/* A Ping goes to a client silent for ping_interval_ms; with one out, the
+ * connection ends when neither an answer nor progress came for as long:
+ * the Ping may wait behind megabytes the client is still reading. */
+static int64_t conn_ping_deadline(const struct conn *c)
+{
+    return c->t_ping ? later(c->t_ping, c->t_acked) + c->cfg->c.ping_interval_ms
+                     : c->t_rx + c->cfg->c.ping_interval_ms;
+}
+
+/* The client took none of our bytes for send_ms (rule 10); it is looked at
+ * every quarter of that, so the bound holds within a quarter. */
+static int64_t conn_send_deadline(const struct conn *c)
+{
+    return earlier(later(c->t_acked, c->t_clear) + c->cfg->send_ms,
+                   c->t_look + c->cfg->send_ms / 4);
+}
+
+/* The engine ended and its last bytes wait for a client that takes none
+ * of them: released drain_ms after the last progress. */
+static int64_t conn_drain_deadline(const struct conn *c)
+{
+    return later(c->t_moved, c->t_acked) + c->cfg->drain_ms;
+}
+
+/* The earliest time this connection's timers need the loop, derived from
+ * its state (rule 5). */
 static int64_t conn_deadline(const struct conn *c)
 {
     const struct cfg *cf = c->cfg;
@@ -3401,16 +3575,24 @@ static int64_t conn_deadline(const struct conn *c)
     switch (c->phase) {
     case PH_TLS:
     case PH_HTTP:
-    case PH_CONNECT:
         return c->t_start + cf->handshake_ms;
+    case PH_CONNECT:
+        t = c->t_start + cf->handshake_ms;
+        return c->efd < 0 ? earlier(t, conn_retry_time(c)) : t;
     case PH_OPEN:
         if (c->t_end)
             t = c->t_end;
-        if (cf->c.ping_interval_ms && !up_paused(c) &&
-            (c->t_ping ? c->t_ping : c->t_rx) + cf->c.ping_interval_ms < t)
-            t = (c->t_ping ? c->t_ping : c->t_rx) + cf->c.ping_interval_ms;
-        if (cf->c.idle_timeout_ms && c->t_data + cf->c.idle_timeout_ms < t)
-            t = c->t_data + cf->c.idle_timeout_ms;
+        if (c->c_fin && !c->close_rcvd)
+            t = earlier(t, conn_fin_deadline(c));
+        if (c->down == DIR_DRAIN)
+            t = earlier(t, conn_drain_deadline(c));
+        t = earlier(t, conn_send_deadline(c));
+        if (c->close_rcvd || c->drop)
+            return t; /* drain only */
+        if (cf->c.ping_interval_ms && !up_paused(c))
+            t = earlier(t, conn_ping_deadline(c));
+        if (cf->c.idle_timeout_ms)
+            t = earlier(t, c->t_data + cf->c.idle_timeout_ms);
         return t;
     case PH_CLOSING:
     case PH_REFUSED:
@@ -3419,9 +3601,52 @@ static int64_t conn_deadline(const struct conn *c)
     return t;
 }
 
-static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
+/* The timers of an OPEN connection, most final first. */
+static void conn_open_timers(ws_proxy *p, struct conn *c, int64_t now)
 {
     const struct cfg *cf = c->cfg;
+    if (c->c_fin && !c->close_rcvd && now >= conn_fin_deadline(c)) {
+        conn_why(c, "client disconnected");
+        conn_end(p, c, now);
+        return;
+    }
+    if (c->t_end && now >= c->t_end) {
+        if (c->close_rcvd)
+            c->why = "client closed, engine drain timed out";
+        conn_close(p, c, c->close_code, NULL, c->drop, now);
+        return;
+    }
+    if (c->down == DIR_DRAIN && now >= conn_drain_deadline(c) && !conn_look(c, now)) {
+        conn_why(c, "engine closed, client not reading");
+        conn_end(p, c, now);
+        return;
+    }
+    if (now >= conn_send_deadline(c) && !conn_look(c, now) &&
+        now >= later(c->t_acked, c->t_clear) + cf->send_ms) {
+        snprintf(p->why, sizeof p->why, "client stopped reading: took none of our bytes "
+                 "for %lld s", (long long)(now - later(c->t_acked, c->t_clear)) / 1000);
+        plog(p, WS_PROXY_LOG_INFO, c, "%s", p->why);
+        conn_why(c, "client stopped reading");
+        conn_end(p, c, now);
+        return;
+    }
+    if (c->close_rcvd || c->drop)
+        return; /* rule 5: only the drain runs */
+    if (cf->c.idle_timeout_ms && now >= c->t_data + cf->c.idle_timeout_ms) {
+        conn_close(p, c, 1001, "idle timeout", 0, now);
+    } else if (!cf->c.ping_interval_ms || up_paused(c) || now < conn_ping_deadline(c)) {
+        return;
+    } else if (!c->t_ping) {
+        c->ping_due = 1;
+        c->t_ping = now;
+        conn_look(c, now); /* what the client has taken so far */
+    } else if (!conn_look(c, now)) {
+        conn_close(p, c, 1001, "no answer to ping", 1, now);
+    }
+}
+
+static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
+{
     if (c->phase == PH_OPEN && up_paused(c)) {
         c->t_rx = now; /* rule 8: its frames wait behind ours */
         c->t_ping = 0;
@@ -3437,30 +3662,16 @@ static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
         conn_refuse_with(p, c, 408, "handshake timeout", NULL, now);
         break;
     case PH_CONNECT:
-        conn_refuse_with(p, c, 502, "engine unavailable",
-                         "engine unavailable: connect timed out", now);
+        if (now < c->t_start + c->cfg->handshake_ms)
+            conn_engine_connect(p, c, now); /* a retry is due */
+        else if (c->efd < 0)
+            conn_engine_down(p, c, "connect", EAGAIN, now);
+        else
+            conn_refuse_with(p, c, 502, "engine unavailable",
+                             "engine unavailable: connect timed out", now);
         break;
     case PH_OPEN:
-        if (c->t_end && now >= c->t_end) {
-            if (c->c_fin && !c->close_rcvd) {
-                conn_why(c, "client disconnected");
-                conn_end(p, c, now);
-            } else if (c->close_rcvd || c->drop) {
-                if (c->close_rcvd)
-                    c->why = "client closed, engine drain timed out";
-                conn_close(p, c, c->close_code, NULL, c->drop, now);
-            } else {
-                conn_why(c, "engine closed, client not reading");
-                conn_end(p, c, now);
-            }
-        } else if (cf->c.idle_timeout_ms && now >= c->t_data + cf->c.idle_timeout_ms) {
-            conn_close(p, c, 1001, "idle timeout", 0, now);
-        } else if (c->t_ping) {
-            conn_close(p, c, 1001, "no answer to ping", 1, now);
-        } else {
-            c->ping_due = 1;
-            c->t_ping = now;
-        }
+        conn_open_timers(p, c, now);
         break;
     default:
         conn_end(p, c, now);
@@ -3514,7 +3725,13 @@ static int conn_engine_events(const struct conn *c)
 static void conn_client_revents(ws_proxy *p, struct conn *c, short ev, int64_t now)
 {
     if (ev & (POLLERR | POLLHUP | POLLNVAL)) { /* rule 4 */
-        conn_why(c, ev & POLLERR ? "client connection reset" : "client disconnected");
+        int e = 0;
+        socklen_t len = sizeof e;
+        if (ev & POLLERR)
+            getsockopt(c->cfd, SOL_SOCKET, SO_ERROR, &e, &len);
+        /* Say what happened: a reset is not a timeout (TCP keepalive). */
+        conn_why(c, e == ETIMEDOUT ? "client vanished: TCP keepalive unanswered"
+                    : ev & POLLERR ? "client connection reset" : "client disconnected");
         conn_end(p, c, now);
         return;
     }
@@ -3523,18 +3740,17 @@ static void conn_client_revents(ws_proxy *p, struct conn *c, short ev, int64_t n
     if (ev & POLLOUT)
         c->c_wr = 1;
     if ((ev & POLL_FIN) && !c->c_fin) {
-        c->c_fin = c->c_rd = 1;
+        c->c_fin = c->c_rd = 1; /* the grace is derived (rule 4) */
+        c->t_fin = now;
         if (c->phase == PH_CONNECT) {
             conn_why(c, "client disconnected");
             conn_end(p, c, now);
-        } else if (c->phase == PH_OPEN && !c->close_rcvd) {
-            conn_end_by(c, now + WS_PROXY_FIN_GRACE_MS);
         }
     }
 }
 
 /* What poll said of the engine socket (rules 3 and 5). */
-static void conn_engine_revents(struct conn *c, short ev, int64_t now)
+static void conn_engine_revents(struct conn *c, short ev)
 {
     if (ev & (POLLIN | POLLERR | POLLHUP))
         c->e_rd = 1;
@@ -3544,10 +3760,8 @@ static void conn_engine_revents(struct conn *c, short ev, int64_t now)
         c->e_hup = c->e_rd = c->e_wr = 1;
     if (ev & (POLL_FIN | POLLERR | POLLHUP)) {
         c->e_fin = 1;
-        if (c->phase == PH_OPEN && c->down == DIR_FLOW) {
-            c->down = DIR_DRAIN;
-            conn_end_by(c, now + c->cfg->drain_ms);
-        }
+        if (c->phase == PH_OPEN && c->down == DIR_FLOW)
+            c->down = DIR_DRAIN; /* its deadline counts from progress */
     }
 }
 
@@ -3566,17 +3780,41 @@ static void conn_goodbye(ws_proxy *p, struct conn *c, uint16_t code, int64_t now
     conn_end(p, c, now);
 }
 
-/* Frees the connections torn down this turn. */
-static void loop_reap(ws_proxy *p)
+static void conn_free(struct conn *c)
 {
-    size_t i, j, h = 0;
+    cfg_unref(c->cfg);
+    free(c);
+}
+
+/* Frees the connections torn down this turn.  After a turn that stepped
+ * only the hot ones, only those can have died: the hot range is compacted
+ * and the gap filled from the end of the cold range, so a hot turn never
+ * walks the cold connections. */
+static void loop_reap(ws_proxy *p, int full)
+{
+    size_t i, j, h = 0, k, ncold = p->nconns - p->nhot;
     if (!p->ndead)
-        return; /* a hot turn must not walk the cold connections */
+        return;
+    if (!full) {
+        for (i = j = 0; i < p->nhot; i++) {
+            if (p->conns[i]->phase == PH_DEAD)
+                conn_free(p->conns[i]);
+            else
+                p->conns[j++] = p->conns[i];
+        }
+        k = p->nhot - j; /* freed slots in [j, nhot) */
+        memmove(p->conns + j, p->conns + p->nconns - (ncold < k ? ncold : k),
+                (ncold < k ? ncold : k) * sizeof *p->conns);
+        p->nconns -= k;
+        p->nhot = j;
+        p->ndead -= k;
+        if (!p->ndead)
+            return;
+    }
     for (i = j = 0; i < p->nconns; i++) {
         struct conn *c = p->conns[i];
         if (c->phase == PH_DEAD) {
-            cfg_unref(c->cfg);
-            free(c);
+            conn_free(c);
         } else {
             h += i < p->nhot;
             p->conns[j++] = c;
@@ -3604,7 +3842,7 @@ static void loop_fail(ws_proxy *p, const char *what)
     plog(p, WS_PROXY_LOG_ERROR, NULL, "failed: %s; closing every connection",
          p->reason);
     loop_close_all(p, 1011);
-    loop_reap(p);
+    loop_reap(p, 1);
     if (p->lfd >= 0)
         close(p->lfd);
     p->lfd = -1;
@@ -3706,6 +3944,7 @@ static void loop_accept(ws_proxy *p, int64_t now)
          * cannot fill max_connections; the excess is refused at once
          * (over TLS, which cannot answer before its handshake, by closing). */
         per_ip = ip_count(p, &a, 1);
+        c->ip_counted = per_ip != UINT32_MAX;
         if (c->cfg->c.max_connections_per_ip && per_ip > c->cfg->c.max_connections_per_ip) {
             if (!c->tls) {
                 conn_refuse_with(p, c, 503, "too many connections from this address", NULL, now);
@@ -3729,14 +3968,14 @@ static void log_config(ws_proxy *p, const char *verb)
         plog(p, WS_PROXY_LOG_INFO, NULL,
              "%s: listening on %s://%s%s%s:%d -> %s:%s; max_connections=%u "
              "max_connections_per_ip=%u max_message=%llu handshake_timeout_ms=%u "
-             "idle_timeout_ms=%u ping_interval_ms=%u drain_timeout_ms=%u "
+             "idle_timeout_ms=%u ping_interval_ms=%u drain_timeout_ms=%u send_timeout_ms=%u "
              "proxy_protocol=%s allowed_origins=%s subprotocols=%s metrics_path=%s%s%s",
              verb, cf->tls ? "wss" : "ws", p->laddr.sa.sa_family == AF_INET6 ? "[" : "",
              addr_ip(&p->laddr, ip, sizeof ip), p->laddr.sa.sa_family == AF_INET6 ? "]" : "",
              p->lport, cf->engine.sa.sa_family == AF_UNIX ? "unix" : "tcp",
              cf->c.socket_path, cf->max_conns, cf->c.max_connections_per_ip,
              (unsigned long long)cf->c.max_message, cf->handshake_ms,
-             cf->c.idle_timeout_ms, cf->c.ping_interval_ms, cf->drain_ms,
+             cf->c.idle_timeout_ms, cf->c.ping_interval_ms, cf->drain_ms, cf->send_ms,
              pp[cf->c.proxy_protocol],
              cf->c.allowed_origins && *cf->c.allowed_origins ? cf->c.allowed_origins : "(any)",
              cf->c.subprotocols ? cf->c.subprotocols : "(none)",
@@ -3960,7 +4199,8 @@ static void loop_turn(ws_proxy *p)
     if (full)
         loop_sort(p, now);
     loop_add(p, &n, p->wake_rd, POLLIN);
-    if (p->lfd >= 0 && p->st.conns_open < (uint64_t)p->cfg->max_conns + WS_PROXY_REFUSE_SLACK) {
+    if (p->lfd >= 0 &&
+        p->st.conns_open - p->nrefusing < (uint64_t)p->cfg->max_conns + WS_PROXY_REFUSE_SLACK) {
         if (now >= p->accept_pause_until)
             lidx = loop_add(p, &n, p->lfd, POLLIN);
         else
@@ -4006,7 +4246,7 @@ static void loop_turn(ws_proxy *p)
         if (rc_ev | re_ev)
             c->t_io = now;
         if (re_ev)
-            conn_engine_revents(c, re_ev, now);
+            conn_engine_revents(c, re_ev);
         if (rc_ev)
             conn_client_revents(p, c, rc_ev, now);
         if (c->phase != PH_DEAD)
@@ -4014,7 +4254,7 @@ static void loop_turn(ws_proxy *p)
         if (c->phase != PH_DEAD)
             conn_step(p, c, now);
     }
-    loop_reap(p);
+    loop_reap(p, full);
     if (cpu0 >= 0)
         loop_next_full(p, cpu0);
 }
@@ -4148,6 +4388,7 @@ static int cfg_new(const struct ws_proxy_config *in, struct cfg **out,
     cf->max_conns = in->max_connections ? in->max_connections : DEFAULT_MAX_CONNECTIONS;
     cf->handshake_ms = in->handshake_timeout_ms ? in->handshake_timeout_ms : DEFAULT_HANDSHAKE_MS;
     cf->drain_ms = in->drain_timeout_ms ? in->drain_timeout_ms : DEFAULT_DRAIN_MS;
+    cf->send_ms = in->send_timeout_ms ? in->send_timeout_ms : DEFAULT_SEND_MS;
     cf->log_level = in->log_level ? in->log_level : WS_PROXY_LOG_INFO;
 #ifndef WS_PROXY_NO_TLS
     if (cf->tls) {

@@ -17,8 +17,11 @@
  * as the call returns.
  *
  * Callbacks.  The log callback runs on the loop thread (for the "started"
- * line, on the thread calling ws_proxy_start()); it must not call back into
- * the same proxy.  No callback runs after ws_proxy_stop() returns.
+ * line, on the thread calling ws_proxy_start()).  It MUST NOT call any
+ * ws_proxy_* function, on this proxy or on any other: each call waits for a
+ * loop thread to act, so two proxies whose callbacks query each other
+ * deadlock.  Hand the line to another thread if something must follow from
+ * it.  No callback runs after ws_proxy_stop() returns.
  *
  * The library never installs signal handlers, never writes to stdout or
  * stderr, and never calls exit() or abort().  It blocks every signal in its
@@ -162,9 +165,14 @@ struct ws_proxy_config {
      * arrives within the same interval, ms; 0 = never. */
     unsigned ping_interval_ms;
     /* After a client's Close: how long to keep relaying what the engine
-     * still sends before answering the Close; also bounds every other
-     * closing exchange, ms; 0 = 5000. */
+     * still sends before answering the Close; also bounds the wait for the
+     * client's Close after ours, and how long a client may take none of the
+     * engine's last bytes after its end, ms; 0 = 5000. */
     unsigned drain_timeout_ms;
+    /* A client that takes none of our bytes for this long while some wait
+     * for it (it stopped reading, or vanished) is closed and the log says
+     * so, ms; 0 = 120000.  Checked every quarter of it. */
+    unsigned send_timeout_ms;
     /* enum ws_proxy_proxy_protocol; 0 = v2. */
     int proxy_protocol;
     /* Path, starting with '/', on which a plain GET (no Upgrade header)

@@ -151,6 +151,7 @@ static const struct cli_opt cli_opts[] = {
     {"idle-timeout", T_UINT, CFG_AT(idle_timeout_ms), "idle-timeout-ms"},
     {"ping-interval", T_UINT, CFG_AT(ping_interval_ms), "ping-interval-ms"},
     {"drain-timeout", T_UINT, CFG_AT(drain_timeout_ms), "drain-timeout-ms"},
+    {"send-timeout", T_UINT, CFG_AT(send_timeout_ms), "send-timeout-ms"},
     {"proxy-protocol", T_PP, CFG_AT(proxy_protocol), NULL},
     {"metrics-path", T_STR, CFG_AT(metrics_path), NULL},
     {"metrics-allow", T_LIST, CFG_AT(metrics_allow), NULL},
@@ -716,6 +717,8 @@ static const char cli_help[] =
     "  --idle-timeout MS          default off\n"
     "  --ping-interval MS         default off\n"
     "  --drain-timeout MS         default 5000\n"
+    "  --send-timeout MS          close a client that reads none of our bytes for MS\n"
+    "                             (default 120000)\n"
     "  --proxy-protocol v2|v1|off PROXY header to the engine (default v2)\n"
     "  --metrics-path PATH        Prometheus metrics on a plain GET of PATH (default off)\n"
     "  --metrics-allow CIDR       clients allowed to read them (repeatable; default loopback)\n"

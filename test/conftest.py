@@ -143,6 +143,14 @@ def port_accepts(port, timeout=0.3, host="127.0.0.1"):
     return True
 
 
+def cpu_seconds(pid):
+    """CPU time (user + system) process pid has used, from /proc/PID/stat in
+    clock ticks (SC_CLK_TCK, not an assumed 100)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_until(pred, timeout, step=0.02, what="condition"):
     deadline = time.monotonic() + timeout
     while True:

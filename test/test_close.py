@@ -232,3 +232,137 @@ def test_handshake_timeout_closes(proxy):
     c = p.ws()   # a prompt client is served
     c.echo(b"ok")
     c.close()
+
+
+# ---------------------------------------------------------------------------
+# the client's FIN and Close: deadlines derived from state (issue 17, 1-3)
+# ---------------------------------------------------------------------------
+
+def send_with_fin(sock, data):
+    """data and our FIN in one segment: corked, the FIN is tacked onto the
+    unsent data, so the proxy's poll reports both at once."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+
+
+def test_fin_before_request_complete_still_ends_session(proxy, engine):
+    """A FIN seen while the request head is still incomplete: once open, the
+    bytes before the FIN wait on an engine that does not read, and the FIN
+    grace still ends the connection (it used to stay open forever)."""
+    import threading
+    gate = threading.Event()          # the engine reads nothing until set
+    e = engine("sink", gate=gate)
+    p = proxy(engine=e)
+    req = ws_request()
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=p.t(10))
+    s.sendall(req[:-2])
+    time.sleep(0.3)                   # the proxy holds a partial head
+    # Each 1-byte message before a Ping is its own write to the engine: a
+    # few thousand fill the engine's socket buffer within one segment.
+    burst = (frame(OP_BIN, b"z") + frame(OP_PING, b"p")) * 3000
+    start = len(p.log())
+    send_with_fin(s, req[-2:] + burst)
+    try:
+        p.wait_log(r"closed \d+ \(client disconnected\)", timeout=4, start=start)
+    finally:
+        gate.set()
+        s.close()
+
+
+def test_fin_with_close_keeps_the_drain_timeout(proxy, engine):
+    """Close and FIN in one segment: the engine still gets its drain
+    timeout (not the 0.5 s FIN grace) to send its last bytes."""
+    e = engine("echo", tail=b"late answer", tail_delay=1.2)
+    p = proxy("--drain-timeout", "4000", engine=e)
+    c = p.ws()
+    c.echo(b"q")
+    send_with_fin(c.sock, frame(OP_CLOSE, close_payload(1000)))
+    data, code, _ = c.recv_until_close(timeout=p.t(8))
+    assert data == b"late answer", "the engine's tail was cut: %r" % data
+    assert code == 1000
+    c.expect_eof()
+    assert "drain timed out" not in p.log()
+
+
+@pytest.mark.parametrize("opt", ["--ping-interval", "--idle-timeout"])
+def test_after_client_close_no_ping_no_idle_and_code_echoed(proxy, engine, opt):
+    """After the client's Close only the drain runs: no Ping to a closed
+    client, no idle timeout, and its code is echoed, not 1001."""
+    e = engine("echo", hold=30)
+    p = proxy(opt, "300", "--drain-timeout", "1500", engine=e)
+    c = p.ws()
+    c.echo(b"q")
+    c.send_frame(OP_CLOSE, close_payload(1000))
+    seen = []
+    t0 = time.monotonic()
+    while True:
+        f = c.recv_frame(timeout=p.t(6))
+        seen.append(f.opcode)
+        if f.opcode == OP_CLOSE:
+            break
+    assert OP_PING not in seen, "Pinged a client that sent Close: %r" % seen
+    code = struct.unpack("!H", f.payload[:2])[0]
+    assert code == 1000, "want the client's 1000 echoed, got %d" % code
+    assert time.monotonic() - t0 >= 1.2, "the drain was cut short"
+    c.expect_eof()
+
+
+# ---------------------------------------------------------------------------
+# liveness measured by progress (issue 17, items 4-5)
+# ---------------------------------------------------------------------------
+
+def read_slowly(c, rate, timeout):
+    """Read frames at about `rate` bytes/s, answering every Ping at once;
+    returns (data, close code)."""
+    data = b""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    while True:
+        f = c.recv_frame(timeout=max(0.01, deadline - time.monotonic()))
+        if f.opcode == OP_PING:
+            c.send_frame(OP_PONG, f.payload)
+            continue
+        if f.opcode == OP_CLOSE:
+            return data, struct.unpack("!H", f.payload[:2])[0] if f.payload else None
+        data += f.payload
+        ahead = t0 + len(data) / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+@pytest.mark.parametrize("opt", ["--ping-interval", "--send-timeout"])
+def test_slow_reader_keeps_its_result(proxy, engine, opt):
+    """A client reading a large result at 1.3 MB/s (answering every Ping at
+    once) gets all of it: its Ping waits behind megabytes already queued,
+    and the bytes it keeps taking show it is alive.  It was closed 1001 "no
+    answer to ping" after about 2 s."""
+    n = 8 << 20
+    e = engine("source", source_bytes=n, seed=17)
+    p = proxy(opt, "1000", engine=e)
+    c = p.ws()
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    data, code = read_slowly(c, 1.3e6, p.t(30))
+    assert code == 1000, "closed %s after %d of %d bytes" % (code, len(data), n)
+    assert data == source_data(n, 17)
+    c.reply_close(1000)
+
+
+def test_client_that_stops_reading_is_closed_and_logged(proxy, engine):
+    """A client that reads nothing while the engine streams: closed after
+    --send-timeout, and the log says it stopped reading (not a reset)."""
+    e = engine("source", source_bytes=16 << 20, seed=4)
+    p = proxy("--send-timeout", "1500", engine=e)
+    c = p.ws()
+    conn = e.conn(0)
+    t0 = time.monotonic()
+    line = p.wait_log(r"client stopped reading: took none of our bytes for \d+ s",
+                      timeout=6)
+    took = time.monotonic() - t0
+    assert took >= 1.4, "closed after %.2f s: %s" % (took, line)
+    assert conn.wait_closed(p.t(3)), "engine session still open"
+    assert "closed 1006 (client stopped reading)" in p.log()
+    assert "reset" not in p.log()
+    c.sock.close()
+

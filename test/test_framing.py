@@ -328,6 +328,26 @@ def test_invalid_utf8_fails_fast_inside_frame(ws):
     ws.expect_close(1007, timeout=5)
 
 
+@pytest.mark.parametrize("split", [None, 5, 6, 9], ids=lambda s: "split-%s" % s)
+def test_valid_text_before_invalid_byte_reaches_engine(shared, ws, split):
+    """What the engine gets before a 1007 does not depend on how the bytes
+    were segmented: the text before the invalid byte, in one read or not."""
+    text = b"Hello\xc3\xff world"
+    raw = frame(OP_TEXT, text)
+    hdr = len(raw) - len(text)
+    if split is None:
+        ws.send(raw)
+    else:
+        ws.send(raw[:hdr + split])
+        time.sleep(0.2)
+        ws.send(raw[hdr + split:])
+    ws.expect_close(1007)
+    conn = engine_side(shared, ws)
+    assert conn.wait_bytes(6, timeout=shared.t(5)), \
+        "the engine got %r of the text before the invalid byte" % bytes(conn.data)
+    assert bytes(conn.data) == b"Hello\xc3"
+
+
 def test_invalid_utf8_close_reason_1007(ws):
     ws.send(frame(OP_CLOSE, close_payload(1000, b"bad \xff reason")))
     ws.expect_close(1007)

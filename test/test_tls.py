@@ -15,7 +15,7 @@ import time
 import pytest
 import websockets
 
-from conftest import free_port, wait_until
+from conftest import cpu_seconds, free_port, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -288,12 +288,6 @@ def test_restart_with_bad_files_keeps_old_certificate(proxy, engine, pki, tmp_pa
     asyncio.run(hold_open())
 
 
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_wss_slow_client_backpressure_without_spinning(proxy, engine, pki, ec_leaf):
     """A wss:// client that reads nothing stops the engine side: the engine
     stalls, the proxy neither buffers without bound nor spins, and once the
@@ -341,3 +335,98 @@ def test_close_notify_ends_the_tls_stream(proxy, engine, pki, ec_leaf):
     out = (r.stdout + r.stderr).decode("utf-8", "replace")
     assert "HTTP/1.1 200 OK" in out, out[-2000:]
     assert "<<< TLS 1.2, Alert [length 0002], warning close_notify" in out, out[-2000:]
+
+
+class BioClient:
+    """A TLS client over a raw socket through memory BIOs, so that it can
+    send close_notify without a FIN and without reading the answer."""
+
+    def __init__(self, port, ctx, timeout):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.inc, self.out, server_hostname="localhost")
+        self.plain = b""
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.flush()
+                self.fill()
+        self.flush()
+
+    def flush(self):
+        data = self.out.read()
+        if data:
+            self.sock.sendall(data)
+
+    def fill(self):
+        data = self.sock.recv(65536)
+        assert data, "server closed during the TLS handshake"
+        self.inc.write(data)
+
+    def write(self, data):
+        self.obj.write(data)
+        self.flush()
+
+    def read_until(self, marker):
+        while marker not in self.plain:
+            try:
+                self.plain += self.obj.read(65536)
+            except ssl.SSLWantReadError:
+                self.fill()
+
+    def close_notify(self):
+        try:
+            self.obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        self.flush()
+
+    def upgrade(self):
+        from conftest import ws_request
+        self.write(ws_request())
+        self.read_until(b"\r\n\r\n")
+        assert self.plain.startswith(b"HTTP/1.1 101"), self.plain[:100]
+
+
+def test_close_notify_after_close_ends_at_once(proxy, engine, pki, ec_leaf):
+    """close_notify (no FIN) after the client's Close, with an engine that
+    keeps the drain going: the connection ends at once, not after the
+    drain timeout (issue 17, item 6)."""
+    from conftest import OP_CLOSE, close_payload, frame
+    e = engine("echo", hold=30)
+    p = start_wss(proxy, e, *ec_leaf, "--drain-timeout", "6000")
+    c = BioClient(p.port, client_ctx(pki), p.t(10))
+    c.upgrade()
+    c.write(frame(OP_CLOSE, close_payload(1000)))
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    c.close_notify()
+    c.sock.settimeout(p.t(10))
+    try:
+        while c.sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    took = time.monotonic() - t0
+    assert took < p.t(1.5), "closed %.2f s after close_notify" % took
+    c.sock.close()
+
+
+def test_close_notify_from_client_not_reading_ends_at_once(proxy, engine, pki, ec_leaf):
+    """close_notify (no FIN) from a client that reads nothing while the
+    engine streams: the engine session is freed at once, not never."""
+    e = engine("source", source_bytes=16 << 20, seed=3)
+    p = start_wss(proxy, e, *ec_leaf)
+    c = BioClient(p.port, client_ctx(pki), p.t(10))
+    c.upgrade()
+    conn = e.conn(0)
+    assert wait_until(lambda: conn.sent > (64 << 10), p.t(10), what="engine output")
+    start = len(p.log())
+    c.close_notify()
+    try:
+        p.wait_log(r"closed \d+ \(", timeout=3, start=start)
+        assert conn.wait_closed(p.t(3)), "engine session still open"
+    finally:
+        c.sock.close()
