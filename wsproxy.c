@@ -1740,6 +1740,12 @@ static int listen_open(const char *host, int port, int *fd_out,
                        a.sa.sa_family == AF_INET6 ? "bind([%s]:%d): %s" : "bind(%s:%d): %s",
                        host, port > 0 ? port : 0, sys_err(e, eb, sizeof eb));
     }
+#ifdef __linux__
+    /* Accepted sockets inherit these here: five system calls fewer for
+     * every connection (loop_accept sets them elsewhere). */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    sock_keepalive(fd);
+#endif
     len = sizeof *bound;
     getsockname(fd, &bound->sa, &len);
     *fd_out = fd;
@@ -3870,7 +3876,7 @@ static void loop_accept(ws_proxy *p, int64_t now)
         struct conn *c;
         char ip[INET6_ADDRSTRLEN], eb[128];
         uint32_t per_ip;
-        int fd, one = 1;
+        int fd;
 #ifdef HAVE_ACCEPT4
         fd = accept4(p->lfd, &a.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 #else
@@ -3920,8 +3926,13 @@ static void loop_accept(ws_proxy *p, int64_t now)
             close(fd);
             continue;
         }
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        sock_keepalive(fd);
+#ifndef __linux__ /* Linux: inherited from the listener (listen_open) */
+        {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            sock_keepalive(fd);
+        }
+#endif
         addr_unmap(&a);
         c->cfd = fd;
         c->efd = -1;
