@@ -1229,9 +1229,12 @@ static int frame_decode(struct frame_dec *d, uint8_t *buf, size_t len,
                     uint32_t u = utf8_check(d->utf8, buf + o, n);
                     if (u == UTF8_BAD) {
                         /* The bytes before the invalid one are delivered,
-                         * as they would be from an earlier read. */
-                        while ((u = utf8_check(d->utf8, buf + o, 1)) != UTF8_BAD)
-                            d->utf8 = u, o++;
+                         * as they would be from an earlier read; they are
+                         * consumed too, so out <= pos still holds. */
+                        size_t k = 0;
+                        while ((u = utf8_check(d->utf8, buf + o + k, 1)) != UTF8_BAD)
+                            d->utf8 = u, k++;
+                        o += k, p += k;
                         rc = frame_fail(d, 1007, "invalid UTF-8 in text message");
                         break;
                     }
