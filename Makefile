@@ -32,54 +32,64 @@ ALL_CFLAGS = $(WARN) $(CFLAGS) $(TLSFLAGS) -pthread
 SRC     := wsproxy.c wsproxy.h
 PROG    := program/main.c
 
-.PHONY: all test unit run bench clean deps check-symbols install uninstall
+.PHONY: all test unit run bench clean deps check-symbols install uninstall FORCE
 
 all: build/wsproxy build/wsproxy.o build/asan/wsproxy build/notls/wsproxy
 
-build/wsproxy: $(PROG) $(SRC)
+# What build/ was built with.  Every compiled target depends on build/.vars,
+# which is rewritten only when one of these changes, so `make TLS=0` or
+# `make CC=clang` after `make` rebuilds instead of keeping the other build.
+BUILD_VARS = $(CC) | $(CFLAGS) | $(LDFLAGS) | $(TLSFLAGS) | $(TLSLIBS) | $(MARIADB_INC) | $(MARIADB_SERVICES) \
+    | $(HOST_CFLAGS) $(foreach h,$(HOSTS),| $(HOST_$(h)_CC) $(HOST_$(h)_BEARSSL))
+build/.vars: FORCE
+	@mkdir -p $(@D)
+	@echo '$(subst ','\'',$(BUILD_VARS))' | cmp -s - $@ || echo '$(subst ','\'',$(BUILD_VARS))' > $@
+FORCE:
+
+build/wsproxy: $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -o $@ $(PROG) wsproxy.c $(TLSLIBS) $(LDFLAGS)
 
-build/wsproxy.o: $(SRC)
+build/wsproxy.o: $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -c -o $@ wsproxy.c
 
-build/asan/wsproxy: $(PROG) $(SRC)
+build/asan/wsproxy: $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(SAN) -o $@ $(PROG) wsproxy.c $(TLSLIBS) $(LDFLAGS)
 
-build/notls/wsproxy: $(PROG) $(SRC)
+build/notls/wsproxy: $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(WARN) $(CFLAGS) -DWS_PROXY_NO_TLS -pthread -o $@ $(PROG) wsproxy.c $(LDFLAGS)
 
-build/clang/wsproxy: $(PROG) $(SRC)
+build/clang/wsproxy: $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	clang $(ALL_CFLAGS) -o $@ $(PROG) wsproxy.c $(TLSLIBS) $(LDFLAGS)
 
-build/clang/notls.o: $(SRC)
+build/clang/notls.o: $(SRC) build/.vars
 	@mkdir -p $(@D)
 	clang $(WARN) $(CFLAGS) -DWS_PROXY_NO_TLS -pthread -c -o $@ wsproxy.c
 
 # Unit tests include wsproxy.c to reach its static functions; the header
 # test links wsproxy.o through wsproxy.h alone.
-build/unit: test/unit.c $(SRC)
+build/unit: test/unit.c $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -o $@ test/unit.c $(TLSLIBS) $(LDFLAGS)
 
-build/asan/unit: test/unit.c $(SRC)
+build/asan/unit: test/unit.c $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(SAN) -o $@ test/unit.c $(TLSLIBS) $(LDFLAGS)
 
 # ThreadSanitizer (clang): the API's thread-safety, with several proxies.
-build/tsan/unit: test/unit.c $(SRC)
+build/tsan/unit: test/unit.c $(SRC) build/.vars
 	@mkdir -p $(@D)
 	clang $(WARN) -g -O1 -fsanitize=thread $(TLSFLAGS) -pthread -o $@ test/unit.c $(TLSLIBS)
 
-build/header_test: test/header_test.c build/wsproxy.o
+build/header_test: test/header_test.c build/wsproxy.o build/.vars
 	$(CC) $(WARN) $(CFLAGS) -pthread -o $@ test/header_test.c build/wsproxy.o $(TLSLIBS) $(LDFLAGS)
 
 # Coverage-guided fuzzing of the parsers (clang's libFuzzer).
-build/fuzz: test/fuzz.c $(PROG) $(SRC)
+build/fuzz: test/fuzz.c $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	clang $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(TLSFLAGS) -pthread -o $@ test/fuzz.c $(TLSLIBS)
 
@@ -103,8 +113,11 @@ test: deps
 
 # run-demo.sh installs the demo's own dependencies (test/deps.sh demo) and builds
 # build/wsproxy itself; `make run TLS=1` serves the studio over https: and wss://.
+# `make run ENGINE=postgres`: a throwaway PostgreSQL with the extension inside
+# (test/run-postgres.sh) and a Node snippet with Neon's driver that queries it.
 run:
-	@bash test/run-demo.sh
+	@if [ "$(ENGINE)" = postgres ]; then bash test/run-postgres.sh; \
+	else bash test/run-demo.sh; fi
 
 bench: deps build/wsproxy
 	@bash test/bench/run.sh
@@ -121,9 +134,15 @@ clean:
 
 # LD_PRELOAD fault shim for test_faults.py (injected accept errors,
 # descriptors created without close-on-exec).
-build/shim/fault.so: test/shim/fault.c
+build/shim/fault.so: test/shim/fault.c build/.vars
 	@mkdir -p $(@D)
 	$(CC) $(WARN) $(CFLAGS) -shared -fPIC -o $@ test/shim/fault.c -ldl
+
+# Preloaded with the ASan runtime into postgres (test_postgres_extension.py):
+# see the file for the glibc lock it keeps ASan's initialisation from breaking.
+build/shim/swift_demangle.so: test/shim/swift_demangle.c
+	@mkdir -p $(@D)
+	$(CC) $(WARN) $(CFLAGS) -shared -fPIC -o $@ test/shim/swift_demangle.c
 
 # Install the program, header, manual page, systemd unit, logrotate rules and
 # an example configuration (never overwriting one that exists).  The unit
@@ -139,11 +158,15 @@ PATHS_SED   = -e 's|/usr/local/bin/wsproxy|$(BINDIR)/wsproxy|g' \
               -e 's|/etc/logrotate.d/|$(SYSCONFDIR)/logrotate.d/|g' \
               -e 's|/usr/local/lib/systemd/system/|$(UNITDIR)/|g'
 CONF        = $(DESTDIR)$(SYSCONFDIR)/wsproxy/wsproxy.conf
+# The installed program is stripped; build/wsproxy keeps its symbols for a
+# debugger (STRIP=: installs it as built).
+STRIP      ?= strip
 
 install: build/wsproxy
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(MANDIR)/man1 \
 	    $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/wsproxy $(DESTDIR)$(SYSCONFDIR)/logrotate.d
 	install -m 755 build/wsproxy $(DESTDIR)$(BINDIR)/wsproxy
+	$(STRIP) $(DESTDIR)$(BINDIR)/wsproxy
 	install -m 644 wsproxy.h $(DESTDIR)$(INCLUDEDIR)/wsproxy.h
 	sed $(PATHS_SED) dist/wsproxy.1 > $(DESTDIR)$(MANDIR)/man1/wsproxy.1
 	sed $(PATHS_SED) dist/wsproxy.service > $(DESTDIR)$(UNITDIR)/wsproxy.service
@@ -184,7 +207,7 @@ mariadb-version-check:
 PLUGIN_LINK = -pthread -fPIC -shared -fvisibility=hidden -DMYSQL_DYNAMIC_PLUGIN \
     -isystem $(MARIADB_INC) -I. -Wl,-z,defs -Wl,--exclude-libs,libbearssl.a
 
-build/mariadb/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb-version-check
+build/mariadb/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) build/.vars | mariadb-version-check
 	@mkdir -p $(@D)
 	$(CC) $(WARN) $(CFLAGS) $(TLSFLAGS) $(PLUGIN_LINK) -o $@ \
 	    engines/mariadb/wsproxy_plugin.c wsproxy.c $(TLSLIBS) $(MARIADB_SERVICES)
@@ -192,10 +215,44 @@ build/mariadb/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb-vers
 # The same with ASan+UBSan, for the tests (mariadbd gets the runtime preloaded).
 .PHONY: mariadb-plugin-asan
 mariadb-plugin-asan: build/mariadb-asan/wsproxy.so
-build/mariadb-asan/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) | mariadb-version-check
+build/mariadb-asan/wsproxy.so: engines/mariadb/wsproxy_plugin.c $(SRC) build/.vars | mariadb-version-check
 	@mkdir -p $(@D)
 	$(CC) $(WARN) -g -O1 $(SAN) $(TLSFLAGS) $(PLUGIN_LINK) -o $@ \
 	    engines/mariadb/wsproxy_plugin.c wsproxy.c $(TLSLIBS) $(MARIADB_SERVICES)
+
+# PostgreSQL extension (engines/postgres/README.md): PGXS from
+# postgresql-server-dev-*; PG_CONFIG= picks the server (default: pg_config on
+# PATH).  Built in build/postgres, installed by postgres-install.
+PG_CONFIG ?= pg_config
+PG_MAKE = $(MAKE) --no-print-directory -f $(CURDIR)/engines/postgres/Makefile \
+    VPATH=$(CURDIR)/engines/postgres ROOT=$(CURDIR) PG_CONFIG=$(PG_CONFIG) \
+    TLSFLAGS="$(TLSFLAGS)" TLSLIBS="$(TLSLIBS)" with_llvm=no
+PG_SRC = engines/postgres/wsproxy_pg.c engines/postgres/wsproxy.control \
+    engines/postgres/wsproxy--0.1.sql engines/postgres/Makefile $(SRC)
+
+.PHONY: postgres-extension postgres-extension-asan postgres-install postgres-check
+postgres-extension: build/postgres/wsproxy.so
+postgres-extension-asan: build/postgres-asan/wsproxy.so
+
+postgres-check:
+	@$(PG_CONFIG) --pgxs >/dev/null 2>&1 && [ -f "$$($(PG_CONFIG) --pgxs)" ] && \
+	    [ -f "$$($(PG_CONFIG) --includedir-server)/postgres.h" ] || { \
+	    echo "postgres-extension: needs PGXS and the server headers of $(PG_CONFIG):"; \
+	    echo "  install postgresql-server-dev-<major> (test/deps.sh does), or give PG_CONFIG=/path/to/pg_config"; \
+	    exit 1; }
+
+build/postgres/wsproxy.so: $(PG_SRC) | postgres-check
+	@mkdir -p $(@D)
+	$(PG_MAKE) -C $(@D) WS_CFLAGS="$(WARN) $(CFLAGS)"
+
+# The same with ASan+UBSan, for the tests (postgres gets the runtime preloaded).
+build/postgres-asan/wsproxy.so: $(PG_SRC) build/shim/swift_demangle.so | postgres-check
+	@mkdir -p $(@D)
+	$(PG_MAKE) -C $(@D) WS_CFLAGS="$(WARN) -g -O1" SAN="$(SAN)"
+
+# Into the server's directories (pkglibdir, sharedir/extension); DESTDIR works.
+postgres-install: build/postgres/wsproxy.so
+	$(PG_MAKE) -C build/postgres install
 
 # ---- Hosts built and tested on every change (test/test_hosts.py; README
 # "Building").  Each row is a Debian cross toolchain (test/deps.sh installs
@@ -223,18 +280,18 @@ host_cc  = $(HOST_$(1)_CC) $(WARN) $(HOST_CFLAGS) $(call host_tls,$(1)) -pthread
 hosts: $(foreach h,$(HOSTS),build/hosts/$(h)/wsproxy build/hosts/$(h)/unit build/hosts/$(h)/wsproxy.o) \
     build/hosts/i386/wsproxy-pic.o
 
-build/hosts/%/wsproxy.o: $(SRC)
+build/hosts/%/wsproxy.o: $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(call host_cc,$*) -c -o $@ wsproxy.c
 
-build/hosts/%/wsproxy-pic.o: $(SRC)
+build/hosts/%/wsproxy-pic.o: $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(call host_cc,$*) -fPIC -c -o $@ wsproxy.c
 
-build/hosts/%/wsproxy: $(PROG) $(SRC)
+build/hosts/%/wsproxy: $(PROG) $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(call host_cc,$*) -static -o $@ $(PROG) wsproxy.c $(HOST_$*_BEARSSL)
 
-build/hosts/%/unit: test/unit.c $(SRC)
+build/hosts/%/unit: test/unit.c $(SRC) build/.vars
 	@mkdir -p $(@D)
 	$(call host_cc,$*) -static -o $@ test/unit.c $(HOST_$*_BEARSSL)

@@ -1381,6 +1381,7 @@ struct conn {
     unsigned again : 1;   /* the turn budget ran out with work left (rule 9) */
     unsigned took : 1;    /* the client socket took bytes this turn */
     unsigned ip_counted : 1; /* counted in the per-address table */
+    unsigned told : 1;    /* conn_fn was told WS_PROXY_CONN_OPEN */
     uint32_t i_borrowed_len;
     int bell_c, bell_e; /* events in the doorbell's set + 1, 0 = not in it */
     uint16_t close_code; /* the code we send (0 = empty Close) */
@@ -1458,6 +1459,7 @@ struct ws_proxy {
     struct http_hdr hdrs[WS_PROXY_MAX_HEADERS]; /* parser scratch */
     char health[128];  /* the /health line */
     char why[192];     /* a refusal's reason, formatted */
+    char origin[256];  /* the Origin header for conn_fn, NUL-terminated */
 };
 
 static int64_t mono_ms(void)
@@ -1962,6 +1964,16 @@ static int tls_pem_each(const struct bvec *in,
     return rc ? rc : inside ? -2 : count;
 }
 
+/* Does the text hold s? */
+static int tls_text_has(const struct bvec *v, const char *s)
+{
+    size_t i, n = strlen(s);
+    for (i = 0; v->p && i + n <= v->n; i++)
+        if (!memcmp(v->p + i, s, n))
+            return 1;
+    return 0;
+}
+
 struct tls_load {
     struct tls_creds *cr;
     struct bvec certs;
@@ -2137,15 +2149,18 @@ static int tls_creds_parse(const struct bvec *cert_text, const struct bvec *key_
         key_text = &text;
     if (!rc) {
         n = tls_pem_each(key_text, tls_take_key, &l);
+        /* The traditional form's RFC 1421 headers are bad base64 to BearSSL. */
+        l.encrypted |= n == -2 && tls_text_has(key_text, "Proc-Type: 4,ENCRYPTED");
         free(text.p);
-        if (n == -2 || n == 0)
+        if (l.encrypted)
+            rc = err_set(err, errlen, WS_PROXY_ETLS,
+                         "key_file %s: encrypted private keys are not supported "
+                         "(openssl pkey -in KEY -out PLAIN writes it decrypted)", key_file);
+        else if (n == -2 || n == 0)
             rc = err_set(err, errlen, WS_PROXY_ETLS, "key_file %s: not a PEM file", key_file);
         else if (l.empty)
             rc = err_set(err, errlen, WS_PROXY_ETLS,
                          "key_file %s: an empty private key block", key_file);
-        else if (l.encrypted)
-            rc = err_set(err, errlen, WS_PROXY_ETLS,
-                         "key_file %s: encrypted private keys are not supported", key_file);
         else if (l.key_err)
             rc = err_set(err, errlen, WS_PROXY_ETLS,
                          "key_file %s: unsupported or malformed private key (BearSSL error %d)",
@@ -2344,7 +2359,8 @@ static const char *tls_alert(int alert)
     switch (alert) {
     case 10: return "unexpected message";
     case 20: return "bad record MAC";
-    case 40: return "handshake failure: no common cipher suite or curve";
+    case 40: return "handshake failure: no common cipher suite or curve; TLS 1.2 is required "
+                    "(a client that offers only TLS 1.3 has none)";
     case 42: case 43: case 44: case 45: case 46: case 48:
         return "certificate refused";
     case 47: return "illegal parameter";
@@ -2822,9 +2838,45 @@ static uint32_t ip_count(ws_proxy *p, const union conn_addr *a, int delta)
     return 0;
 }
 
+/* Tells the connection's conn_fn about its engine connection; origin is
+ * "" on CLOSE. */
+static void conn_tell(struct conn *c, int event, const char *origin)
+{
+    struct ws_proxy_conn_info ci;
+    union conn_addr local;
+    socklen_t len = sizeof local;
+    char client[INET6_ADDRSTRLEN], engine[INET6_ADDRSTRLEN] = "";
+    memset(&ci, 0, sizeof ci);
+    memset(&local, 0, sizeof local);
+    if (!getsockname(c->efd, &local.sa, &len) &&
+        (local.sa.sa_family == AF_INET || local.sa.sa_family == AF_INET6)) {
+        addr_ip(&local, engine, sizeof engine);
+        ci.engine_port = addr_port(&local);
+    }
+    ci.id = c->id;
+    ci.client_addr = addr_ip(&c->peer, client, sizeof client);
+    ci.client_port = addr_port(&c->peer);
+    ci.tls = c->cfg->tls;
+    ci.origin = origin;
+    ci.engine_addr = engine;
+    c->told = event == WS_PROXY_CONN_OPEN;
+    c->cfg->c.conn_fn(c->cfg->c.conn_user, event, &ci);
+}
+
+/* Closes the engine connection (rule 1), telling conn_fn first. */
+static void conn_engine_close(struct conn *c)
+{
+    if (c->efd < 0)
+        return;
+    if (c->told)
+        conn_tell(c, WS_PROXY_CONN_CLOSE, "");
+    close(c->efd);
+    c->efd = -1;
+}
+
 static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
 {
-    int logged = c->status && c->status != 200 && c->status != 101;
+    int logged = c->status && c->status != 101;
     if (c->phase == PH_DEAD)
         return;
 #ifndef WS_PROXY_NO_TLS
@@ -2851,16 +2903,18 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
              "closed %u (%s) after %.3f s, %llu bytes to engine, %llu bytes to client",
              code, c->why ? c->why : "client gone", (double)(now - c->t_start) / 1000.0,
              (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out);
-    } else if (!logged) /* SPEC 6: every connection's end is logged */
+    } else if (c->status == 200) /* /health, metrics: probes, often one a second */
+        plog(p, WS_PROXY_LOG_DEBUG, c, "answered a plain GET (200) in %.3f s",
+             (double)(now - c->t_start) / 1000.0);
+    else if (!logged) /* SPEC 6: every connection's end is logged */
         plog(p, WS_PROXY_LOG_INFO, c, "ended before a WebSocket (%s) after %.3f s",
              c->why ? c->why : "client closed", (double)(now - c->t_start) / 1000.0);
     c->c_wr = 1; /* close_notify: best effort, without waiting */
     c->c_rd = 0;
     tr_close_notify(c);
-    if (c->efd >= 0)
-        close(c->efd);
+    conn_engine_close(c);
     close(c->cfd);
-    c->efd = c->cfd = -1;
+    c->cfd = -1;
     tr_in_done(p, c);
     buf_put(p, &c->ob);
     tr_free(c);
@@ -2878,10 +2932,7 @@ static void conn_end(ws_proxy *p, struct conn *c, int64_t now)
 static void conn_close(ws_proxy *p, struct conn *c, uint16_t code,
                        const char *why, int drop, int64_t now)
 {
-    if (c->efd >= 0) {
-        close(c->efd);
-        c->efd = -1;
-    }
+    conn_engine_close(c);
     if (!c->close_rcvd && !c->drop) /* rule 5: an echo or failure code stays */
         c->close_code = code;
     conn_why(c, why);
@@ -2918,10 +2969,7 @@ static void conn_refuse(ws_proxy *p, struct conn *c, struct http_answer *a,
 {
     static const int codes[] = {400, 403, 426, 431, 502, 503, 408};
     unsigned i;
-    if (c->efd >= 0) {
-        close(c->efd);
-        c->efd = -1;
-    }
+    conn_engine_close(c);
     tr_in_done(p, c);
     if (!c->ob && !(c->ob = buf_get(p))) {
         conn_end(p, c, now);
@@ -2949,12 +2997,13 @@ static void conn_refuse_with(ws_proxy *p, struct conn *c, int status,
     conn_refuse(p, c, &a, detail, now);
 }
 
-/* The engine cannot be reached: the client hears only that. */
-static void conn_engine_down(ws_proxy *p, struct conn *c, const char *call, int e,
+/* The engine cannot be reached: the client hears only that; the log says
+ * what failed ("connect to", "send PROXY header to") on which path. */
+static void conn_engine_down(ws_proxy *p, struct conn *c, const char *what, int e,
                              int64_t now)
 {
     char eb[128];
-    snprintf(p->why, sizeof p->why, "engine unavailable: %s(%s): %s", call,
+    snprintf(p->why, sizeof p->why, "engine unavailable: %s %s: %s", what,
              c->cfg->c.socket_path, sys_err(e, eb, sizeof eb));
     conn_refuse_with(p, c, 502, "engine unavailable", p->why, now);
 }
@@ -3031,8 +3080,7 @@ static void conn_engine_ready(ws_proxy *p, struct conn *c, int64_t now)
  * wait in the queue. */
 static void conn_engine_wait(struct conn *c, int64_t now)
 {
-    close(c->efd);
-    c->efd = -1;
+    conn_engine_close(c);
     c->e_wr = 0;
     c->phase = PH_CONNECT;
     c->t_retry = now;
@@ -3049,7 +3097,7 @@ static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
     const struct cfg *cf = c->cfg;
     int fd = sock_open(cf->engine.sa.sa_family), on = 1;
     if (fd < 0) {
-        conn_engine_down(p, c, "socket for", errno, now);
+        conn_engine_down(p, c, "no socket for", errno, now);
         return;
     }
     c->efd = fd;
@@ -3063,7 +3111,7 @@ static void conn_engine_connect(ws_proxy *p, struct conn *c, int64_t now)
     else if (errno == EAGAIN)
         conn_engine_wait(c, now);
     else
-        conn_engine_down(p, c, "connect", errno, now);
+        conn_engine_down(p, c, "connect to", errno, now);
 }
 
 /* A plain GET on metrics_path: the figures of ws_proxy_status(), or 403
@@ -3106,7 +3154,7 @@ static void conn_handshake(ws_proxy *p, struct conn *c, struct http_req *r,
     http_handshake(r, cf->c.allowed_origins, cf->c.subprotocols, &a);
     if (a.status == 200) {
         snprintf(p->health, sizeof p->health, "wsproxy %s running, %llu connections open",
-                 WS_PROXY_VERSION, (unsigned long long)p->st.conns_open);
+                 WS_PROXY_VERSION, (unsigned long long)p->st.conns_open - 1); /* not this probe */
         a.why = p->health;
     }
     if (a.status == 101 && c->over_limit)
@@ -3124,6 +3172,16 @@ static void conn_handshake(ws_proxy *p, struct conn *c, struct http_req *r,
     c->o_pos = 0;
     c->o_len = (uint32_t)http_write_answer(&a, (char *)c->ob, WS_PROXY_BUF_SIZE);
     conn_engine_connect(p, c, now);
+    if (c->efd >= 0 && cf->c.conn_fn) {
+        int n;
+        const struct http_hdr *o = http_find(r, "origin", &n);
+        size_t len = o ? o->vlen : 0;
+        if (len >= sizeof p->origin)
+            len = sizeof p->origin - 1;
+        memcpy(p->origin, o ? o->value : "", len);
+        p->origin[len] = 0;
+        conn_tell(c, WS_PROXY_CONN_OPEN, p->origin);
+    }
 }
 
 static void conn_http(ws_proxy *p, struct conn *c, int64_t now)
@@ -3488,7 +3546,7 @@ static void conn_step(ws_proxy *p, struct conn *c, int64_t now)
         int e = 0;
         socklen_t len = sizeof e;
         if (getsockopt(c->efd, SOL_SOCKET, SO_ERROR, &e, &len) || e)
-            conn_engine_down(p, c, "connect", e ? e : errno, now);
+            conn_engine_down(p, c, "connect to", e ? e : errno, now);
         else
             conn_engine_ready(p, c, now);
     }
@@ -3686,7 +3744,7 @@ static void conn_timers(ws_proxy *p, struct conn *c, int64_t now)
         if (now < c->t_start + c->cfg->handshake_ms)
             conn_engine_connect(p, c, now); /* a retry is due */
         else if (c->efd < 0)
-            conn_engine_down(p, c, "connect", EAGAIN, now);
+            conn_engine_down(p, c, "connect to", EAGAIN, now);
         else
             conn_refuse_with(p, c, 502, "engine unavailable",
                              "engine unavailable: connect timed out", now);

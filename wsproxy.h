@@ -17,11 +17,12 @@
  * as the call returns.
  *
  * Callbacks.  The log callback runs on the loop thread (for the "started"
- * line, on the thread calling ws_proxy_start()).  It MUST NOT call any
- * ws_proxy_* function, on this proxy or on any other: each call waits for a
- * loop thread to act, so two proxies whose callbacks query each other
- * deadlock.  Hand the line to another thread if something must follow from
- * it.  No callback runs after ws_proxy_stop() returns.
+ * line, on the thread calling ws_proxy_start()); the connection callback
+ * (conn_fn) on the loop thread.  Neither may call any ws_proxy_* function,
+ * on this proxy or on any other: each call waits for a loop thread to act,
+ * so two proxies whose callbacks query each other deadlock.  Hand the event
+ * to another thread if something must follow from it.  No callback runs
+ * after ws_proxy_stop() returns.
  *
  * The library never installs signal handlers, never writes to stdout or
  * stderr, and never calls exit() or abort().  It blocks every signal in its
@@ -105,6 +106,43 @@ enum ws_proxy_log_level {
 typedef void (*ws_proxy_log_fn)(void *user, int level, const char *line);
 
 /*
+ * What ws_proxy_config.conn_fn is told about the engine connection of each
+ * WebSocket, so that an engine can tell a relayed session from a local
+ * client and show who is really behind it (PostgreSQL has no PROXY
+ * protocol: engines/postgres/ keys a table by engine_port).  Every pointer
+ * is valid only during the call.
+ */
+struct ws_proxy_conn_info {
+    uint64_t id;             /* the log lines' connection id ("[conn 7 ...]") */
+    const char *client_addr; /* the client's numeric IP address */
+    int client_port;
+    int tls;                 /* 1 for wss:// */
+    const char *origin;      /* the Origin header, "" if none (WS_PROXY_CONN_OPEN
+                              * only; the first 255 bytes) */
+    const char *engine_addr; /* local end of the engine connection,
+                              * "127.0.0.1" or "::1"; "" on a Unix socket */
+    int engine_port;         /* its local port; 0 on a Unix socket */
+};
+
+enum ws_proxy_conn_event {
+    /* The engine connection of an accepted upgrade request was opened:
+     * connect() was called (it may still be completing), no byte has been
+     * written to it yet and the 101 has not gone out. */
+    WS_PROXY_CONN_OPEN = 1,
+    /* That engine connection is about to be closed, whatever the reason
+     * (the connect failed, either side ended, ws_proxy_stop()).  Exactly
+     * one CLOSE follows each OPEN, with the same id. */
+    WS_PROXY_CONN_CLOSE = 2
+};
+
+/* Runs on the loop thread, from the configuration the connection began
+ * with (a restart does not move a live connection to the new conn_fn).  It
+ * must not block and must not call back into the same proxy; no call
+ * happens after ws_proxy_stop() returns. */
+typedef void (*ws_proxy_conn_fn)(void *user, int event,
+                                 const struct ws_proxy_conn_info *ci);
+
+/*
  * Configuration.  Zero in every field means "the default", so designated
  * initialisers work:
  *     struct ws_proxy_config c = { .http_port = 8080,
@@ -183,6 +221,10 @@ struct ws_proxy_config {
      * blocks separated by commas or spaces ("10.0.0.0/8, ::1"); others get
      * 403.  NULL or "" = loopback only (127.0.0.0/8 and ::1). */
     const char *metrics_allow;
+    /* Optional: told when each WebSocket's engine connection opens and
+     * closes (see ws_proxy_conn_fn); NULL = none. */
+    ws_proxy_conn_fn conn_fn;
+    void *conn_user;
     /* Optional flag owned by the host, e.g. the engine's own "shutting
      * down" variable; the loop only reads it.  While *going_away is
      * nonzero, a WebSocket whose engine connection ends (EOF or error) is

@@ -117,6 +117,7 @@ struct cli {
     struct ws_proxy_config cfg;
     const char *user;    /* the account to run as when started as root */
     int allow_root;      /* run as root anyway (a warning at every start) */
+    int allow_socket_owner; /* relay without a header as the socket's owner */
     const char *section; /* --config-section: read besides [wsproxy] */
     int no_include;      /* the fuzz target: !include opens nothing */
     const char *from[CLI_MAX_OPTS]; /* "FILE:LINE" that set cli_opts[i]; NULL:
@@ -157,6 +158,7 @@ static const struct cli_opt cli_opts[] = {
     {"metrics-allow", T_LIST, CFG_AT(metrics_allow), NULL},
     {"user", T_STR, CLI_AT(user), NULL},
     {"allow-root", T_BOOL, CLI_AT(allow_root), NULL},
+    {"allow-socket-owner", T_BOOL, CLI_AT(allow_socket_owner), NULL},
     {"config", T_FILE, 0, NULL},
     {"config-section", T_SECTION, CLI_AT(section), NULL},
 };
@@ -264,6 +266,37 @@ static int cli_bool(const char *v)
     return 2;
 }
 
+/* Is an element of a metrics_allow list not an address or CIDR block?
+ * Then 1, with it in word.  (The library refuses the same at start, but
+ * without a file:line and with the status of a failed start.) */
+static int cli_cidr_bad(const char *v, char *word, size_t wordlen)
+{
+    unsigned char addr[16];
+    size_t n;
+    for (; *(v += strspn(v, ", \t")); v += n) {
+        char *slash, *end;
+        long bits = 0;
+        int v6;
+        n = strcspn(v, ", \t");
+        snprintf(word, wordlen, "%.*s", (int)n, v);
+        if (n >= wordlen)
+            return 1;
+        v6 = strchr(word, ':') != NULL;
+        if ((slash = strchr(word, '/')) != NULL) {
+            *slash = 0;
+            errno = 0;
+            bits = strtol(slash + 1, &end, 10);
+            if (!slash[1] || *end || errno || bits < 0 || bits > (v6 ? 128 : 32))
+                bits = -1;
+        }
+        if (bits < 0 || inet_pton(v6 ? AF_INET6 : AF_INET, word, addr) != 1) {
+            snprintf(word, wordlen, "%.*s", (int)n, v);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Sets one option; key is how the file spelled it (NULL: the command line).
  * A list value is appended unless replace is set.  Returns 0, or -1 with a
  * reason in err. */
@@ -273,10 +306,16 @@ static int cli_set(struct cli *s, const struct cli_opt *o, const char *v,
     char *field = (char *)s + o->off, name[64];
     unsigned long long n, max = cli_max(o);
     unsigned char addr[16];
+    char word[64];
     if (!key) {
         snprintf(name, sizeof name, "--%s", o->name);
         key = name;
     }
+    if (o->off == CFG_AT(metrics_path) && *v && *v != '/')
+        return cli_err(err, errlen, -1, "%s: must start with '/': %s", key, v);
+    if (o->off == CFG_AT(metrics_allow) && cli_cidr_bad(v, word, sizeof word))
+        return cli_err(err, errlen, -1, "%s: not an IPv4 or IPv6 address or CIDR block: %s",
+                       key, word);
     switch (o->type) {
     case T_PORT:
         if (cli_number(v, 65535, 0, &n))
@@ -355,6 +394,62 @@ static const struct cli_opt *cli_find(const char *key, size_t len)
         }
     }
     return NULL;
+}
+
+/* Edit distance between a (len na) and b: insertions, deletions,
+ * substitutions and swaps of two neighbours, with '_' and '-' alike; 3 for
+ * anything over 2 (or for names over 60 bytes). */
+static int cli_distance(const char *a, size_t na, const char *b)
+{
+    int row[3][62], i, j, d;
+    int nb = (int)strlen(b);
+    if (na > 60 || nb > 60)
+        return 3;
+    for (j = 0; j <= nb; j++)
+        row[0][j] = j;
+    for (i = 1; i <= (int)na; i++) {
+        int *r = row[i % 3], *up = row[(i - 1) % 3], *up2 = row[(i + 1) % 3];
+        r[0] = i;
+        for (j = 1; j <= nb; j++) {
+            int ca = a[i - 1] == '_' ? '-' : a[i - 1], cb = b[j - 1];
+            d = up[j - 1] + (ca != cb);
+            if (up[j] + 1 < d)
+                d = up[j] + 1;
+            if (r[j - 1] + 1 < d)
+                d = r[j - 1] + 1;
+            if (i > 1 && j > 1 && ca == b[j - 2] &&
+                (a[i - 2] == '_' ? '-' : a[i - 2]) == cb && up2[j - 2] + 1 < d)
+                d = up2[j - 2] + 1;
+            r[j] = d;
+        }
+    }
+    d = row[na % 3][nb];
+    return d > 2 ? 3 : d;
+}
+
+/* " (did you mean NAME?)" for the option nearest to a misspelt key (within
+ * two edits and under a third of its length), or "".  On the command line
+ * "--name"; in a file the key's own spelling, '_' or '-'. */
+static const char *cli_guess(const char *key, size_t len, int cmdline, char *buf,
+                             size_t buflen)
+{
+    const char *best = NULL;
+    int bestd = 3, d, j;
+    size_t i;
+    for (i = 0; i < CLI_COUNT(cli_opts); i++) {
+        const char *names[2] = {cli_opts[i].name, cmdline ? NULL : cli_opts[i].alias};
+        for (j = 0; j < 2; j++)
+            if (names[j] && (d = cli_distance(key, len, names[j])) < bestd &&
+                (size_t)d * 3 < len)
+                best = names[j], bestd = d;
+    }
+    if (!best)
+        return "";
+    snprintf(buf, buflen, " (did you mean %s%s?)", cmdline ? "--" : "", best);
+    for (i = 0; !cmdline && memchr(key, '_', len) && buf[i]; i++)
+        if (buf[i] == '-')
+            buf[i] = '_';
+    return buf;
 }
 
 /* "FILE:LINE: " before the reason already in err. */
@@ -463,8 +558,11 @@ static int cli_option(struct cli *s, const char *path, int line, char *p,
             }
             o = NULL;
         }
-    if (!o)
-        return loose ? 0 : cli_fail(path, line, err, errlen, "unknown setting: %s", name);
+    if (!o) {
+        char guess[80];
+        return loose ? 0 : cli_fail(path, line, err, errlen, "unknown setting: %s%s", name,
+                                    cli_guess(name, strlen(name), 0, guess, sizeof guess));
+    }
     if (o->type == T_FILE || o->type == T_SECTION)
         return cli_fail(path, line, err, errlen, "%s: only on the command line", name);
     if (flip >= 0) {
@@ -725,6 +823,8 @@ static const char cli_help[] =
     "  --user NAME                started as root: run as NAME once the port is bound\n"
     "  --allow-root               started as root: stay root (a warning at every start);\n"
     "                             --skip-allow-root undoes allow_root from the file\n"
+    "  --allow-socket-owner       relay with --proxy-protocol off as the account that\n"
+    "                             owns the engine's socket (refused otherwise)\n"
     "  --config FILE              the same settings as 'key = value' lines, read the\n"
     "                             way MariaDB reads option files ([wsproxy] section)\n"
     "  --config-section NAME      read [NAME] of the --config file too\n"
@@ -739,6 +839,9 @@ struct cli_arg {
     const struct cli_opt *o;
     const char *v;
 };
+
+/* cli.from[] for what the command line set (never freed: not owned). */
+static const char cli_argv[] = "the command line";
 
 /* The file, then the command line: the first time a list option appears on
  * the command line it replaces the file's list. */
@@ -758,7 +861,7 @@ static int cli_build(struct cli *s, const char *file, const char *section,
             return -1;
         seen[k] = 1;
         cli_drop(s, s->from[k]);
-        s->from[k] = NULL;
+        s->from[k] = cli_argv;
     }
     /* "" unsets (--log-dir "" logs to stderr after all) */
     if (s->user && !*s->user)
@@ -766,6 +869,40 @@ static int cli_build(struct cli *s, const char *file, const char *section,
     if (s->cfg.log_dir && !*s->cfg.log_dir)
         s->cfg.log_dir = NULL;
     return 0;
+}
+
+/* An option as it was given: "--cert" on the command line, else by the
+ * configuration's name for it, "cert_file". */
+static const char *cli_said(const struct cli *s, const char *name, char *buf, size_t len)
+{
+    const struct cli_opt *o = cli_find(name, strlen(name));
+    size_t i;
+    if (s->from[o - cli_opts] == cli_argv) {
+        snprintf(buf, len, "--%s", o->name);
+        return buf;
+    }
+    snprintf(buf, len, "%s", o->alias ? o->alias : o->name);
+    for (i = 0; buf[i]; i++)
+        if (buf[i] == '-')
+            buf[i] = '_';
+    return buf;
+}
+
+/* A library message about a setting ("cert_file F: not a PEM file") names
+ * the flag when the command line gave it ("--cert F: not a PEM file"). */
+static void cli_flagged(const struct cli *s, char *err, size_t errlen)
+{
+    size_t n = strspn(err, "abcdefghijklmnopqrstuvwxyz_"), name, tail;
+    const struct cli_opt *o;
+    if (!n || (err[n] != ' ' && err[n] != ':') || !(o = cli_find(err, n)) ||
+        s->from[o - cli_opts] != cli_argv)
+        return;
+    name = strlen(o->name), tail = strlen(err + n) + 1;
+    if (2 + name + tail > errlen)
+        return;
+    memmove(err + 2 + name, err + n, tail);
+    memcpy(err, "--", 2);
+    memcpy(err + 2, o->name, name);
 }
 
 /* Where an option was set last, for messages about two of them. */
@@ -776,17 +913,26 @@ static const char *cli_from(const struct cli *s, const char *name)
 }
 
 /* The library refuses these too; here the message says where each came
- * from.  Returns 0 or 1 with the reason in err. */
+ * from.  Returns 0 or 2 (a configuration error) with the reason in err. */
 static int cli_conflict(const struct cli *s, char *err, size_t errlen)
 {
     const struct ws_proxy_config *c = &s->cfg;
-    if (c->http_port && c->https_port)
-        return cli_err(err, errlen, 1, "http_port and https_port are mutually exclusive "
-                       "(http_port from %s, https_port from %s)",
-                       cli_from(s, "http-port"), cli_from(s, "https-port"));
-    if (c->https_port && (!c->cert_file || !*c->cert_file || !c->key_file || !*c->key_file))
-        return cli_err(err, errlen, 1, "https_port requires SSL: set cert_file and key_file "
+    char a[40], b[40];
+    if (c->http_port && c->https_port) {
+        cli_said(s, "http-port", a, sizeof a);
+        cli_said(s, "https-port", b, sizeof b);
+        if (*a == '-' && *b == '-')
+            return cli_err(err, errlen, 2, "%s and %s are mutually exclusive", a, b);
+        return cli_err(err, errlen, 2, "%s and %s are mutually exclusive (%s from %s, %s from %s)",
+                       a, b, a, cli_from(s, "http-port"), b, cli_from(s, "https-port"));
+    }
+    if (c->https_port && (!c->cert_file || !*c->cert_file || !c->key_file || !*c->key_file)) {
+        if (*cli_said(s, "https-port", a, sizeof a) == '-')
+            return cli_err(err, errlen, 2, "--https-port requires SSL: give --cert FILE and "
+                           "--key FILE");
+        return cli_err(err, errlen, 2, "https_port requires SSL: set cert_file and key_file "
                        "(https_port from %s)", cli_from(s, "https-port"));
+    }
     return 0;
 }
 
@@ -870,16 +1016,29 @@ static void cli_check_socket(const struct cli *s)
 }
 
 /* Warnings at every start and restart. */
-static void cli_started(const struct cli *s)
+static void cli_started(const struct cli *s, int as_root)
 {
+    const char *o = s->cfg.allowed_origins;
     struct passwd *pw;
+    size_t n, k;
     if (geteuid() == 0)
         cli_note(s, WS_PROXY_LOG_WARN, "running as root (--allow-root): an engine that "
                  "trusts its socket peer's uid (MariaDB's unix_socket) may let clients in "
                  "as root; use --user NAME");
-    else if (s->user && (!(pw = getpwnam(s->user)) || pw->pw_uid != geteuid()))
+    else if (!as_root && s->user && (!(pw = getpwnam(s->user)) || pw->pw_uid != geteuid()))
         cli_note(s, WS_PROXY_LOG_WARN, "user %s ignored: not started as root (running "
                  "as uid %ld)", s->user, (long)geteuid());
+    /* A browser's Origin is scheme://host[:port] (or "null"): it is compared
+     * whole, so an entry without a scheme never matches. */
+    for (; o && *(o += strspn(o, ", \t")); o += n) {
+        n = strcspn(o, ", \t");
+        for (k = 0; k + 3 <= n && memcmp(o + k, "://", 3); k++)
+            ;
+        if (k + 3 > n && !(n == 4 && !memcmp(o, "null", 4)))
+            cli_note(s, WS_PROXY_LOG_WARN, "allowed origin %.*s has no scheme, so no "
+                     "browser's Origin matches it: write https://%.*s (or http://)",
+                     (int)n, o, (int)n, o);
+    }
     cli_check_socket(s);
 }
 
@@ -890,6 +1049,34 @@ static void cli_started(const struct cli *s)
  * thread that ws_proxy_start() creates never connects to the engine as
  * root, not even in the moment before cli_root_off().  Returns 0, 1 (a
  * system call failed) or 2 (a bad account), with the reason in err. */
+/* With no PROXY header an engine that trusts Unix-socket peers by uid
+ * (PostgreSQL's peer, MariaDB's unix_socket) takes every client for the
+ * proxy's own account; when that account owns the engine's socket it is the
+ * engine's own (postgres, mysql), often a superuser.  The account is the
+ * one the proxy runs as: --user's when started as root.  Checked before
+ * cli_become() changes anything; a socket that does not exist yet is not
+ * checked. */
+static int cli_socket_owner(const struct cli *s, int as_root, char *err, size_t errlen)
+{
+    const char *path = s->cfg.socket_path;
+    struct passwd *pw = NULL;
+    struct stat st;
+    uid_t uid = geteuid();
+    if (s->allow_socket_owner || s->cfg.proxy_protocol != WS_PROXY_PP_OFF ||
+        (path[0] != '/' && path[0] != '.') || stat(path, &st))
+        return 0;
+    if (as_root && s->user && (pw = getpwnam(s->user)) != NULL)
+        uid = pw->pw_uid;
+    if (st.st_uid != uid)
+        return 0;
+    snprintf(err, errlen, "refusing to relay with --proxy-protocol off as uid %ld, which "
+             "owns %s: the engine would take every client for its own account "
+             "(PostgreSQL's peer, MariaDB's unix_socket); run as another account "
+             "(--user NAME), relay to the engine's TCP port, or give --allow-socket-owner",
+             (long)uid, path);
+    return 1;
+}
+
 static int cli_become(const struct cli *s, uid_t *uid, char *err, size_t errlen)
 {
     struct passwd *pw;
@@ -1121,8 +1308,12 @@ int main(int argc, char **argv)
                                cli_opts[optopt - 1000].name);
             else if (optopt)
                 rc = cli_usage("unknown option: -%c", optopt);
-            else
-                rc = cli_usage("unknown or ambiguous option: %s", argv[optind - 1]);
+            else {
+                const char *arg = argv[optind - 1], *key = arg + strspn(arg, "-");
+                char guess[80];
+                rc = cli_usage("unknown or ambiguous option: %s%s", arg,
+                               cli_guess(key, strcspn(key, "="), 1, guess, sizeof guess));
+            }
             free(args);
             return rc;
         }
@@ -1152,6 +1343,8 @@ int main(int argc, char **argv)
               "as root (MariaDB's unix_socket trusts the proxy's uid): give --user NAME "
               "(or user = NAME in the --config file) to run as that account once the port "
               "is bound, or --allow-root to stay root anyway\n", stderr), rc = 1;
+    else if ((rc = cli_socket_owner(&cur, as_root, err, sizeof err)) != 0)
+        fprintf(stderr, "wsproxy: %s\n", err);
     else if (as_root && cur.user && (rc = cli_become(&cur, &uid, err, sizeof err)) != 0)
         fprintf(stderr, "wsproxy: %s\n", err);
     else
@@ -1176,6 +1369,7 @@ int main(int argc, char **argv)
     if (!cur.cfg.log_dir)
         cur.cfg.log_fn = cli_log;
     if (!(p = ws_proxy_start(&cur.cfg, err, sizeof err))) {
+        cli_flagged(&cur, err, sizeof err);
         fprintf(stderr, "wsproxy: %s\n", err);
         cli_free(&cur);
         free(args);
@@ -1192,7 +1386,7 @@ int main(int argc, char **argv)
         cli_note(&cur, WS_PROXY_LOG_INFO, "running as user %s (uid %ld, gid %ld)", cur.user,
                  (long)getuid(), (long)getgid());
     }
-    cli_started(&cur);
+    cli_started(&cur, as_root);
     notify_open(&nt);
     notify_state(&nt, p, "READY=1");
     for (;;) {
@@ -1205,7 +1399,8 @@ int main(int argc, char **argv)
         if (sig != SIGHUP)
             continue;
         if (cli_build(&next, file, section, args, nargs, err, sizeof err) ||
-            cli_conflict(&next, err, sizeof err)) {
+            cli_conflict(&next, err, sizeof err) ||
+            cli_socket_owner(&next, 0, err, sizeof err)) {
             cli_note(&cur, WS_PROXY_LOG_ERROR, "reload failed, configuration unchanged: %s",
                      err);
             cli_free(&next);
@@ -1214,6 +1409,7 @@ int main(int argc, char **argv)
         if (!next.cfg.log_dir)
             next.cfg.log_fn = cli_log;
         if (ws_proxy_restart(p, &next.cfg, err, sizeof err)) {
+            cli_flagged(&next, err, sizeof err);
             cli_note(&cur, WS_PROXY_LOG_ERROR, "restart failed, still serving as before: %s",
                      err);
             cli_free(&next);
@@ -1222,10 +1418,11 @@ int main(int argc, char **argv)
         if (as_root && (next.user || cur.user) &&
             (!next.user || !cur.user || strcmp(next.user, cur.user)))
             cli_note(&next, WS_PROXY_LOG_WARN, "user: a change takes a full restart; "
-                     "still running as uid %ld", (long)geteuid());
+                     "still running as %s%s%s(uid %ld)", cur.user ? "user " : "",
+                     cur.user ? cur.user : "", cur.user ? " " : "", (long)geteuid());
         cli_free(&cur);
         cur = next;
-        cli_started(&cur);
+        cli_started(&cur, as_root);
     }
     ws_proxy_stop(p);
     if (nt.fd >= 0)

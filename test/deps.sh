@@ -4,6 +4,8 @@
 #   test/deps.sh            everything: the build, the demo and the test toolchain
 #   test/deps.sh demo       only what `make run` needs: the build, MariaDB, openssl,
 #                           python3 (the studio's page server), node + test/node_modules
+#   test/deps.sh postgres   only what `make run ENGINE=postgres` needs: the build,
+#                           PostgreSQL 15 and its headers, node + test/node_modules
 # Note: always use /usr/bin/python3 for the Python tests (Debian's websockets/pytest);
 # a python3 earlier on PATH (pyenv, venv) does not see Debian's packages.
 set -euo pipefail
@@ -22,6 +24,11 @@ DEMO_PKGS="gcc make libbearssl-dev mariadb-server mariadb-client openssl python3
 DEMO_PKGS="$DEMO_PKGS libmariadbd-dev libmariadb-dev"
 TEST_PKGS="clang libclang-rt-14-dev python3-websockets python3-pytest socat chromium
 mandoc man-db systemd logrotate prometheus"
+# PostgreSQL 15 and its server headers (make postgres-extension, PGXS);
+# libkrb5-dev: gssapi.h, which the server headers include.
+PG_PKGS="postgresql postgresql-server-dev-15 libkrb5-dev"
+TEST_PKGS="$TEST_PKGS $PG_PKGS"
+
 # The host rows of test/test_hosts.py: static musl, i386 and s390x (run under
 # qemu-user).  i386 uses the i686 cross compiler, not gcc-multilib, which
 # Debian 12 will not install beside gcc-s390x-linux-gnu.  The rows' BearSSL:
@@ -30,8 +37,9 @@ TEST_PKGS="$TEST_PKGS musl-tools gcc-i686-linux-gnu libc6-dev-i386-cross
 gcc-s390x-linux-gnu libc6-dev-s390x-cross qemu-user-static"
 case $SET in
     demo) PKGS=$DEMO_PKGS ;;
+    postgres) PKGS="gcc make libbearssl-dev $PG_PKGS" ;;
     test) PKGS="$DEMO_PKGS $TEST_PKGS" ;;
-    *) echo "usage: $0 [demo|test]" >&2; exit 2 ;;
+    *) echo "usage: $0 [demo|postgres|test]" >&2; exit 2 ;;
 esac
 
 node_ok() {  # a usable node (>= 18) and npm, from Debian or elsewhere (e.g. NodeSource)

@@ -16,10 +16,11 @@
 #   PORT=9000 / STUDIO_PORT=9001 ...  other ports
 #   WSPROXY=build/asan/wsproxy ...    with SOCKET=: run another build of wsproxy
 #
-# Runs until Ctrl-C / SIGTERM, then stops what it started (by PID) and removes its
-# temporary directory (engine data, certificates, logs). Everything listens on
-# 127.0.0.1 only; wsproxy accepts WebSockets only from the studio's origin and sends
-# a PROXY v2 header to the engine at the start of every connection.
+# Runs until Ctrl-C, SIGTERM or SIGHUP (the terminal closed), then stops what it
+# started (by PID) and removes its temporary directory (engine data, certificates,
+# logs), also when its output is gone (make run | tee, then Ctrl-C). Everything
+# listens on 127.0.0.1 only; wsproxy accepts WebSockets only from the studio's origin
+# and sends a PROXY v2 header to the engine at the start of every connection.
 set -euo pipefail
 
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
@@ -61,7 +62,8 @@ ENGINE_PID=
 cleaned=0
 stop_pid() {  # name pid: SIGTERM, wait up to 10 s, then SIGKILL
     local name=$1 pid=$2 _
-    kill -0 "$pid" 2>/dev/null || return 0
+    # wsproxy ends by itself on the terminal's Ctrl-C (it gets the SIGINT too)
+    kill -0 "$pid" 2>/dev/null || { say "$name (pid $pid) had stopped"; return 0; }
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do
         kill -0 "$pid" 2>/dev/null || break
@@ -77,7 +79,8 @@ stop_pid() {  # name pid: SIGTERM, wait up to 10 s, then SIGKILL
 cleanup() {
     [ "$cleaned" -eq 0 ] || return 0
     cleaned=1
-    trap '' INT TERM
+    set +e   # every step runs, whatever failed before
+    trap '' HUP INT TERM PIPE
     [ -z "$WEBPID" ] || stop_pid "the studio's page server" "$WEBPID"
     [ -z "$WSPID" ] || stop_pid wsproxy "$WSPID"
     [ "$ENGINE_STARTED" -eq 0 ] || engine_stop
@@ -87,8 +90,19 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-stop_requested() { echo; say "stopping"; exit 0; }
-trap stop_requested INT TERM
+# Every way a session ends comes here: Ctrl-C, kill, the terminal closing (HUP), the
+# reader of a pipe gone (make run | tee, then Ctrl-C: PIPE).  Our output may be gone
+# too: then what cleanup says goes to stderr, and a write that fails stops nothing.
+stop_requested() {
+    trap '' PIPE
+    { echo; } 2>/dev/null || exec 1>&2
+    say "stopping (SIG$1)" 2>/dev/null || true
+    exit 0
+}
+for sig in HUP INT TERM PIPE; do
+    # shellcheck disable=SC2064  # the name, now
+    trap "stop_requested $sig" "$sig"
+done
 
 # ---- the engine: the one place that starts and stops it -----------------------------
 # engine_start sets ENGINE_SOCK (the Unix socket wsproxy relays to), ENGINE_DESC (one
@@ -105,9 +119,12 @@ engine_start() {
     fi
     ENGINE_STARTED=1
     local out
+    local err=$TMP/demo-server.err   # its last line is the cause, said again last
     if ! out=$(WSPROXY_DEMO_CERT=${CERT:-} WSPROXY_DEMO_KEY=${KEY:-} \
-            bash "$REPO/engines/mariadb/demo-server.sh" start "$TMP/mariadb" "$PORT" "$ORIGIN"); then
-        die "MariaDB with the wsproxy plugin did not start"
+            bash "$REPO/engines/mariadb/demo-server.sh" start "$TMP/mariadb" "$PORT" "$ORIGIN" \
+            2>"$err"); then
+        head -n -1 "$err" >&2
+        die "MariaDB with the wsproxy plugin did not start: $(tail -n 1 "$err" | sed 's/^demo-server.sh: //')"
     fi
     sed 's/^/run-demo: mariadb: /' <<<"$out"
     ENGINE_SOCK=$(sed -n 's/^socket=//p' <<<"$out")
@@ -122,19 +139,39 @@ engine_stop() {
 }
 
 # ---- prerequisites -------------------------------------------------------------------
+# TLS= here chooses ws:// or wss://, not the build: the builds always have TLS (a
+# `make run TLS=0` must not turn the plugin into a no-TLS build for the next TLS=1).
 bash "$HERE/deps.sh" demo
 if [ -n "$SOCKET" ]; then
     if [ -z "${WSPROXY:-}" ]; then
-        env -u TLS make -s -C "$REPO" build/wsproxy  # TLS here means wss://, not a build flag
+        make -s -C "$REPO" TLS=1 build/wsproxy
         [ -x "$BIN" ] || die "$BIN was not built"
     else
         [ -x "$BIN" ] || die "WSPROXY=$BIN is not an executable"
     fi
 else
     [ "$(id -u)" -eq 0 ] || die "the demo's MariaDB runs as root (it reads the plugin and its data wherever the checkout lives): run as root, or use SOCKET="
-    env -u TLS make -s -C "$REPO" mariadb-plugin
+    make -s -C "$REPO" TLS=1 mariadb-plugin
 fi
 [ -f "$STUDIO_DIR/index.html" ] || die "$STUDIO_DIR/index.html is missing"
+
+# A port another program holds, said alone and before anything starts.
+bind_error() {  # port: why 127.0.0.1:port cannot be bound as the servers bind it (SO_REUSEADDR)
+    "$PY" - "$1" 2>&1 <<'PY' || true
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError as e:
+    sys.exit("bind(127.0.0.1:%s): %s" % (sys.argv[1], e.strerror))
+PY
+}
+for v in PORT STUDIO_PORT; do
+    why=$(bind_error "${!v}")
+    [ -z "$why" ] || die "$why: another program has that port; choose another, e.g." \
+        "make run $v=$(( ${!v} > 64535 ? ${!v} - 1000 : ${!v} + 1000 ))"
+done
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/wsproxy-demo.XXXXXX")
 chmod 755 "$TMP"   # the certificates are read by wsproxy as nobody (SOCKET=)
@@ -191,12 +228,12 @@ else
     LOG=$TMP/mariadb/websocket_proxy.log
 fi
 
-failed() {
-    echo "run-demo: $*" >&2
+failed() {  # the logs' last lines, then what failed: the cause is said last
     local f
     for f in "$TMP/wsproxy.out" "$LOG" "$TMP/studio-http.log" "$TMP/mariadb/mysqld.err"; do
         if [ -s "$f" ]; then echo "---- last lines of $f ----" >&2; tail -n 20 "$f" >&2; fi
     done
+    echo "run-demo: $*" >&2
     exit 1
 }
 
@@ -289,19 +326,11 @@ echo
 echo "  Or from a shell (from $REPO):"
 echo "    node test/query.js --url $URL$ca_arg $creds \"SELECT VERSION(), USER(), CURRENT_USER()\""
 if [ -z "$SOCKET" ]; then
-    # PORT+1 or PORT+2 if free now, else any free port: on a busy machine a
-    # port next to an ephemeral one is often some connection's local port
-    other=$(/usr/bin/python3 -c '
-import socket, sys
-port, studio = int(sys.argv[1]), int(sys.argv[2])
-for p in [q for q in (port + 1, port + 2) if q != studio and q <= 65535] + [0]:
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p))
-    except OSError:
-        continue
-    print(s.getsockname()[1])
-    break' "$PORT" "$STUDIO_PORT")
+    other=$PORT   # the next port that is free, for the SQL below
+    for _ in 1 2 3 4 5 6 7 8; do
+        other=$((other == 65535 ? 1024 : other + 1))
+        [ "$other" = "$STUDIO_PORT" ] || [ -n "$(bind_error "$other")" ] || break
+    done
     echo
     echo "  Move the proxy by SQL (the seed's RESTART PROXY; SHOW STATUS gives the real state):"
     echo "    mariadb --no-defaults --socket=$ENGINE_SOCK -uroot -e \\"
@@ -319,8 +348,8 @@ if [ -n "$SOCKET" ]; then
     st=0
     wait -n "$WSPID" "$WEBPID" || st=$?
     if ! kill -0 "$WSPID" 2>/dev/null; then
+        [ $st -eq 0 ] && { say "wsproxy (pid $WSPID) stopped"; WSPID=; exit 0; }
         WSPID=
-        [ $st -eq 0 ] && { say "wsproxy stopped"; exit 0; }
         failed "wsproxy exited on its own (status $st)"
     fi
     WEBPID=

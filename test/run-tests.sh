@@ -14,5 +14,9 @@ make -s build/clang/wsproxy build/clang/notls.o
 # The MariaDB daemon plugin, plain and ASan+UBSan (test/test_mariadb_plugin.py
 # loads each into real servers).
 make -s mariadb-plugin mariadb-plugin-asan
+# The PostgreSQL extension, plain and ASan+UBSan; its control and SQL files
+# go into the server's extension directory (test_postgres_extension.py
+# loads each build into real servers through dynamic_library_path).
+make -s postgres-extension postgres-extension-asan postgres-install
 export WSPROXY_BINS="${WSPROXY_BINS:-plain=build/wsproxy asan=build/asan/wsproxy}"
 exec /usr/bin/python3 -m pytest test -q -p no:cacheprovider -o junit_family=xunit2 "$@"

@@ -54,3 +54,16 @@ def test_only_prefixed_symbols_exported():
     r = subprocess.run(["make", "-s", "check-symbols"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_an_unknown_case_name_is_an_error():
+    """Issue 20, item 14: `build/unit nosuchcase` said "0 passed, 0 failed"
+    and exited 0, so a typo passed."""
+    exe = os.path.join(ROOT, UNITS["plain"])
+    known = _cases()[0]
+    r = subprocess.run([exe, known, "nosuchcase"], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stdout == "", r.stdout          # nothing ran
+    assert "nosuchcase" in r.stderr and "--list" in r.stderr, r.stderr
+    r = subprocess.run([exe, known], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0 and r.stdout.endswith("1 passed, 0 failed\n"), r.stdout

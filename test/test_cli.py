@@ -3,26 +3,28 @@
 import re
 import signal
 import socket
+import subprocess
 
 import pytest
 
-from conftest import Bin, free_port, run_bin
+from conftest import ROOT_ARGS, Bin, free_port, port_accepts, run_bin, wait_until
 
 
-def test_both_ports_exit_1(wsproxy_bin):
+def test_both_ports_exit_2(wsproxy_bin):
+    """A configuration error (issue 20, item 16: it exited 1)."""
     cp = run_bin(wsproxy_bin, ["--http-port", str(free_port()),
                                "--https-port", str(free_port()),
                                "--bind", "127.0.0.1", "--socket", "/tmp/x.sock"])
-    assert cp.returncode == 1, cp
-    assert "http_port and https_port are mutually exclusive" in cp.stderr
+    assert cp.returncode == 2, cp
+    assert "--http-port and --https-port are mutually exclusive" in cp.stderr
     assert cp.stderr.startswith("wsproxy: "), cp.stderr
 
 
-def test_https_without_cert_exit_1(wsproxy_bin):
+def test_https_without_cert_exit_2(wsproxy_bin):
     cp = run_bin(wsproxy_bin, ["--https-port", str(free_port()),
                                "--bind", "127.0.0.1", "--socket", "/tmp/x.sock"])
-    assert cp.returncode == 1, cp
-    assert "https_port requires SSL: set cert_file and key_file" in cp.stderr
+    assert cp.returncode == 2, cp
+    assert "--https-port requires SSL: give --cert FILE and --key FILE" in cp.stderr
 
 
 def test_port_in_use_exit_1(wsproxy_bin):
@@ -127,7 +129,7 @@ def test_every_error_line_is_prefixed(wsproxy_bin):
     cp = run_bin(wsproxy_bin, ["--http-port", str(free_port()), "--bind", "127.0.0.1",
                                "--socket", "/tmp/x.sock", "--cert", "/nonexistent.pem",
                                "--key", "/nonexistent.key", "--https-port", "1"])
-    assert cp.returncode == 1 and cp.stderr.startswith("wsproxy: "), cp
+    assert cp.returncode == 2 and cp.stderr.startswith("wsproxy: "), cp
 
 
 def test_missing_or_non_socket_path_warned_at_start_and_restart(proxy, tmp_path):
@@ -195,10 +197,67 @@ def test_engine_address_spellings(wsproxy_bin, proxyset):
     cp = run_bin(wsproxy_bin, ["--socket", "localhost:3306", "--bind", "127.0.0.1",
                                "--http-port", str(free_port())])
     assert cp.returncode == 1, (cp.returncode, cp.stderr)
-    assert "socket_path: neither a Unix socket path (starting with / or .) nor a " \
+    # the command line's flag, not the file's key (issue 20, item 13)
+    assert "wsproxy: --socket: neither a Unix socket path (starting with / or .) nor a " \
            "numeric IPv4:PORT or [IPv6]:PORT: localhost:3306" in cp.stderr, cp.stderr
     p = proxyset.start(engine=proxyset.engine("echo", kind="tcp"))
     c = p.ws()
     c.echo(b"over tcp")
     c.close()
     assert "-> tcp:127.0.0.1:" in p.stderr() and "engine socket" not in p.stderr(), p.stderr()
+
+
+# ---------------------------------------------------------------------------
+# Issue 20, item 13: messages that say what to do
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("typo,want", [
+    ("--max-conections", "--max-connections"),
+    ("--alowed-origin", "--allowed-origin"),
+    ("--https_port", "--https-port"),
+    ("--proxy-protocl", "--proxy-protocol"),
+])
+def test_a_misspelt_option_gets_the_nearest_one(wsproxy_bin, typo, want):
+    cp = run_bin(wsproxy_bin, ["--socket", "/tmp/x.sock", typo, "5"], root_args=False)
+    assert_usage_error(cp, "unknown or ambiguous option: %s (did you mean %s?)" % (typo, want))
+
+
+def test_an_option_far_from_any_gets_no_guess(wsproxy_bin):
+    cp = run_bin(wsproxy_bin, ["--frobnicate"], root_args=False)
+    assert_usage_error(cp, "unknown or ambiguous option: --frobnicate")
+    assert "did you mean" not in cp.stderr, cp.stderr
+
+
+def test_command_line_errors_name_the_flags(wsproxy_bin, tmp_path):
+    """They named the file's keys (cert_file, key_file) for --cert/--key."""
+    cp = run_bin(wsproxy_bin, ["--https-port", str(free_port()), "--bind", "127.0.0.1",
+                               "--socket", "/tmp/x.sock"])
+    assert "--https-port requires SSL: give --cert FILE and --key FILE" in cp.stderr, cp.stderr
+    cp = run_bin(wsproxy_bin, ["--http-port", str(free_port()), "--https-port",
+                               str(free_port()), "--socket", "/tmp/x.sock"])
+    assert "--http-port and --https-port are mutually exclusive" in cp.stderr, cp.stderr
+    if "no TLS" in run_bin(wsproxy_bin, ["--version"]).stdout:
+        return
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    cp = run_bin(wsproxy_bin, ["--https-port", str(free_port()), "--bind", "127.0.0.1",
+                               "--socket", "/tmp/x.sock", "--cert", str(bad), "--key", str(bad)])
+    assert cp.returncode == 1, cp
+    assert cp.stderr == "wsproxy: --cert %s: not a PEM file\n" % bad, cp.stderr
+
+
+def test_an_origin_without_a_scheme_is_warned_about(wsproxy_bin, engine):
+    """`example.com` can never equal a browser's Origin (scheme://host[:port])."""
+    e = engine("echo")
+    port = free_port()
+    pr = subprocess.Popen([wsproxy_bin.path, "--http-port", str(port), "--bind", "127.0.0.1",
+                           "--socket", e.path, "--allowed-origin", "example.com",
+                           "--allowed-origin", "https://ok.example"] + ROOT_ARGS,
+                          stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: port_accepts(port) or pr.poll() is not None, 30, what="listening")
+    finally:
+        pr.send_signal(signal.SIGTERM)
+        err = pr.communicate(timeout=30)[1]
+    warn = [ln for ln in err.splitlines() if "WARN" in ln and "example.com" in ln]
+    assert len(warn) == 1 and "https://example.com" in warn[0] and "ok.example" not in warn[0], err

@@ -397,16 +397,18 @@ def test_conflicts_say_where_each_setting_came_from(wsproxy_bin, tmp_path):
     cfg.write_text("[wsproxy]\nhttp_port = %d\nsocket = /tmp/x.sock\n[engine]\nhttps_port = %d\n"
                    % (free_port(), free_port()))
     cp = run_bin(wsproxy_bin, ["--config", cfg, "--config-section", "engine"])
-    assert cp.returncode == 1, cp
+    assert cp.returncode == 2, cp
     assert cp.stderr == ("wsproxy: http_port and https_port are mutually exclusive "
                          "(http_port from %s:2, https_port from %s:5)\n" % (cfg, cfg)), cp.stderr
     cp = run_bin(wsproxy_bin, ["--config", cfg, "--config-section", "engine", "--http-port", "0"])
-    assert cp.returncode == 1, cp
+    assert cp.returncode == 2, cp
     assert cp.stderr == ("wsproxy: https_port requires SSL: set cert_file and key_file "
                          "(https_port from %s:5)\n" % cfg), cp.stderr
     cp = run_bin(wsproxy_bin, ["--config", cfg, "--config-section", "engine",
                                "--https-port", str(free_port())])
-    assert "https_port from the command line" in cp.stderr, cp.stderr
+    assert cp.stderr == ("wsproxy: http_port and --https-port are mutually exclusive "
+                         "(http_port from %s:2, --https-port from the command line)\n" % cfg), \
+        cp.stderr
 
 
 def test_random_files_read_as_mariadb_reads_them(tmp_path):
@@ -492,3 +494,17 @@ def test_command_line_unsets_what_the_file_set(wsproxy_bin, proxy, engine, tmp_p
     else:   # not root: allow_root means nothing; the flag is still accepted
         cp = run_bin(wsproxy_bin, ["--config", cfg, "--skip-allow-root", "--http-port", "x"])
         assert cp.returncode == 2 and "--http-port: not a port" in cp.stderr, cp
+
+
+@pytest.mark.parametrize("typo,want", [("max_conections", "max_connections"),
+                                       ("max-conections", "max-connections"),
+                                       ("allowed_orgin", "allowed_origin")])
+def test_a_misspelt_setting_gets_the_nearest_one(wsproxy_bin, tmp_path, typo, want):
+    """Issue 20, item 13: in the file's own spelling ('_' or '-')."""
+    cfg = tmp_path / "typo.cnf"
+    cfg.write_text("[wsproxy]\n%s = 5\n" % typo)
+    cp = run_bin(wsproxy_bin, ["--config", str(cfg), "--socket", "/tmp/x.sock",
+                               "--http-port", str(free_port())])
+    assert cp.returncode == 2, cp
+    assert cp.stderr.splitlines()[0] == \
+        "wsproxy: %s:2: unknown setting: %s (did you mean %s?)" % (cfg, typo, want), cp.stderr

@@ -45,7 +45,7 @@ import warnings
 
 import pytest
 
-from conftest import Bin, ProxySet, free_port, wait_until
+from conftest import Bin, ProxySet, free_port, run_bin, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -294,7 +294,7 @@ def test_proxy_protocol_off_lets_any_client_in_as_root(proxy, mariadb):
     """The hazard the default prevents: with the header off, MariaDB sees
     wsproxy's own Unix-socket connection -- host "localhost", peer uid 0 -- and
     logs a password-less "root" in, wherever the client comes from."""
-    p = start(proxy, mariadb, "--proxy-protocol", "off")
+    p = start(proxy, mariadb, "--proxy-protocol", "off", "--allow-socket-owner")
     line = p.wait_log(r"WARN.*proxy.?protocol")
     assert "off" in line, line
     r = whoami(p, "demo", "demo", "127.0.0.1")
@@ -304,6 +304,18 @@ def test_proxy_protocol_off_lets_any_client_in_as_root(proxy, mariadb):
         assert r["ok"] is True, "root refused from %s with the header off: %r" % (addr, r)
         assert r["user"] == "root@localhost" and r["cur_user"] == "root@localhost", r
         assert r["host"] == "localhost", r
+
+
+def test_proxy_protocol_off_as_the_sockets_owner_refuses(wsproxy_bin, mariadb):
+    """The program's own guard against the hazard above: here mariadbd runs as
+    root and owns its socket, and so would wsproxy; without
+    --allow-socket-owner it refuses to start, in one line."""
+    cp = run_bin(wsproxy_bin, ["--http-port", str(free_port()), "--bind", "127.0.0.1",
+                               "--socket", mariadb.sock, "--proxy-protocol", "off"])
+    assert os.stat(mariadb.sock).st_uid == os.geteuid()
+    assert cp.returncode == 1 and len(cp.stderr.strip().splitlines()) == 1, cp
+    assert "refusing to relay with --proxy-protocol off" in cp.stderr, cp.stderr
+    assert "MariaDB's unix_socket" in cp.stderr and "--allow-socket-owner" in cp.stderr
 
 
 def test_unprivileged_wsproxy_cannot_log_in_as_root(wsproxy_bin, tmp_path, mariadb):

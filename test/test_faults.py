@@ -70,7 +70,9 @@ def test_502_body_reveals_nothing(shimmed, tmp_path):
     assert_complete(resp, 502)
     assert resp.body == b"engine unavailable\n", resp.body
     assert secret.encode() not in resp.raw
-    p.wait_log(re.escape(secret) + ".*Connection refused")
+    # the log says it in words (issue 20, item 15: "send PROXY header to(...)")
+    p.wait_log(r"refused 502: engine unavailable: connect to " + re.escape(secret) +
+               ": Connection refused")
 
 
 def test_engine_tcp_socket_has_nodelay(shimmed, monkeypatch, tmp_path, engine_kind):

@@ -85,3 +85,29 @@ def test_stderr_without_log_dir(proxy):
     resp = p.http(ws_request(headers=[("Sec-WebSocket-Version", "8")]))
     assert_complete(resp, 426)
     p.wait_log(r"127\.0\.0\.1.*(426|version)")
+
+
+def test_health_and_metrics_probes_are_not_logged_as_failures(proxy, engine, tmp_path):
+    """Issue 20, item 4: /health counted itself ("1 connections open" with
+    none), and every probe and scrape was logged at INFO as "ended before a
+    WebSocket (client disconnected)", which reads like an error and fills the
+    log at one probe per second."""
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    p = proxy("--metrics-path", "/metrics", engine=engine("echo"), log_dir=logdir)
+    p.wait_log(r"start")
+    req = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    for _ in range(3):
+        resp = p.http(req)
+        assert_complete(resp, 200)
+        assert resp.body.strip().endswith(b"running, 0 connections open"), resp.body
+        resp = p.http(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert_complete(resp, 200)
+    c = p.ws()
+    resp = p.http(req)
+    assert resp.body.strip().endswith(b"running, 1 connections open"), resp.body
+    c.close(4000, b"")
+    p.wait_log(r"\b4000\b")   # the log is written in order: the probes came before
+    # (the fixture's readiness check connects and closes without a request)
+    ended = [ln for ln in p.log().splitlines() if "ended before a WebSocket" in ln]
+    assert all("client closed before its request" in ln for ln in ended), p.log()

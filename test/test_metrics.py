@@ -158,16 +158,21 @@ def test_metrics_settings_in_the_config_file(proxy, engine, tmp_path):
     p.wait_log(r"metrics_path=/stats metrics_allow=127\.0\.0\.1, ::1")
 
 
+BAD_ALLOW = "not an IPv4 or IPv6 address or CIDR block: "
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--metrics-path", "metrics"], "metrics_path must start with '/'"),
-    (["--metrics-path", "/m", "--metrics-allow", "10.0.0.0/33"], "metrics_allow"),
-    (["--metrics-path", "/m", "--metrics-allow", "localhost"], "metrics_allow"),
-    (["--metrics-path", "/m", "--metrics-allow", "::1/"], "metrics_allow"),
+    (["--metrics-path", "metrics"], "--metrics-path: must start with '/': metrics"),
+    (["--metrics-path", "/m", "--metrics-allow", "10.0.0.0/33"], BAD_ALLOW + "10.0.0.0/33"),
+    (["--metrics-path", "/m", "--metrics-allow", "::1, localhost"], BAD_ALLOW + "localhost"),
+    (["--metrics-path", "/m", "--metrics-allow", "::1/"], BAD_ALLOW + "::1/"),
 ])
 def test_bad_metrics_settings_refused(wsproxy_bin, args, message):
+    """A configuration error, exit 2 as for every bad value (issue 20, item
+    16: they exited 1, as a failed start does)."""
     cp = run_bin(wsproxy_bin, ["--http-port", str(free_port()), "--bind", "127.0.0.1",
                                "--socket", "/tmp/x.sock"] + args)
-    assert cp.returncode == 1, cp
+    assert cp.returncode == 2, cp
     assert cp.stderr.startswith("wsproxy: ") and message in cp.stderr, cp.stderr
 
 

@@ -63,7 +63,8 @@ def test_v1_text_line(proxy, engine):
 
 def test_off_sends_nothing_and_warns(proxy, engine):
     e = engine("echo", proxy="off")   # records the raw stream
-    p = proxy("--proxy-protocol", "off", engine=e)
+    # the test engine's socket is this process's (root's, as wsproxy runs here)
+    p = proxy("--proxy-protocol", "off", "--allow-socket-owner", engine=e)
     c = p.ws()
     c.send(frame(OP_BIN, b"PROXY-less first bytes"))
     assert c.recv_data(22) == b"PROXY-less first bytes"

@@ -23,11 +23,12 @@ import socket
 import struct
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ProxySet, free_port, run_bin, wait_until
+from conftest import ProxySet, free_port, port_accepts, run_bin, wait_until
 from test_e2e_mariadb import CLIENT, HERE, mariadb, require_node  # noqa: F401  (fixture)
 
 NOBODY = pwd.getpwnam("nobody")
@@ -268,4 +269,84 @@ def test_keys_read_as_root_at_start_and_as_the_user_on_sighup(wsproxy_bin, engin
                 assert tls.version() == "TLSv1.2"
     finally:
         problems = ps.finish()
+    assert not problems, "\n".join(problems)
+
+
+def test_header_off_as_the_socket_owner_refuses(wsproxy_bin, tmp_path):
+    """With --proxy-protocol off, an engine that trusts Unix-socket peers by
+    uid (PostgreSQL's peer, MariaDB's unix_socket) would take every client
+    for the account the proxy runs as; when that account owns the socket it
+    is the engine's own.  The program refuses, in one line, unless told."""
+    need_root()
+    os.chmod(tmp_path, 0o755)
+    path = str(tmp_path / "engine.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(8)
+    try:
+        base = ["--http-port", str(free_port()), "--bind", "127.0.0.1", "--socket", path,
+                "--proxy-protocol", "off"]
+        # root owns it, and the proxy stays root
+        cp = run_bin(wsproxy_bin, base + ["--allow-root"], root_args=False)
+        assert cp.returncode == 1, cp
+        lines = cp.stderr.strip().splitlines()
+        assert len(lines) == 1, "want a one-line reason: %r" % cp.stderr
+        assert lines[0].startswith("wsproxy: refusing to relay with --proxy-protocol off "
+                                   "as uid 0, which owns %s" % path), lines
+        assert "--user NAME" in lines[0] and "--allow-socket-owner" in lines[0], lines
+        # nobody owns it, and the proxy would run as nobody (PostgreSQL's case:
+        # a relay run as postgres in front of postgres's socket)
+        os.chown(path, 65534, 65534)
+        cp = run_bin(wsproxy_bin, base + ["--user", "nobody"], root_args=False)
+        assert cp.returncode == 1 and "as uid 65534, which owns" in cp.stderr, cp
+        # told otherwise, or with the header on, or as another account: it serves
+        for extra in (["--user", "nobody", "--allow-socket-owner"],
+                      ["--user", "nobody", "--proxy-protocol", "v2"],
+                      ["--allow-root"]):
+            port = free_port()
+            args = base[:1] + [str(port)] + base[2:] + extra
+            p = subprocess.Popen([wsproxy_bin.path] + args, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            try:
+                wait_until(lambda: p.poll() is not None or port_accepts(port), 20,
+                           what="wsproxy %s to listen" % extra)
+                assert p.poll() is None, "%s: %s" % (extra, p.stderr.read())
+            finally:
+                p.terminate()
+                p.wait(20)
+    finally:
+        srv.close()
+
+
+def test_a_sighup_that_changes_user_says_what_happened(wsproxy_bin, engine, tmp_path):
+    """Issue 20, item 13: after a SIGHUP that named another user, the log
+    also said "not started as root", though it was."""
+    need_root()
+    e = engine("echo")
+    os.chmod(os.path.dirname(e.path), 0o755)
+    os.chmod(e.path, 0o777)
+    logdir = tempfile.mkdtemp(prefix="wsroot", dir="/tmp")
+    os.chmod(logdir, 0o755)
+    ps = ProxySet(wsproxy_bin, tmp_path)
+    try:
+        port = free_port()
+        cfg = Path(logdir) / "w.cnf"
+        body = "[wsproxy]\nhttp_port = %d\nbind_address = 127.0.0.1\nsocket = %s\nlog_dir = %s\n" \
+            % (port, e.path, logdir)
+        cfg.write_text(body + "user = nobody\n")
+        p = ps.start("--config", cfg, raw=True, port=port, log_dir=logdir, root_args=False)
+        p.wait_log(r"running as user nobody")
+        n0 = len(p.log())
+        cfg.write_text(body + "user = daemon\n")
+        p.signal(signal.SIGHUP)
+        line = p.wait_log(r"a change takes a full restart", start=n0)
+        assert "still running as user nobody (uid %d)" % NOBODY.pw_uid in line, line
+        p.wait_log(r"restarted: listening", start=n0)
+        p.signal(signal.SIGUSR1)      # one more event, so the SIGHUP's lines are all out
+        p.ws().close()
+        time.sleep(0.5)
+        assert "not started as root" not in p.log()[n0:], p.log()[n0:]
+    finally:
+        problems = ps.finish()
+        shutil.rmtree(logdir, ignore_errors=True)
     assert not problems, "\n".join(problems)

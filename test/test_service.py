@@ -58,6 +58,12 @@ def test_install_file_list_and_installed_binary_runs(tmp_path):
         (ROOT / "wsproxy.h").read_bytes()
 
     exe = dest / "usr/local/bin/wsproxy"
+    # stripped (issue 20, item 11): no symbol table and no debug sections,
+    # while build/wsproxy keeps them for a debugger
+    sections = run(["readelf", "-S", "-W", str(exe)]).stdout
+    assert ".symtab" not in sections and ".debug_" not in sections, sections
+    assert ".debug_info" in run(["readelf", "-S", "-W", str(ROOT / "build/wsproxy")]).stdout
+    assert exe.stat().st_size < (ROOT / "build/wsproxy").stat().st_size
     cp = run([str(exe), "--version"])
     assert cp.returncode == 0 and cp.stdout.startswith("wsproxy "), cp
     # The installed binary serves: a WebSocket through it reaches an engine.

@@ -177,6 +177,18 @@ def studio(mariadb, certs, tmp_path_factory):  # noqa: F811
                 {"do": "run", "sqlJs": "`SELECT LENGTH('${'x'.repeat(%d)}') AS n, "
                  "REPEAT(X'AB', %d) AS b`" % (HUGE, HUGE), "cells": [0], "timeout": 90000},
             ]},
+            # issue 20: widths, multi-line values, the timer and Cancel, "not a url"
+            {"name": "ux", "url": page_a.origin + "/", "timeout": 60000, "steps": [
+                login,
+                {"do": "run", "sql": "SELECT seq AS id, IF(seq < 4900, seq, seq * 1000000) "
+                 "AS n FROM seq_1_to_10000", "cells": [4975], "cutCells": [10, 4975]},
+                {"do": "run", "sql": "SELECT 'line one\nline two' AS m, 'x' AS after_it",
+                 "cells": [0], "cutCells": [0]}, shot("multi-line"),
+                {"do": "run", "sql": "SELECT SLEEP(20) AS slept", "cancelAfterMs": 1500,
+                 "cells": [0]}, shot("cancelled"),
+                {"do": "run", "sql": "SELECT 1 AS a; SELEKT 2; SELECT 3", "cells": [0]},
+                shot("statement-2-failed"),
+                dict(login, url="not a url"), shot("not-a-url")]},
             {"name": "pw", "url": page_a.origin + "/", "steps": [
                 dict(login, password="not the password"), shot("error-1045")]},
             {"name": "other", "url": page_b.origin + "/", "steps": [
@@ -255,10 +267,56 @@ def test_bad_sql_shows_1064(studio):
 
 
 def test_error_stops_a_multi_statement_run(studio):
+    """Issue 20, item 8: the error says which statement failed, and the
+    summary beside Run no longer shows the statement before it ("1 row")."""
     r = page(studio, "ws", 14)[9]      # run by clicking #run
-    assert r["error"].startswith("ERROR 1064 (42000): "), r
-    assert r["blocks"] == 1 and r["cells"]["0"] == ["before"] and r["rows"] == "1 row", r
+    assert r["error"].startswith("statement 2: ERROR 1064 (42000): "), r
+    assert r["blocks"] == 2 and r["cells"]["0"] == ["before"], r
+    assert r["captions"][1].startswith("statement 2: ERROR 1064 (42000): "), r
+    assert r["rows"] == "statement 2 failed", r
     assert r["stateKind"] == "connected", r
+
+
+def test_columns_widen_for_later_values(studio):
+    """Issue 20, item 6: widths came from the first rows only, so a longer
+    number at row 4,976 was cut."""
+    r = page(studio, "ux", 10)[1]
+    assert r["error"] == "" and r["rows"] == "10000 rows", r
+    assert r["cells"]["4975"] == ["4976", "4976000000"], r
+    assert not any(c["cut"] for c in r["cut"]["4975"] + r["cut"]["10"]), r["cut"]
+
+
+def test_a_multi_line_value_shows_on_one_line(studio):
+    """Issue 20, item 6: a sliver of its second line showed under the first."""
+    r = page(studio, "ux", 10)[2]
+    assert r["cells"]["0"] == ["line one\u21b5line two", "x"], r
+    assert r["cut"]["0"][0] == {"cut": False, "title": "line one\nline two"}, r["cut"]
+
+
+def test_a_running_query_shows_a_timer_and_can_be_cancelled(studio):
+    """Issue 20, item 7: SELECT SLEEP(20) showed only "running"; Cancel sends
+    KILL QUERY over a second connection, as the mariadb client does."""
+    r = page(studio, "ux", 10)[4]
+    during = r["during"]
+    assert during["busy"] and during["cancel"], during
+    assert during["elapsed"].endswith(" s") and float(during["elapsed"][:-2]) >= 1.0, during
+    assert r["wallMs"] < 10000, r
+    assert not r["cancelShown"] and r["stateKind"] == "connected", r
+    # MariaDB ends an interrupted SLEEP() with 1317, or returns 1 from it
+    assert r["error"].startswith("ERROR 1317") or r["cells"]["0"] == ["1"], r
+
+
+def test_which_statement_failed(studio):
+    r = page(studio, "ux", 10)[6]
+    assert r["error"].startswith("statement 2: ERROR 1064 (42000): ") and "SELEKT" in r["error"], r
+    assert r["rows"] == "statement 2 failed" and r["blocks"] == 2, r
+
+
+def test_not_a_url_is_said_so(studio):
+    """Issue 20, item 9: "not a url" gave "Nothing answered at not a url"."""
+    r = page(studio, "ux", 10)[8]
+    assert r["stateKind"] == "failed", r
+    assert r["error"].startswith('"not a url" is not a WebSocket URL: write ws://'), r
 
 
 def test_100000_rows_page_stays_responsive(studio):

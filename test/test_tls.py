@@ -430,3 +430,14 @@ def test_close_notify_from_client_not_reading_ends_at_once(proxy, engine, pki, e
         assert conn.wait_closed(p.t(3)), "engine session still open"
     finally:
         c.sock.close()
+
+
+def test_a_tls13_only_client_hears_that_tls12_is_required(proxy, engine, pki, ec_leaf):
+    """Issue 20, item 15: it was logged as "no common cipher suite or curve",
+    which sends an operator looking at cipher lists."""
+    p = start_wss(proxy, engine("echo"), *ec_leaf)
+    r = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % p.port, "-tls1_3",
+                        "-CAfile", pki.p("ca.pem")], input=b"", capture_output=True, timeout=30)
+    assert b"Cipher is (NONE)" in r.stdout + r.stderr
+    line = p.wait_log(r"TLS handshake failed: (?!client closed)")
+    assert "TLS 1.2 is required" in line and "TLS 1.3" in line, line

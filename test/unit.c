@@ -632,6 +632,23 @@ static void engine_start(struct engine *e)
     pthread_create(&e->th, NULL, engine_main, e);
 }
 
+/* The same echo engine on a TCP port of 127.0.0.1; e->path is its address. */
+static void engine_start_tcp(struct engine *e)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    memset(e, 0, sizeof *e);
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    e->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    if (bind(e->lfd, (struct sockaddr *)&a, sizeof a) || listen(e->lfd, 64) ||
+        getsockname(e->lfd, (struct sockaddr *)&a, &len))
+        FAIL("engine bind: %s", strerror(errno));
+    snprintf(e->path, sizeof e->path, "127.0.0.1:%d", ntohs(a.sin_port));
+    pthread_create(&e->th, NULL, engine_main, e);
+}
+
 static void engine_stop(struct engine *e)
 {
     e->stop = 1;
@@ -837,6 +854,145 @@ static void test_restart_semantics(void)
     close(cb);
     ws_proxy_stop(a);
     ws_proxy_stop(b);
+    engine_stop(&e);
+}
+
+/* ---- The connection callback (conn_fn) ---- */
+
+struct told {
+    pthread_mutex_t mu;
+    int n;
+    struct {
+        int event, client_port, tls, engine_port;
+        uint64_t id;
+        char client[64], origin[64], engine[64];
+    } ev[8];
+};
+
+static void told_fn(void *user, int event, const struct ws_proxy_conn_info *ci)
+{
+    struct told *t = user;
+    pthread_mutex_lock(&t->mu);
+    if (t->n < 8) {
+        t->ev[t->n].event = event;
+        t->ev[t->n].id = ci->id;
+        t->ev[t->n].client_port = ci->client_port;
+        t->ev[t->n].tls = ci->tls;
+        t->ev[t->n].engine_port = ci->engine_port;
+        snprintf(t->ev[t->n].client, 64, "%s", ci->client_addr);
+        snprintf(t->ev[t->n].origin, 64, "%s", ci->origin);
+        snprintf(t->ev[t->n].engine, 64, "%s", ci->engine_addr);
+    }
+    t->n++;
+    pthread_mutex_unlock(&t->mu);
+}
+
+static int told_count(struct told *t)
+{
+    int n;
+    pthread_mutex_lock(&t->mu);
+    n = t->n;
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
+
+/* Waits up to 3 s for n events. */
+static int told_wait(struct told *t, int n)
+{
+    int i;
+    for (i = 0; i < 300 && told_count(t) < n; i++)
+        usleep(10000);
+    return told_count(t);
+}
+
+static int local_port(int fd)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    return getsockname(fd, (struct sockaddr *)&a, &len) ? -1 : ntohs(a.sin_port);
+}
+
+static void test_conn_callback(void)
+{
+    static const char req[] =
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Origin: https://app.example\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    static struct told t = {PTHREAD_MUTEX_INITIALIZER, 0, {{0}}};
+    struct engine e;
+    struct ws_proxy_config c;
+    char err[256], resp[256];
+    ws_proxy *p;
+    int fd, fd2, port;
+    ssize_t r;
+    engine_start(&e);
+    local_config(&c, &e);
+    c.conn_fn = told_fn;
+    c.conn_user = &t;
+    p = ws_proxy_start(&c, err, sizeof err);
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    port = port_of(p);
+    /* A request with an Origin: OPEN before the 101, with the client's
+     * address; a Unix engine socket has no local address. */
+    fd = tcp_connect(port);
+    CHECK(fd >= 0 && write(fd, req, sizeof req - 1) == (ssize_t)sizeof req - 1);
+    r = read(fd, resp, sizeof resp - 1);
+    CHECK(r > 12 && !strncmp(resp, "HTTP/1.1 101", 12));
+    EQ_INT(told_count(&t), 1);
+    EQ_INT(t.ev[0].event, WS_PROXY_CONN_OPEN);
+    EQ_STR(t.ev[0].client, "127.0.0.1");
+    EQ_INT(t.ev[0].client_port, local_port(fd));
+    EQ_STR(t.ev[0].origin, "https://app.example");
+    EQ_INT(t.ev[0].tls, 0);
+    EQ_STR(t.ev[0].engine, "");
+    EQ_INT(t.ev[0].engine_port, 0);
+    EQ_INT(ws_echo(fd, "told"), 0);
+    /* The client goes: CLOSE with the same id, origin "". */
+    close(fd);
+    EQ_INT(told_wait(&t, 2), 2);
+    EQ_INT(t.ev[1].event, WS_PROXY_CONN_CLOSE);
+    EQ_INT(t.ev[1].id, t.ev[0].id);
+    EQ_STR(t.ev[1].origin, "");
+    /* No Origin: "". */
+    fd2 = ws_open(port);
+    CHECK(fd2 >= 0);
+    EQ_INT(told_count(&t), 3);
+    EQ_STR(t.ev[2].origin, "");
+    /* An engine that cannot be reached: 502, nothing told. */
+    c.socket_path = "/nonexistent/engine.sock";
+    c.http_port = port;
+    EQ_INT(ws_proxy_restart(p, &c, err, sizeof err), 0);
+    CHECK(ws_open(port) < 0);
+    EQ_INT(told_count(&t), 3);
+    /* The engine goes away under a WebSocket: CLOSE. */
+    engine_stop(&e);
+    EQ_INT(told_wait(&t, 4), 4);
+    EQ_INT(t.ev[3].event, WS_PROXY_CONN_CLOSE);
+    EQ_INT(t.ev[3].id, t.ev[2].id);
+    /* A TCP engine: the local address and port of the engine connection,
+     * which the engine sees as its peer; stop tells CLOSE before it
+     * returns. */
+    engine_start_tcp(&e);
+    c.socket_path = e.path;
+    EQ_INT(ws_proxy_restart(p, &c, err, sizeof err), 0);
+    fd = ws_open(port);
+    CHECK(fd >= 0);
+    EQ_INT(told_count(&t), 5);
+    EQ_INT(t.ev[4].event, WS_PROXY_CONN_OPEN);
+    EQ_STR(t.ev[4].engine, "127.0.0.1");
+    CHECK(t.ev[4].engine_port > 0 && t.ev[4].engine_port != atoi(strchr(e.path, ':') + 1));
+    EQ_INT(ws_echo(fd, "over tcp"), 0);
+    ws_proxy_stop(p);
+    EQ_INT(told_count(&t), 6);
+    EQ_INT(t.ev[5].event, WS_PROXY_CONN_CLOSE);
+    EQ_INT(t.ev[5].id, t.ev[4].id);
+    EQ_INT(t.ev[5].engine_port, t.ev[4].engine_port);
+    if (fd2 >= 0)
+        close(fd2);
+    if (fd >= 0)
+        close(fd);
     engine_stop(&e);
 }
 
@@ -1183,6 +1339,20 @@ static int tls_parse_text(const char *cert, const char *key, char *err, size_t e
     return rc;
 }
 
+/* openssl genrsa -aes128 -traditional 512 and openssl pkcs8 -topk8 -v2 aes128,
+ * cut short: only the headers matter. */
+static const char encrypted_traditional[] =
+    "-----BEGIN RSA PRIVATE KEY-----\n"
+    "Proc-Type: 4,ENCRYPTED\n"
+    "DEK-Info: AES-128-CBC,3F17F5316E2BAC89B3A8F3F6D11FB5C6\n"
+    "\n"
+    "jVq2Wc1+9Xq6a6vXq7kF8P0QmZ5ZkzWl0Ai5v1xQ0zWyq2yJ8mW1gYtJm0hTq2bB\n"
+    "-----END RSA PRIVATE KEY-----\n";
+static const char encrypted_pkcs8[] =
+    "-----BEGIN ENCRYPTED PRIVATE KEY-----\n"
+    "MIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQIq4vN3c5Qk3ACAggA\n"
+    "-----END ENCRYPTED PRIVATE KEY-----\n";
+
 /* An empty PEM block is refused by name (it once made bvec_add call
  * memcpy(NULL, NULL, 0): UBSan in build/asan/unit). */
 static void test_tls_pem_blocks(void)
@@ -1205,6 +1375,15 @@ static void test_tls_pem_blocks(void)
     /* One file holding both, as operators often write it. */
     snprintf(both, sizeof both, "%s%s", unit_key_pem, unit_cert_pem);
     EQ_INT(tls_parse_text(both, both, err, sizeof err), 0);
+    /* Encrypted keys, PKCS#8 and the traditional form with RFC 1421 headers
+     * (which BearSSL's PEM decoder takes for bad base64: "not a PEM file"). */
+    EQ_INT(tls_parse_text(unit_cert_pem, encrypted_pkcs8, err, sizeof err), WS_PROXY_ETLS);
+    EQ_STR(err, "key_file k.pem: encrypted private keys are not supported "
+                "(openssl pkey -in KEY -out PLAIN writes it decrypted)");
+    EQ_INT(tls_parse_text(unit_cert_pem, encrypted_traditional, err, sizeof err),
+           WS_PROXY_ETLS);
+    EQ_STR(err, "key_file k.pem: encrypted private keys are not supported "
+                "(openssl pkey -in KEY -out PLAIN writes it decrypted)");
 }
 
 /* The expiry is computed in 64 bits from the certificate's day count: with
@@ -1428,6 +1607,7 @@ static const struct {
     {"config_validation", test_config_validation},
     {"restart_semantics", test_restart_semantics},
     {"restart_same_port_other_address", test_restart_same_port_other_address},
+    {"conn_callback", test_conn_callback},
     {"going_away", test_going_away},
     {"failed_stays_failed", test_failed_stays_failed},
     {"cycles_leave_nothing", test_cycles_leave_nothing},
@@ -1451,6 +1631,14 @@ int main(int argc, char **argv)
         for (i = 0; i < COUNT_OF(cases); i++)
             puts(cases[i].name);
         return 0;
+    }
+    for (a = 1; a < argc; a++) { /* a misspelt case would pass by running nothing */
+        for (i = 0; i < COUNT_OF(cases) && strcmp(argv[a], cases[i].name); i++)
+            ;
+        if (i == COUNT_OF(cases)) {
+            fprintf(stderr, "unit: no case named %s (%s --list names them)\n", argv[a], argv[0]);
+            return 2;
+        }
     }
     for (i = 0; i < COUNT_OF(cases); i++) {
         int before = failures, wanted = argc == 1;

@@ -3,11 +3,12 @@
 #
 #   engines/mariadb/demo-server.sh start DIR PORT [ORIGINS]
 #       initialise DIR/data (first time, Debian's default accounts), write
-#       DIR/my.cnf with plugin_load_add = wsproxy and wsproxy_http_port = PORT
-#       (and wsproxy_allowed_origins = ORIGINS), start mariadbd on the Unix
-#       socket DIR/mysqld.sock and a private port on 127.0.0.1 (free, picked
-#       at each start; the plugin relays over it), create database `demo` and
-#       user demo/demo, and print the socket, pid, port and the proxy's state
+#       DIR/my.cnf with plugin_load_add = wsproxy, wsproxy_http_port = PORT and
+#       wsproxy_bind_address = 127.0.0.1 (and wsproxy_allowed_origins = ORIGINS),
+#       start mariadbd on the Unix socket DIR/mysqld.sock and a private port on
+#       127.0.0.1 (free, picked at each start; the plugin relays over it), create
+#       database `demo` (utf8mb4, as Debian's defaults) and user demo/demo, and
+#       print the socket, pid, port and the proxy's state
 #   engines/mariadb/demo-server.sh stop DIR
 # With WSPROXY_DEMO_CERT and WSPROXY_DEMO_KEY set (PEM files), the proxy serves
 # wss:// on PORT (wsproxy_https_port) with that certificate instead.
@@ -32,9 +33,9 @@ mkdir -p -- "$2"
 DIR=$(cd -- "$2" && pwd)
 SOCK=$DIR/mysqld.sock PIDFILE=$DIR/mysqld.pid ERRLOG=$DIR/mysqld.err CNF=$DIR/my.cnf
 
-die() {
-    echo "demo-server.sh: $*" >&2
+die() {  # the error log's last lines, then the cause
     [ -s "$ERRLOG" ] && { echo "---- last lines of $ERRLOG ----" >&2; tail -n 20 -- "$ERRLOG" >&2; }
+    echo "demo-server.sh: $*" >&2
     exit 1
 }
 
@@ -91,10 +92,15 @@ for _ in range(100):
         echo "port = $DBPORT"
         echo "bind_address = 127.0.0.1"
         echo "innodb-buffer-pool-size = 64M"
+        echo "# Debian's own files (read by no one here) would say the same: emoji too"
+        echo "character-set-server = utf8mb4"
+        echo "collation-server = utf8mb4_general_ci"
         echo "# the plugin relays over 127.0.0.1 with a PROXY header"
         echo "proxy_protocol_networks = 127.0.0.1/32"
         echo "plugin_dir = $PLUGIN_DIR"
         echo "plugin_load_add = wsproxy"
+        echo "# the demo prints its password: WebSockets from this machine only"
+        echo "wsproxy_bind_address = 127.0.0.1"
         if [ -n "${WSPROXY_DEMO_CERT:-}" ]; then
             echo "wsproxy_https_port = $port"
             echo "wsproxy_ssl_cert = $WSPROXY_DEMO_CERT"
@@ -118,7 +124,7 @@ CREATE USER IF NOT EXISTS 'mysql'@'localhost'
     IDENTIFIED VIA mysql_native_password USING 'invalid' OR unix_socket;
 GRANT ALL PRIVILEGES ON *.* TO 'mysql'@'localhost' WITH GRANT OPTION;
 FLUSH PRIVILEGES;
-CREATE DATABASE IF NOT EXISTS demo;
+CREATE DATABASE IF NOT EXISTS demo CHARACTER SET utf8mb4;
 CREATE USER IF NOT EXISTS 'demo'@'%' IDENTIFIED BY 'demo';
 CREATE USER IF NOT EXISTS 'demo'@'localhost' IDENTIFIED BY 'demo';
 GRANT ALL PRIVILEGES ON demo.* TO 'demo'@'%';

@@ -20,6 +20,8 @@ const SHOWN_ROWS = 5000;
 // frames (each of which walks the displayed rows) are needed.
 const HIDDEN_BUDGET_MS = 20;
 const HEX_LIMIT = 2048;       // bytes of a binary value shown as hex
+const MAX_WIDTH = 48;         // characters of a column, at most; longer values are cut
+const NEWLINES = /\r\n|\r|\n/g;  // shown as ↵: a cell is one line high
 const NUMERIC = new Set([0, 1, 2, 3, 4, 5, 8, 9, 13, 246]);
 
 const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).toUpperCase().padStart(2, '0'));
@@ -69,18 +71,20 @@ class Block {
     this.tbody = this.table.createTBody();
     this.style = document.createElement('style');
     this.node.append(this.style, this.table);
-    this.sizeColumns([]);
+    this.sizeColumns();
     this.caption.textContent = 'receiving';
   }
 
-  // Column widths from the header and the first rows (monospace: ch units).
-  sizeColumns(rows) {
-    const w = this.cols.map((c) => Math.min(Math.max(c.name.length, 4), 48));
+  // Column widths (monospace: ch units) from the header and the first rows,
+  // then widened by render() as longer values arrive, up to MAX_WIDTH.
+  sizeColumns(rows = []) {
+    const w = this.widths ||
+      (this.widths = this.cols.map((c) => Math.min(Math.max(c.name.length, 4), MAX_WIDTH)));
     for (const r of rows.slice(0, 200)) {
       for (let i = 0; i < r.length; i++) {
         const v = r[i];
         const len = v === null ? 4 : typeof v === 'string' ? v.length : 2 + 2 * v.length;
-        if (len > w[i]) w[i] = Math.min(len, 48);
+        if (len > w[i]) w[i] = Math.min(len, MAX_WIDTH);
       }
     }
     let css = '';
@@ -129,6 +133,8 @@ class Block {
     const frag = document.createDocumentFragment();
     const pending = this.pending;
     const first = this.next;
+    const w = this.widths;
+    let wider = false;
     let i = first;
     const n = Math.min(pending.length, first + max);
     while (i < n) {
@@ -143,8 +149,22 @@ class Block {
           td.classList.add('null');
           td.textContent = 'NULL';
         } else if (typeof v === 'string') {
-          td.textContent = v;
+          if (v.length > w[j] && w[j] < MAX_WIDTH) {
+            w[j] = Math.min(v.length, MAX_WIDTH);
+            wider = true;
+          }
+          if (v.indexOf('\n') < 0 && v.indexOf('\r') < 0) {
+            td.textContent = v;
+          } else {
+            td.textContent = v.replace(NEWLINES, '\u21b5');
+            td.title = v;
+          }
         } else {
+          const len = 2 + 2 * Math.min(v.length, HEX_LIMIT);
+          if (len > w[j] && w[j] < MAX_WIDTH) {
+            w[j] = Math.min(len, MAX_WIDTH);
+            wider = true;
+          }
           td.classList.add('bin');
           td.textContent = hex(v);
         }
@@ -153,6 +173,7 @@ class Block {
       if ((i & 63) === 0 && performance.now() > deadline) break;
     }
     this.tbody.append(frag);
+    if (wider) this.sizeColumns();
     this.shown += i - first;
     this.note();
     if (i === pending.length) {
@@ -188,6 +209,7 @@ export class Results {
 
   // Near the end of the displayed rows of a block: display more of it.
   scrolled() {
+    if (!this.container.scrollTop) return;   // a layout change, not the user
     const box = this.container.getBoundingClientRect();
     for (const b of this.blocks) {
       if (b.kind !== 'rows' || b.shown <= b.limit) continue;
@@ -277,6 +299,20 @@ export class Results {
       this.waiters = [];
       for (const f of w) f();
     }
+  }
+
+  // The statement that failed: its block if its rows had begun, else a new
+  // one after the statements that ran.
+  failed(text) {
+    let b = this.blocks[this.blocks.length - 1];
+    if (!b || b.done) {
+      b = new Block(this.container);
+      b.kind = 'error';
+      this.blocks.push(b);
+    }
+    b.done = true;
+    b.caption.textContent = text;
+    b.caption.classList.add('failed');
   }
 
   pendingRows() {

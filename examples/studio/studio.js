@@ -1,7 +1,7 @@
 // The studio page: a connect form, a SQL editor and a result grid, driving
 // mysql.js over a WebSocket to wsproxy.  Element ids are an interface that
-// tests use: #url #user #password #database #connect #sql #run #result #rows
-// #error #state.
+// tests use: #url #user #password #database #connect #sql #run #cancel #result
+// #rows #error #state #elapsed.
 //
 // The form can be pre-filled from the page address:
 //   index.html#url=ws://127.0.0.1:8080/&user=demo&password=demo&database=demo
@@ -14,11 +14,12 @@ const $ = (id) => document.getElementById(id);
 const el = {
   form: $('login'), url: $('url'), user: $('user'), password: $('password'),
   database: $('database'), connect: $('connect'), state: $('state'), server: $('server'),
-  sql: $('sql'), run: $('run'), rows: $('rows'), elapsed: $('elapsed'),
+  sql: $('sql'), run: $('run'), cancel: $('cancel'), rows: $('rows'), elapsed: $('elapsed'),
   progress: $('progress'), error: $('error'), results: $('results'),
 };
 
 let conn = null;       // the current MySQLConnection
+let login = null;      // {url, user, password, database} it logged in with: KILL QUERY's
 let running = false;
 
 function prefill() {
@@ -101,9 +102,26 @@ async function explainClose(c, wsUrl) {
     (why ? `: ${why}.` : '.');
 }
 
+// A WebSocket URL, or null.  (The WebSocket constructor takes a relative
+// URL, or http:, as one on the page's own server: "not a url" would go there.)
+function wsUrl(text) {
+  try {
+    const u = new URL(text);
+    return u.protocol === 'ws:' || u.protocol === 'wss:' ? u.href : null;
+  } catch (e) {
+    return null;
+  }
+}
+
 async function connect(ev) {
   if (ev) ev.preventDefault();
-  const url = el.url.value.trim();
+  const url = wsUrl(el.url.value.trim());
+  if (!url) {
+    showError(`"${el.url.value.trim()}" is not a WebSocket URL: write ws://HOST:PORT/ ` +
+      '(or wss:// for TLS), as make run prints it.');
+    setState('failed', 'not a URL');
+    return;
+  }
   if (conn) { const old = conn; conn = null; old.quit(); old.close(); }
   el.run.disabled = true;
   showError('');
@@ -128,6 +146,8 @@ async function connect(ev) {
       user: el.user.value, password: el.password.value, database: el.database.value.trim(),
     });
     if (conn !== me) return;
+    login = { url, user: el.user.value, password: el.password.value,
+      database: el.database.value.trim() };
     setState('connected', 'connected');
     // MariaDB prefixes its version with "5.5.5-" for old clients
     el.server.textContent = `${s.version.replace(/^5\.5\.5-/, '')} · connection ${s.connectionId}`;
@@ -148,6 +168,25 @@ function fmtMs(ms) {
   return ms < 1000 ? `${ms.toFixed(0)} ms` : `${(ms / 1000).toFixed(2)} s`;
 }
 
+// Cancel: KILL QUERY on a second connection with the same login, as the
+// mariadb client does on Ctrl-C; the running statement ends with 1317.
+async function cancel() {
+  if (!running || !conn || !conn.server || !login) return;
+  el.cancel.disabled = true;
+  el.progress.textContent = 'cancelling';
+  const id = conn.server.connectionId;
+  const killer = new MySQLConnection(login.url);
+  try {
+    await killer.connect(login);
+    await killer.query(`KILL QUERY ${id}`, { columns() {}, rows() {}, end() {}, ok() {} });
+  } catch (e) {
+    if (running) showError(`Cancel failed: ${errorText(e)}`);
+  } finally {
+    killer.quit();
+    killer.close();
+  }
+}
+
 async function run() {
   if (running || !conn || el.run.disabled) return;
   const sql = el.sql.value;
@@ -157,8 +196,9 @@ async function run() {
   el.run.disabled = true;
   showError('');
   el.rows.textContent = '';
-  el.elapsed.textContent = '';
   el.progress.textContent = 'running';
+  el.cancel.hidden = false;
+  el.cancel.disabled = false;
   let shownAt = 0;
   const results = new Results(el.results, {
     progress: (n) => {   // at most every 100 ms: each change costs the page a frame
@@ -169,12 +209,17 @@ async function run() {
     },
   });
   const t0 = performance.now();
+  const tick = () => { el.elapsed.textContent = `${fmtMs(performance.now() - t0)}`; };
+  tick();
+  const timer = setInterval(tick, 100);
   let failure = null;
   try {
     await conn.query(sql, results.sink());
   } catch (e) {
     failure = e;
   }
+  clearInterval(timer);
+  el.cancel.hidden = true;
   const ms = performance.now() - t0;
   el.elapsed.textContent = `in ${fmtMs(ms)}`;
   el.progress.textContent = results.pendingRows() ? 'rendering' : '';
@@ -182,9 +227,17 @@ async function run() {
   el.progress.textContent = '';
   el.rows.textContent = results.summary();
   if (failure && !(failure instanceof ConnectionClosed)) {
+    // Which statement failed: the ones before it each have their block (and
+    // so may it, if it failed while its rows came).
+    const last = results.blocks[results.blocks.length - 1];
+    const n = results.blocks.length + (last && !last.done ? 0 : 1);
+    const text = (n > 1 ? `statement ${n}: ` : '') + errorText(failure) +
+      (failure.code === 1317 ? ' (cancelled)' : '');
+    results.failed(text);
+    el.rows.textContent = `statement ${n} failed`;
     // keep what onClose may have said meanwhile (e.g. 1053, then the close)
     const said = el.error.textContent;
-    showError(errorText(failure) + (said ? '\n' + said : ''));
+    showError(text + (said ? '\n' + said : ''));
   }
   running = false;
   delete document.body.dataset.busy;
@@ -193,6 +246,7 @@ async function run() {
 
 el.form.addEventListener('submit', connect);
 el.run.addEventListener('click', run);
+el.cancel.addEventListener('click', cancel);
 el.sql.addEventListener('keydown', (ev) => {
   if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) {
     ev.preventDefault();

@@ -17,6 +17,9 @@
 //        given rows (negative = from the end), the time to the first row in
 //        the grid, the longest main-thread task (PerformanceObserver
 //        "longtask") and the longest stall of a 10 ms timer while it ran
+//        "cancelAfterMs": N   N ms after the start, report #elapsed and #progress
+//        ("during") and click #cancel; "cutCells": [ROW, ...]   scroll each row
+//        into view and report, per cell, whether its text is cut, and its title
 //   {"do": "scroll", "times": N}   scroll #results to the end N times; report the
 //        rows displayed (the others are in the DOM, display:none)
 //   {"do": "exec", "argv": [...]}    run a command (e.g. stop the engine)
@@ -133,9 +136,37 @@ async function step(page, s, timeout) {
       await page.focus('#sql');
       await page.keyboard.press('Control+Enter');
     }
+    let during = null;
+    if (s.cancelAfterMs) {
+      await page.waitForTimeout(s.cancelAfterMs);
+      during = await page.evaluate(() => ({
+        elapsed: document.getElementById('elapsed').textContent,
+        progress: document.getElementById('progress').textContent,
+        cancel: !document.getElementById('cancel').hidden,
+        busy: !!document.body.dataset.busy,
+      }));
+      await page.click('#cancel');
+    }
     await page.waitForFunction(() => !document.body.dataset.busy, null,
       { timeout: t, polling: 50 });
     const r = await pageText(page);
+    r.during = during;
+    r.cancelShown = await page.evaluate(() => !document.getElementById('cancel').hidden);
+    if (s.cutCells) {
+      r.cut = {};
+      for (const i of s.cutCells) {
+        r.cut[i] = await page.evaluate((k) => {
+          const trs = document.querySelectorAll('#result tbody tr');
+          const tr = trs[k < 0 ? trs.length + k : k];
+          if (!tr) return null;
+          tr.scrollIntoView();
+          return Array.from(tr.cells, (c) => ({
+            cut: c.scrollWidth > c.clientWidth || c.scrollHeight > c.clientHeight,
+            title: c.title,
+          }));
+        }, i);
+      }
+    }
     Object.assign(r, await page.evaluate((want) => {
       const trs = document.querySelectorAll('#result tbody tr');
       const cells = {};
