@@ -12,7 +12,8 @@
  *
  * Threading: one thread per proxy, created by ws_proxy_start(), owns every
  * socket and runs one poll() loop.  While some connections are busy, a turn
- * polls only those, and the idle rest every WS_PROXY_COLD_MS, so thousands
+ * polls only those (and, on Linux, one epoll descriptor that rings when an
+ * idle one has something), and all of them only for timers, so thousands
  * of idle WebSockets do not slow the busy ones.  API calls from other
  * threads post a command into a mailbox, wake the loop through a pipe, and
  * wait on a condition variable until the loop has acted; a process-wide
@@ -152,13 +153,20 @@
 #define WS_PROXY_SCAN_FIRST 128
 #endif
 /* A connection with poll events in the last WS_PROXY_HOT_MS is polled every
- * turn; while any are, the others are polled every WS_PROXY_COLD_MS or more
- * (see loop_sort). */
+ * turn; while any are, the others are polled every WS_PROXY_COLD_MS or more,
+ * or on Linux when the doorbell rings (see loop_sort). */
 #ifndef WS_PROXY_HOT_MS
 #define WS_PROXY_HOT_MS 1000
 #endif
 #ifndef WS_PROXY_COLD_MS
 #define WS_PROXY_COLD_MS 10
+#endif
+/* Linux: between full turns the cold connections' sockets wait in an epoll
+ * set whose one descriptor is polled instead (see loop_bell); 1 turns the
+ * doorbell off, and full turns come every WS_PROXY_COLD_MS again. */
+#if defined(__linux__) && !defined(WS_PROXY_NO_BELL)
+#include <sys/epoll.h>
+#define HAVE_BELL 1
 #endif
 /* Connections accepted per loop turn. */
 #ifndef WS_PROXY_ACCEPT_BUDGET
@@ -1375,6 +1383,7 @@ struct conn {
     unsigned ip_counted : 1; /* counted in the per-address table */
     unsigned told : 1;    /* conn_fn was told WS_PROXY_CONN_OPEN */
     uint32_t i_borrowed_len;
+    int bell_c, bell_e; /* events in the doorbell's set + 1, 0 = not in it */
     uint16_t close_code; /* the code we send (0 = empty Close) */
     uint16_t status;     /* HTTP status answered */
     const char *why;     /* why it ended, for the log: the first reason sticks */
@@ -1427,6 +1436,9 @@ struct ws_proxy {
     int lfd, lport, quit;
     int busy;         /* the last full poll() found events */
     int64_t cold_due; /* when the next full turn is due, ms */
+    int64_t bell_due; /* the earliest a ringing doorbell makes it due */
+    int bell_fd;      /* epoll set of the cold sockets, -1 = none */
+    int bell_rang;    /* it did: left out of poll() until the full turn */
     union conn_addr laddr;
     int state;
     char reason[256];
@@ -1733,6 +1745,12 @@ static int listen_open(const char *host, int port, int *fd_out,
                        a.sa.sa_family == AF_INET6 ? "bind([%s]:%d): %s" : "bind(%s:%d): %s",
                        host, port > 0 ? port : 0, sys_err(e, eb, sizeof eb));
     }
+#ifdef __linux__
+    /* Accepted sockets inherit these here: five system calls fewer for
+     * every connection (loop_accept sets them elsewhere). */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    sock_keepalive(fd);
+#endif
     len = sizeof *bound;
     getsockname(fd, &bound->sa, &len);
     *fd_out = fd;
@@ -3919,7 +3937,7 @@ static void loop_accept(ws_proxy *p, int64_t now)
         struct conn *c;
         char ip[INET6_ADDRSTRLEN], eb[128];
         uint32_t per_ip;
-        int fd, one = 1;
+        int fd;
 #ifdef HAVE_ACCEPT4
         fd = accept4(p->lfd, &a.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 #else
@@ -3969,8 +3987,13 @@ static void loop_accept(ws_proxy *p, int64_t now)
             close(fd);
             continue;
         }
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        sock_keepalive(fd);
+#ifndef __linux__ /* Linux: inherited from the listener (listen_open) */
+        {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            sock_keepalive(fd);
+        }
+#endif
         addr_unmap(&a);
         c->cfd = fd;
         c->efd = -1;
@@ -4190,29 +4213,89 @@ static int loop_add(ws_proxy *p, size_t *n, int fd, int ev)
  * kernel's socket structures; walking 8,000 connections of our own adds
  * more.  So conns[0, nhot) are the connections with poll
  * events in the last WS_PROXY_HOT_MS (and any not yet OPEN), and while
- * there are some, a turn polls and steps only those.  Every
- * WS_PROXY_COLD_MS a full turn takes all connections, runs their timers and
- * sorts the hot ones to the front again; if full turns are slow, they come
- * at most every four times their CPU cost, so busy connections keep four
- * fifths of the loop.  A cold connection that wakes up thus waits at most
- * that long, and only while others are busy; with none hot, every turn is a
- * full one.  A new connection is hot. */
+ * there are some, a turn polls and steps only those.  A full turn takes
+ * all connections, runs their timers and sorts the hot ones to the front
+ * again (loop_sort).  It comes every WS_PROXY_COLD_MS where there is no
+ * doorbell; with one (Linux, see loop_bell), when the doorbell rings, when
+ * a cold connection's timer is due, and at least every WS_PROXY_HOT_MS.
+ * Either way at most every four times its CPU cost, so busy connections
+ * keep four fifths of the loop.  A cold connection that wakes up thus
+ * waits at most WS_PROXY_COLD_MS or that long, and only while others are
+ * busy; with none hot, every turn is a full one.  A new connection is hot. */
 static int conn_hot(const struct conn *c, int64_t now)
 {
     return c->phase != PH_OPEN || c->again || now - c->t_io < WS_PROXY_HOT_MS;
 }
 
-static void loop_sort(ws_proxy *p, int64_t now)
+/* The doorbell (Linux).  Between full turns the cold sockets are not in
+ * poll()'s set: an epoll set holds them, each with the interest its
+ * connection's state gave at the last full turn (a cold connection is not
+ * stepped, so that state stands), and its one descriptor is polled
+ * instead.  When it rings, a cold connection has something, and a full
+ * turn comes as soon as the spacing allows; while it is quiet, full turns
+ * come only for the cold connections' timers and to sort, at least every
+ * WS_PROXY_HOT_MS.  So a quiet cold set costs a turn nothing.  Where epoll
+ * is missing or fails, full turns come every WS_PROXY_COLD_MS. */
+#ifdef HAVE_BELL
+static void bell_set(ws_proxy *p, int fd, int ev, int *reg)
+{
+    struct epoll_event e;
+    int want = fd >= 0 && ev >= 0 ? ev + 1 : 0;
+    if (want == *reg || p->bell_fd < 0)
+        return;
+    memset(&e, 0, sizeof e);
+    e.events = (ev & POLLIN ? EPOLLIN : 0) | (ev & POLLOUT ? EPOLLOUT : 0) |
+               (ev & POLL_FIN ? EPOLLRDHUP : 0);
+    if (epoll_ctl(p->bell_fd, !*reg ? EPOLL_CTL_ADD : want ? EPOLL_CTL_MOD : EPOLL_CTL_DEL,
+                  fd, &e) && want) {
+        close(p->bell_fd); /* for good: the registrations are unknown now */
+        p->bell_fd = -2;
+        return;
+    }
+    *reg = want; /* a DEL fails only for a socket closed, so gone from the set */
+}
+#endif
+
+/* Puts the cold connection c's sockets in the doorbell's set, or a hot
+ * one's out of it. */
+static void loop_bell(ws_proxy *p, struct conn *c, int hot)
+{
+#ifdef HAVE_BELL
+    if (p->bell_fd == -1 && !hot && (p->bell_fd = epoll_create1(EPOLL_CLOEXEC)) < 0)
+        p->bell_fd = -2;
+    bell_set(p, c->cfd, hot ? -1 : conn_client_events(c), &c->bell_c);
+    bell_set(p, c->efd, hot ? -1 : conn_engine_events(c), &c->bell_e);
+#else
+    (void)p;
+    (void)c;
+    (void)hot;
+#endif
+}
+
+/* After a full turn that began with CPU time cpu0 (-1: not measured):
+ * sorts the hot connections to the front, fills the doorbell's set, and
+ * says when the next full turn is due. */
+static void loop_sort(ws_proxy *p, int64_t now, int64_t cpu0)
 {
     size_t i, h = 0;
+    int64_t gap = 0, next = now + WS_PROXY_HOT_MS;
     for (i = 0; i < p->nconns; i++) {
         struct conn *c = p->conns[i];
-        if (conn_hot(c, now)) {
+        int hot = conn_hot(c, now);
+        if (hot) {
             p->conns[i] = p->conns[h];
             p->conns[h++] = c;
+        } else {
+            next = earlier(next, conn_deadline(c));
         }
+        loop_bell(p, c, hot);
     }
     p->nhot = h;
+    if (cpu0 >= 0)
+        gap = (thread_cpu_us() - cpu0) * 4 / 1000;
+    p->bell_rang = 0;
+    p->bell_due = now + (gap > WS_PROXY_COLD_MS ? gap : WS_PROXY_COLD_MS);
+    p->cold_due = p->bell_fd >= 0 ? later(p->bell_due, next) : p->bell_due;
 }
 
 /* A poll() that may sleep hooks a wait-queue entry onto every socket and
@@ -4236,30 +4319,23 @@ static int loop_poll(ws_proxy *p, size_t n, int timeout, int full)
     return rc;
 }
 
-/* After a full turn that began with CPU time cpu0 (see loop_sort). */
-static void loop_next_full(ws_proxy *p, int64_t cpu0)
-{
-    int64_t gap = (thread_cpu_us() - cpu0) * 4 / 1000;
-    p->cold_due = mono_ms() + (gap > WS_PROXY_COLD_MS ? gap : WS_PROXY_COLD_MS);
-}
-
 static void loop_turn(ws_proxy *p)
 {
     size_t i, n = 0;
     int64_t now = mono_ms(), next = INT64_MAX;
-    long lidx = -1;
+    long lidx = -1, bidx = -1;
     int rc, timeout, full = now >= p->cold_due || !p->nhot || p->nhot == p->nconns;
     /* Full turns are spaced by their cost only when there are both kinds;
      * the CPU clock is a system call, not worth a turn otherwise. */
     int64_t cpu0 = full && p->nhot && p->nhot < p->nconns ? thread_cpu_us() : -1;
-    if (loop_grow_pfd(p, 2 + 2 * p->nconns)) {
+    if (loop_grow_pfd(p, 3 + 2 * p->nconns)) {
         errno = ENOMEM;
         loop_fail(p, "poll set");
         return;
     }
-    if (full)
-        loop_sort(p, now);
     loop_add(p, &n, p->wake_rd, POLLIN);
+    if (!full && p->bell_fd >= 0 && !p->bell_rang)
+        bidx = loop_add(p, &n, p->bell_fd, POLLIN);
     if (p->lfd >= 0 &&
         p->st.conns_open - p->nrefusing < (uint64_t)p->cfg->max_conns + WS_PROXY_REFUSE_SLACK) {
         if (now >= p->accept_pause_until)
@@ -4288,6 +4364,10 @@ static void loop_turn(ws_proxy *p)
         lidx = -1; /* the listener may have changed under lidx */
     if (p->quit)
         return;
+    if (bidx >= 0 && p->pfd[bidx].revents) {
+        p->bell_rang = 1; /* a full turn, once the spacing allows */
+        p->cold_due = p->bell_due;
+    }
     if (lidx >= 0 && p->pfd[lidx].revents) {
         if (p->pfd[lidx].revents & (POLLERR | POLLNVAL)) {
             errno = EBADF;
@@ -4316,8 +4396,8 @@ static void loop_turn(ws_proxy *p)
             conn_step(p, c, now);
     }
     loop_reap(p, full);
-    if (cpu0 >= 0)
-        loop_next_full(p, cpu0);
+    if (full)
+        loop_sort(p, now, cpu0);
 }
 
 static void *loop_main(void *arg)
@@ -4620,6 +4700,8 @@ static void proxy_free(ws_proxy *p)
         close(p->wake_rd);
     if (p->wake_wr >= 0)
         close(p->wake_wr);
+    if (p->bell_fd >= 0)
+        close(p->bell_fd);
     cfg_unref(p->cfg);
     free(p->conns);
     free(p->pfd);
@@ -4644,7 +4726,7 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
         err_set(err, errlen, WS_PROXY_ENOMEM, "out of memory");
         return NULL;
     }
-    p->lfd = p->log_fd = p->wake_rd = p->wake_wr = -1;
+    p->lfd = p->log_fd = p->wake_rd = p->wake_wr = p->bell_fd = -1;
     p->cfg = cf;
     if (log_open(cf, &p->log_fd, err, errlen) ||
         (cf->port && listen_open(cf->c.bind_address, cf->port, &p->lfd, &p->laddr, err, errlen))) {

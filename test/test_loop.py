@@ -70,6 +70,26 @@ def test_idle_connections_served_while_one_is_busy(proxy, engine):
         c.echo(b"still here")
 
 
+def test_engine_bytes_reach_cold_connections_while_one_is_busy(proxy, engine):
+    """Bytes the engine sends on its own to a cold connection arrive well
+    before the next sort of the hot set (every second): on Linux the
+    doorbell holds the cold engine sockets too (loop_bell)."""
+    e = engine("echo")
+    p = proxy(engine=e)
+    idle = open_idle(p, COLD)
+    busy = Busy(p.ws())
+    busy.start()
+    time.sleep(HOT_S + 0.5)   # the idle ones turn cold
+    for i, c in enumerate(idle[::15]):
+        msg = b"push %d" % i
+        t0 = time.monotonic()
+        conn_for(e, c.local_port)._send(msg)
+        assert c.recv_data(len(msg), timeout=p.t(2)) == msg
+        waited = time.monotonic() - t0
+        assert waited < p.t(0.5), "cold connection waited %.3f s for engine bytes" % waited
+    busy.finish()
+
+
 def test_cold_connections_timers_run_while_one_is_busy(proxy, engine):
     e = engine("echo")
     p = proxy("--idle-timeout", "1500", engine=e)

@@ -27,7 +27,14 @@
  *             --size messages; aggregate messages per second.
  *   connect   one connection at a time: connect (+ TLS) (+ WebSocket
  *             handshake) + a --size echo round trip, then close (RST);
- *             percentiles of that time.
+ *             percentiles of that time.  --size 0 on a tcp:// URL: the
+ *             TCP connect alone.  --resume (TLS): every connection after
+ *             the first offers the first one's session; resumed= counts
+ *             those the server resumed.
+ *   burst     --conns connections started at once, each doing connect (+
+ *             TLS) (+ handshake) + a --size echo round trip and staying
+ *             open: secs= is the time until the last one has its echo,
+ *             the percentiles are each connection's own time.
  *   hold      only open the --idle connections, print the result line,
  *             create --ready-file, and hold them for --secs (or SIGTERM).
  * --idle N opens N extra connections (handshake completed) before any mode
@@ -71,9 +78,9 @@
 #define WS_KEY "dGhlIHNhbXBsZSBub25jZQ=="
 #define WS_ACCEPT "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
-enum mode { M_UPLOAD, M_DOWNLOAD, M_ECHO, M_LATENCY, M_MANY, M_CONNECT, M_HOLD };
+enum mode { M_UPLOAD, M_DOWNLOAD, M_ECHO, M_LATENCY, M_MANY, M_CONNECT, M_HOLD, M_BURST };
 static const char *const mode_names[] = {
-	"upload", "download", "echo", "latency", "many", "connect", "hold"
+	"upload", "download", "echo", "latency", "many", "connect", "hold", "burst"
 };
 
 enum cstate { C_CONNECTING, C_HS, C_OPEN, C_DONE, C_FAILED };
@@ -116,6 +123,8 @@ struct conn {
 
 static enum mode g_mode = M_ECHO;
 static size_t g_size;
+static int g_size_given;
+static int g_resume;
 static size_t g_window = 256u * 1024u;
 static int g_nconns = 1000;
 static int g_nidle;
@@ -162,7 +171,10 @@ static int g_upload_done;
 #ifdef LOADGEN_TLS
 static br_x509_trust_anchor g_tas[16];
 static size_t g_ntas;
+static br_ssl_session_parameters g_sess;   /* --resume: the first session */
+static int g_have_sess;
 #endif
+static unsigned long g_resumed;
 
 static double now(void)
 {
@@ -379,10 +391,24 @@ static void queue_handshake(struct conn *c)
 /* ---- mode logic ---- */
 
 static void conn_start(void);
+static void tls_note_session(struct conn *c);
+
+/* connect mode: this connection is through; the next one starts. */
+static void connect_done(struct conn *c)
+{
+	sample_add((now() - c->t0) * 1e6);
+	g_msgs++;
+	tls_note_session(c);
+	conn_finish(c);
+	if (g_count == 0 || g_msgs < g_count)
+		conn_start();
+	else
+		g_deadline = 0;   /* count reached: stop now */
+}
 
 static void ping_send(struct conn *c)
 {
-	if (g_mode != M_CONNECT)
+	if (g_mode != M_CONNECT && g_mode != M_BURST)
 		c->t0 = now();
 	queue_msg(c, g_size);
 	c->target = c->sent;
@@ -445,6 +471,12 @@ static void on_open(struct conn *c)
 				ping_send(g_act[i]);
 		break;
 	case M_CONNECT:
+		if (g_size == 0)
+			connect_done(c);
+		else
+			ping_send(c);
+		break;
+	case M_BURST:
 		ping_send(c);
 		break;
 	case M_HOLD:
@@ -464,18 +496,20 @@ static void on_data(struct conn *c)
 	case M_LATENCY:
 	case M_MANY:
 	case M_CONNECT:
+	case M_BURST:
 		if (c->rcvd < c->target)
 			break;
+		if (g_mode == M_CONNECT) {
+			connect_done(c);
+			break;
+		}
 		sample_add((now() - c->t0) * 1e6);
 		g_msgs++;
-		if (g_mode == M_CONNECT) {
-			conn_finish(c);
-			if (g_count == 0 || g_msgs < g_count)
-				conn_start();
-			else
-				g_deadline = 0;   /* count reached: stop now */
-		} else {
+		if (g_mode != M_BURST) {
 			ping_send(c);
+		} else if (g_msgs == (uint64_t)g_nconns) {
+			g_t_end = now();
+			g_phase = PH_END;
 		}
 		break;
 	default:
@@ -777,7 +811,9 @@ static void tls_init(struct conn *c)
 	/* AES-GCM first, as browsers on CPUs with AES-NI offer it. */
 	br_ssl_engine_set_suites(&c->tls->sc.eng, tls_suites, sizeof tls_suites / sizeof tls_suites[0]);
 	br_ssl_engine_set_buffer(&c->tls->sc.eng, c->tls->iobuf, sizeof c->tls->iobuf, 1);
-	if (!br_ssl_client_reset(&c->tls->sc, g_servername, 0))
+	if (g_have_sess)
+		br_ssl_engine_set_session_parameters(&c->tls->sc.eng, &g_sess);
+	if (!br_ssl_client_reset(&c->tls->sc, g_servername, g_have_sess))
 		conn_fail(c, "br_ssl_client_reset failed");
 }
 
@@ -876,6 +912,28 @@ static int tls_pump(struct conn *c, unsigned rev)
 	return got;
 }
 #endif /* LOADGEN_TLS */
+
+/* --resume: keep the first session; count the later ones the server resumed
+ * (it echoes the offered session id only when it resumes). */
+static void tls_note_session(struct conn *c)
+{
+#ifdef LOADGEN_TLS
+	br_ssl_session_parameters p;
+
+	if (!T.tls || !g_resume || c->tls == NULL)
+		return;
+	br_ssl_engine_get_session_parameters(&c->tls->sc.eng, &p);
+	if (!g_have_sess) {
+		g_sess = p;
+		g_have_sess = p.session_id_len > 0;
+	} else if (p.session_id_len == g_sess.session_id_len &&
+	           memcmp(p.session_id, g_sess.session_id, p.session_id_len) == 0) {
+		g_resumed++;
+	}
+#else
+	(void)c;
+#endif
+}
 
 /* ---- plain transport and the per-connection step ---- */
 
@@ -1120,6 +1178,11 @@ static void run(void)
 	} else if (g_mode == M_CONNECT) {
 		run_begin();
 		conn_start();
+	} else if (g_mode == M_BURST) {
+		int i;
+		run_begin();
+		for (i = 0; i < g_nconns; i++)
+			conn_start();
 	} else {
 		conn_start();
 	}
@@ -1131,7 +1194,14 @@ static void run(void)
 			g_errors++;
 			break;
 		}
+		if (g_phase == PH_END)
+			break;
 		if (g_phase == PH_RUN && t >= g_deadline) {
+			if (g_mode == M_BURST) {
+				fprintf(stderr, "loadgen: only %llu of %d connections through in %.1f s\n",
+				        (unsigned long long)g_msgs, g_nconns, g_secs);
+				g_errors++;
+			}
 			g_t_end = t;
 			if (g_mode != M_UPLOAD) {
 				g_phase = PH_END;
@@ -1204,8 +1274,10 @@ static void report(void)
 		el = 1e-9;
 	printf("mode=%s url=%s raw=%d tls=%d size=%lu", mode_names[g_mode], g_url, !T.ws, T.tls,
 	       (unsigned long)g_size);
-	if (g_mode == M_MANY)
+	if (g_mode == M_MANY || g_mode == M_BURST)
 		printf(" conns=%d", g_nconns);
+	if (g_resume)
+		printf(" resumed=%lu", g_resumed);
 	if (g_mode == M_ECHO)
 		printf(" window=%lu", (unsigned long)g_window);
 	if (g_mode != M_HOLD)
@@ -1221,6 +1293,7 @@ static void report(void)
 	case M_LATENCY:
 	case M_MANY:
 	case M_CONNECT:
+	case M_BURST:
 		qsort(g_samples, g_nsamples, sizeof *g_samples, cmp_double);
 		printf(" msgs=%llu msgs_per_s=%.0f p50_us=%.1f p99_us=%.1f p999_us=%.1f",
 		       (unsigned long long)g_msgs, (double)g_msgs / el, pct(0.5), pct(0.99), pct(0.999));
@@ -1313,8 +1386,8 @@ static void parse_url(const char *u)
 static void usage(void)
 {
 	fprintf(stderr,
-	        "usage: loadgen --url URL --mode upload|download|echo|latency|many|connect|hold\n"
-	        "               [--raw] [--size BYTES] [--window BYTES] [--conns N] [--idle N]\n"
+	        "usage: loadgen --url URL --mode upload|download|echo|latency|many|connect|hold|burst\n"
+	        "               [--raw] [--resume] [--size BYTES] [--window BYTES] [--conns N] [--idle N]\n"
 	        "               [--secs S] [--count N] [--concurrency N] [--ca PEM]\n"
 	        "               [--servername NAME] [--ready-file PATH]\n"
 	        "URL: ws://127.0.0.1:PORT/ wss://... tcp://127.0.0.1:PORT tls://... unix:PATH\n");
@@ -1333,6 +1406,10 @@ int main(int argc, char **argv)
 			g_force_raw = 1;
 			continue;
 		}
+		if (strcmp(a, "--resume") == 0) {
+			g_resume = 1;
+			continue;
+		}
 		if (v == NULL)
 			usage();
 		i++;
@@ -1348,6 +1425,7 @@ int main(int argc, char **argv)
 			g_mode = (enum mode)m;
 		} else if (strcmp(a, "--size") == 0) {
 			g_size = (size_t)strtoul(v, NULL, 10);
+			g_size_given = 1;
 		} else if (strcmp(a, "--window") == 0) {
 			g_window = (size_t)strtoul(v, NULL, 10);
 		} else if (strcmp(a, "--conns") == 0) {
@@ -1375,7 +1453,7 @@ int main(int argc, char **argv)
 	parse_url(g_url);
 	if (g_force_raw)
 		T.ws = 0;
-	if (g_size == 0)
+	if (g_size == 0 && !(g_size_given && g_mode == M_CONNECT && !T.ws && !T.tls))
 		g_size = g_mode == M_LATENCY ? 64 : g_mode == M_MANY ? 4096 : g_mode == M_CONNECT ? 1 : 65536;
 	if (g_size > PATTERN_MAX_CHUNK || g_nconns < 1 || g_nidle < 0 || g_conc < 1 ||
 	    g_secs <= 0 || g_secs > 600 || g_window < g_size)

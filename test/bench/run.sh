@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # test/bench/run.sh -- what `make bench` runs.
 #
-# Measures wsproxy against two baselines in the same run, on the same engine
-# stand-in (test/bench/engine.c):
+# Measures wsproxy against two other relays in the same run, on the same
+# engine stand-in (test/bench/engine.c):
 #   wsproxy  ws:// (and wss://) through $WSPROXY_BIN, default config
 #            (PROXY v2 header on, which the engine skips), --max-connections 9000
 #   socat    socat -b 131072 TCP-LISTEN:PORT,fork,reuseaddr UNIX-CONNECT:SOCK,
-#            same payload bytes with no WebSocket framing (loadgen --raw)
-#   direct   loadgen straight to the engine's Unix socket (no proxy at all)
-# The proxy (and socat with all its forks) runs on core 0, loadgen and the
-# engine on core 1.  Each figure is the median of $BENCH_RUNS runs (default 5)
-# of $BENCH_SECS seconds (default 1), with min-max; every echo and download
-# byte is checked against the test pattern, so a broken proxy cannot look fast.
+#            the same payload bytes with no WebSocket framing (loadgen --raw);
+#            OPENSSL-LISTEN for the TLS rows
+#   node     test/bench/wsrelay.js: a WebSocket relay written with Node's `ws`
+#            package (test/node_modules), the same frames as wsproxy; https
+#            and Node's OpenSSL for the TLS rows
+# Each relay runs on core 0, loadgen and the engine on core 1.  Each figure
+# is the median of $BENCH_RUNS runs (default 3) of $BENCH_SECS seconds
+# (default 1), with min-max; the ratios compare medians of the same run.
+# Every echo and download byte is checked against the test pattern, so a
+# broken relay cannot look fast.
 #
 # Environment: WSPROXY_BIN (default build/wsproxy), BENCH_RUNS, BENCH_SECS,
 # BENCH_IDLE (idle connections for the loop-cost rows, default 8000), CC.
@@ -26,23 +30,25 @@ root=$(cd "$here/../.." && pwd)
 cd "$root" || exit 1
 
 WSPROXY_BIN=${WSPROXY_BIN:-build/wsproxy}
-RUNS=${BENCH_RUNS:-5}
+RUNS=${BENCH_RUNS:-3}
 SECS=${BENCH_SECS:-1}
 IDLE_LOOP_N=${BENCH_IDLE:-8000}
 IDLE_MEM_N=1000
 TLS_IDLE_MEM_N=500
-MANY_N=1000
+BURST_N=1000
 CC=${CC:-cc}
 OUT=build/bench
 T_START=$(date +%s)
 
 die() { echo "bench: $*" >&2; exit 1; }
 
-for tool in socat taskset timeout strip awk; do
+for tool in socat taskset timeout strip awk node; do
 	command -v "$tool" >/dev/null 2>&1 || die "$tool not found (test/deps.sh installs it)"
 done
+[ -d test/node_modules/ws ] || die "test/node_modules/ws not found (test/deps.sh installs it)"
 [ -x "$WSPROXY_BIN" ] || die "$WSPROXY_BIN not found: run make first (or set WSPROXY_BIN)"
 WSPROXY_BIN=$(cd "$(dirname "$WSPROXY_BIN")" && pwd)/$(basename "$WSPROXY_BIN")
+RELAY_JS=$root/test/bench/wsrelay.js
 
 if [ "$(nproc)" -ge 2 ]; then
 	PROXY_CPU=0
@@ -194,61 +200,71 @@ start_engine() { # mode: the engine on $TMP/engine-MODE.sock
 	die "engine ($1) did not start: $(cat "$TMP/engine.log")"
 }
 
-# start_proxy ws|wss SOCK  -> PROXY_PID PROXY_PORT PROXY_LOG
-start_proxy() {
-	local port args
+# spawn LOG FN ARGS...: start the command FN PORT ARGS... puts in CMD, on the
+# relay's CPU, on a free port, until it listens -> SPAWN_PID SPAWN_PORT
+spawn() {
+	local log=$1 fn=$2 port
+	shift 2
 	for _ in 1 2 3; do
 		port=$(free_port) || die "no free port"
-		PROXY_LOG=$TMP/wsproxy-$port
-		mkdir -p "$PROXY_LOG"
-		args=(--bind 127.0.0.1 --socket "$2" --max-connections 9000 --log-dir "$PROXY_LOG")
-		# As root (CI): the bench's own engine trusts nobody by uid, so stay
-		# root, with a binary that knows the option (an older one may not).
-		if [ "$(id -u)" = 0 ] && "$WSPROXY_BIN" --help 2>&1 | grep -q -- --allow-root; then
-			args+=(--allow-root)
-		fi
-		if [ "$1" = wss ]; then
-			args+=(--https-port "$port" --cert "$TMP/pki/server.pem" --key "$TMP/pki/server.key")
-		else
-			args+=(--http-port "$port")
-		fi
-		taskset -c "$PROXY_CPU" "$WSPROXY_BIN" "${args[@]}" >>"$PROXY_LOG/stderr" 2>&1 &
-		PROXY_PID=$!
-		PIDS="$PIDS $PROXY_PID"
-		PROXY_PORT=$port
-		wait_listen "$port" "$PROXY_PID" && return 0
-		stop_pid "$PROXY_PID"
+		"$fn" "$port" "$@"
+		taskset -c "$PROXY_CPU" "${CMD[@]}" >>"${LOG_OVERRIDE:-$log}" 2>&1 &
+		SPAWN_PID=$!
+		PIDS="$PIDS $SPAWN_PID"
+		SPAWN_PORT=$port
+		wait_listen "$port" "$SPAWN_PID" && return 0
+		stop_pid "$SPAWN_PID"
 	done
-	die "wsproxy did not start: $(tail -n 3 "$PROXY_LOG/stderr")"
+	return 1
 }
 
-# start_socat tcp|tls SOCK -> SOCAT_PID SOCAT_PORT
+cmd_proxy() { # port ws|wss sock
+	PROXY_LOG=$TMP/wsproxy-$1
+	mkdir -p "$PROXY_LOG"
+	LOG_OVERRIDE=$PROXY_LOG/stderr
+	CMD=("$WSPROXY_BIN" --bind 127.0.0.1 --socket "$3" --max-connections 9000 --log-dir "$PROXY_LOG")
+	# As root (CI): the bench's own engine trusts nobody by uid, so stay
+	# root, with a binary that knows the option (an older one may not).
+	if [ "$(id -u)" = 0 ] && "$WSPROXY_BIN" --help 2>&1 | grep -q -- --allow-root; then
+		CMD+=(--allow-root)
+	fi
+	if [ "$2" = wss ]; then
+		CMD+=(--https-port "$1" --cert "$TMP/pki/server.pem" --key "$TMP/pki/server.key")
+	else
+		CMD+=(--http-port "$1")
+	fi
+}
+
 # backlog=4096 (wsproxy's and the engine's) only speeds up opening the
 # 1,000- and 8,000-connection sets; socat's default of 5 drops SYNs.
 # nodelay on the TLS listener: without it OpenSSL's record-sized writes meet
 # Nagle and delayed ACKs (40 ms stalls), which would flatter wsproxy.
-start_socat() {
-	local port addr
-	for _ in 1 2 3; do
-		port=$(free_port) || die "no free port"
-		if [ "$1" = tls ]; then
-			addr="OPENSSL-LISTEN:$port,fork,reuseaddr,backlog=4096,nodelay,bind=127.0.0.1"
-			addr="$addr,cert=$TMP/pki/server.pem,key=$TMP/pki/server.key,verify=0"
-		else
-			addr="TCP-LISTEN:$port,fork,reuseaddr,backlog=4096,bind=127.0.0.1"
-		fi
-		taskset -c "$PROXY_CPU" socat -b 131072 "$addr" "UNIX-CONNECT:$2" 2>>"$TMP/socat.log" &
-		SOCAT_PID=$!
-		PIDS="$PIDS $SOCAT_PID"
-		SOCAT_PORT=$port
-		wait_listen "$port" "$SOCAT_PID" && return 0
-		stop_pid "$SOCAT_PID"
-	done
-	die "socat did not start: $(tail -n 3 "$TMP/socat.log")"
+cmd_socat() { # port tcp|tls sock
+	local addr
+	if [ "$2" = tls ]; then
+		addr="OPENSSL-LISTEN:$1,fork,reuseaddr,backlog=4096,nodelay,bind=127.0.0.1"
+		addr="$addr,cert=$TMP/pki/server.pem,key=$TMP/pki/server.key,verify=0"
+	else
+		addr="TCP-LISTEN:$1,fork,reuseaddr,backlog=4096,bind=127.0.0.1"
+	fi
+	CMD=(socat -b 131072 "$addr" "UNIX-CONNECT:$3")
+}
+
+cmd_node() { # port ws|wss sock
+	CMD=(node "$RELAY_JS" --port "$1" --socket "$3")
+	[ "$2" = wss ] && CMD+=(--cert "$TMP/pki/server.pem" --key "$TMP/pki/server.key")
+}
+
+# start_proxy ws|wss SOCK -> PROXY_PID PROXY_PORT PROXY_LOG
+start_proxy() {
+	spawn /dev/null cmd_proxy "$@" || die "wsproxy did not start: $(tail -n 3 "$PROXY_LOG/stderr")"
+	LOG_OVERRIDE=""
+	PROXY_PID=$SPAWN_PID PROXY_PORT=$SPAWN_PORT
 }
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null; }
+# CPU of process $1 and of its children it has reaped (socat's forks)
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 + $14 + $15 }'; }
 
 # ---- running loadgen and keeping figures ----
 
@@ -313,72 +329,105 @@ stats() {
 		}'
 }
 
-echo "wsproxy benchmark: $WSPROXY_BIN; $RUNS runs x ${SECS}s per figure;" \
-	"proxy on CPU $PROXY_CPU, client+engine on CPU $LOAD_CPU" >&2
+# start_target ws|socat|node tcp|tls SOCK -> TPID TPORT TURL (ws:// or wss://,
+# tcp:// or tls:// for socat)
+start_target() {
+	case $1 in
+	ws)
+		if [ "$2" = tls ]; then start_proxy wss "$3"; TURL="wss://127.0.0.1:$PROXY_PORT/"
+		else start_proxy ws "$3"; TURL="ws://127.0.0.1:$PROXY_PORT/"; fi
+		TPID=$PROXY_PID TPORT=$PROXY_PORT ;;
+	socat)
+		spawn "$TMP/socat.log" cmd_socat "$2" "$3" || die "socat did not start: $(tail -n 3 "$TMP/socat.log")"
+		TPID=$SPAWN_PID TPORT=$SPAWN_PORT TURL="$2://127.0.0.1:$SPAWN_PORT" ;;
+	node)
+		local s=ws
+		[ "$2" = tls ] && s=wss
+		spawn "$TMP/node.log" cmd_node "$s" "$3" || die "the node relay did not start: $(tail -n 3 "$TMP/node.log")"
+		TPID=$SPAWN_PID TPORT=$SPAWN_PORT TURL="$s://127.0.0.1:$SPAWN_PORT/" ;;
+	esac
+}
 
-# ---- 1. throughput, latency, many connections, connect rate ----
+# after a socat run, wait until its forks are gone
+settle() { [ "$1" = socat ] && wait_kids "$2"; return 0; }
+
+TARGETS="ws socat node"
+
+echo "wsproxy benchmark: $WSPROXY_BIN; $RUNS runs x ${SECS}s per figure;" \
+	"relay on CPU $PROXY_CPU, client+engine on CPU $LOAD_CPU; load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---- 1. throughput, latency, many connections, connects ----
 
 start_engine echo
 start_engine sink
 start_engine source
-declare -A PPORT PPID_ PLOG SPORT SPID
+declare -A URL TPIDS PLOG_
 for m in echo sink source; do
-	start_proxy ws "$TMP/engine-$m.sock"
-	PPORT[$m]=$PROXY_PORT
-	PPID_[$m]=$PROXY_PID
-	PLOG[$m]=$PROXY_LOG
-	start_socat tcp "$TMP/engine-$m.sock"
-	SPORT[$m]=$SOCAT_PORT
-	SPID[$m]=$SOCAT_PID
+	for tgt in $TARGETS; do
+		start_target "$tgt" tcp "$TMP/engine-$m.sock"
+		URL[$tgt|$m]=$TURL
+		TPIDS[$tgt|$m]=$TPID
+		[ "$tgt" = ws ] && PLOG_[$m]=$PROXY_LOG
+	done
 done
-
-url_for() { # target engine-mode
-	case $1 in
-	ws) echo "ws://127.0.0.1:${PPORT[$2]}/" ;;
-	socat) echo "tcp://127.0.0.1:${SPORT[$2]}" ;;
-	direct) echo "unix:$TMP/engine-$2.sock" ;;
-	esac
-}
 
 # workload id, engine mode, loadgen args, row:key pairs
 WORKLOADS=(
-	"up|sink|--mode upload --size 65536|up:mb_per_s"
-	"down|source|--mode download|down:mb_per_s"
+	"echo64|echo|--mode echo --size 64 --window 262144|echo64:mb_per_s"
+	"echo4k|echo|--mode echo --size 4096 --window 262144|echo4k:mb_per_s"
 	"echo64k|echo|--mode echo --size 65536 --window 262144|echo64k:mb_per_s"
-	"echo64|echo|--mode echo --size 64 --window 262144|echo64:msgs_per_s"
-	"lat|echo|--mode latency --size 64|lat:p50_us lat99:p99_us lat999:p999_us"
-	"many|echo|--mode many --conns $MANY_N --size 4096|many:msgs_per_s"
-	"conn|echo|--mode connect --size 1 --count 5000|conn:p50_us connrate:msgs_per_s"
+	"echo1m|echo|--mode echo --size 1048576 --window 4194304|echo1m:mb_per_s"
+	"up64|sink|--mode upload --size 64|up64:mb_per_s"
+	"up4k|sink|--mode upload --size 4096|up4k:mb_per_s"
+	"up64k|sink|--mode upload --size 65536|up64k:mb_per_s"
+	"up1m|sink|--mode upload --size 1048576 --window 4194304|up1m:mb_per_s"
+	"down|source|--mode download|down:mb_per_s"
+	"many100|echo|--mode many --conns 100 --size 4096|many100:msgs_per_s"
+	"many1000|echo|--mode many --conns 1000 --size 4096|many1000:msgs_per_s"
+	"lat|echo|--mode latency --size 64|lat:p50_us lat99:p99_us"
+	"conn|echo|--mode connect --size 1 --count 5000|conn:p50_us"
+	"burst|echo|--mode burst --conns $BURST_N --size 1|burst:secs burst99:p99_us"
 )
 
 for w in "${WORKLOADS[@]}"; do
 	IFS='|' read -r wid emode wargs wkeys <<<"$w"
 	echo "bench: $wid" >&2
 	for run in $(seq 1 "$RUNS"); do
-		for tgt in ws socat direct; do
+		for tgt in $TARGETS; do
+			secs=$SECS
+			[ "$wid" = burst ] && secs=30   # a limit: the figure is the time taken
 			# shellcheck disable=SC2086
-			if lg "$wid" "$tgt" --url "$(url_for "$tgt" "$emode")" --secs "$SECS" $wargs; then
+			if lg "$wid" "$tgt" --url "${URL[$tgt|$emode]}" --secs "$secs" $wargs; then
 				record "$tgt" 1 $wkeys
 			else
 				record "$tgt" 0 $wkeys
 			fi
-			if [ "$tgt" = ws ] && ! check_proxy "${PPID_[$emode]}" "$wid run $run" "${PLOG[$emode]}"; then
-				start_proxy ws "$TMP/engine-$emode.sock"
-				PPORT[$emode]=$PROXY_PORT
-				PPID_[$emode]=$PROXY_PID
-				PLOG[$emode]=$PROXY_LOG
+			if [ "$tgt" = ws ] && ! check_proxy "${TPIDS[ws|$emode]}" "$wid run $run" "${PLOG_[$emode]}"; then
+				start_target ws tcp "$TMP/engine-$emode.sock"
+				URL[ws|$emode]=$TURL
+				TPIDS[ws|$emode]=$TPID
+				PLOG_[$emode]=$PROXY_LOG
 			fi
-			[ "$tgt" = socat ] && wait_kids "${SPID[$emode]}"
+			settle "$tgt" "${TPIDS[$tgt|$emode]}"
+			# the burst's connections close with RST; let the relays reap them
+			[ "$wid" = burst ] && sleep 0.5
 		done
+		# the baseline of the connect row: a bare TCP connect (to wsproxy's
+		# listener, which accepts and drops it)
+		if [ "$wid" = conn ]; then
+			u=${URL[ws|echo]#ws://}
+			lg bare ws --url "tcp://${u%/}" --mode connect --size 0 --count 5000 --secs "$SECS"
+			record ws $(($? == 0)) bare:p50_us
+		fi
 	done
 done
 for m in echo sink source; do
-	stop_pid "${PPID_[$m]}"
-	stop_pid "${SPID[$m]}"
+	for tgt in $TARGETS; do stop_pid "${TPIDS[$tgt|$m]}"; done
 done
 
-# ---- 1b. 64 B ping-pong with proxy, client and engine on one core ----
-# (the setting of the issue's latency target: every hop is a context switch)
+# ---- 1b. 64 B ping-pong with relay, client and engine on one core ----
+# (every hop is a context switch)
 
 echo "bench: latency, one core" >&2
 sock1=$TMP/engine-echo-onecore.sock
@@ -386,36 +435,29 @@ taskset -c "$PROXY_CPU" "$ENGINE" --socket "$sock1" --mode echo >>"$TMP/engine.l
 PIDS="$PIDS $!"
 for _ in $(seq 1 100); do [ -S "$sock1" ] && break; sleep 0.05; done
 [ -S "$sock1" ] || die "one-core engine did not start: $(cat "$TMP/engine.log")"
-start_proxy ws "$sock1"
-P1PORT=$PROXY_PORT P1PID=$PROXY_PID
-start_socat tcp "$sock1"
-S1PORT=$SOCAT_PORT S1PID=$SOCAT_PID
 SAVED_LOAD_CPU=$LOAD_CPU
 LOAD_CPU=$PROXY_CPU
+for tgt in $TARGETS; do
+	start_target "$tgt" tcp "$sock1"
+	URL[$tgt|one]=$TURL TPIDS[$tgt|one]=$TPID
+done
 for run in $(seq 1 "$RUNS"); do
-	for tgt in ws socat direct; do
-		case $tgt in
-		ws) u="ws://127.0.0.1:$P1PORT/" ;;
-		socat) u="tcp://127.0.0.1:$S1PORT" ;;
-		direct) u="unix:$sock1" ;;
-		esac
-		# 3 s per run: a 1 s run of a ~25 us ping-pong on one core is noisy
-		if lg lat1 "$tgt" --url "$u" --secs "$((SECS * 3))" --mode latency --size 64; then
-			record "$tgt" 1 lat1:p50_us
-		else
-			record "$tgt" 0 lat1:p50_us
-		fi
-		[ "$tgt" = socat ] && wait_kids "$S1PID"
+	for tgt in $TARGETS; do
+		# 2 s per run: a 1 s run of a ~25 us ping-pong on one core is noisy
+		lg lat1 "$tgt" --url "${URL[$tgt|one]}" --secs "$((SECS * 2))" --mode latency --size 64
+		record "$tgt" $(($? == 0)) lat1:p50_us
+		settle "$tgt" "${TPIDS[$tgt|one]}"
 	done
 done
 LOAD_CPU=$SAVED_LOAD_CPU
-stop_pid "$P1PID"
-stop_pid "$S1PID"
+for tgt in $TARGETS; do stop_pid "${TPIDS[$tgt|one]}"; done
 
-# ---- 2. memory per idle connection (fresh proxy per run) ----
+# ---- 2. memory per idle connection (a fresh relay per run) ----
 
 echo "bench: idle memory" >&2
-# hold_open URL N -> HOLD_PID once N connections are open (1 if they are not)
+# hold_open URL N [CA] -> HOLD_PID once N connections are open (1 if they are
+# not).  The idle connections live in this separate loadgen process, not in
+# the measuring client's loop.
 hold_open() {
 	local ready=$TMP/ready.$RANDOM
 	rm -f "$ready"
@@ -433,7 +475,7 @@ hold_open() {
 		{ echo "== hold $1 x $2"; echo "$LAST"; head -n 5 "$TMP/hold.err"; } >>"$FAILLOG"
 		return 1
 	fi
-	sleep 0.3   # let the proxy finish the last handshakes' bookkeeping
+	sleep 0.3   # let the relay finish the last handshakes' bookkeeping
 	return 0
 }
 hold_close() {
@@ -443,50 +485,47 @@ hold_close() {
 	HOLD_PID=""
 }
 
-# mem_run ws|wss N -> adds bytes per connection to row mem_<scheme>
-mem_run() {
-	local scheme=$1 n=$2 before after ca=""
-	[ "$scheme" = wss ] && ca=$TMP/pki/ca.pem
-	start_proxy "$scheme" "$TMP/engine-echo.sock"
-	# warm up: a few connections, so one-time allocations land in the baseline
-	lg "mem_$scheme" warmup --url "$scheme://127.0.0.1:$PROXY_PORT/" --mode connect --count 5 --secs 5 \
-		${ca:+--ca "$ca"} >/dev/null
-	sleep 0.2
-	before=$(rss_kb "$PROXY_PID")
-	if hold_open "$scheme://127.0.0.1:$PROXY_PORT/" "$n" "$ca"; then
-		after=$(rss_kb "$PROXY_PID")
-		add "mem_$scheme" ws "$(awk -v a="$after" -v b="$before" -v n="$n" 'BEGIN { printf "%.0f", (a - b) * 1024 / n }')"
-	else
-		fail "mem_$scheme" ws
+# Memory the relay needs per held connection: the growth of its VmRSS (socat:
+# the private memory of its forked children), divided by N.
+relay_mem_kb() { # tgt pid
+	local k v sum=0
+	if [ "$1" != socat ]; then
+		rss_kb "$2"
+		return
 	fi
-	hold_close
-	stop_pid "$PROXY_PID"
+	for k in $(kids_of "$2"); do
+		v=$(awk '/^Private_(Clean|Dirty):/ { s += $2 } END { print s + 0 }' "/proc/$k/smaps_rollup" 2>/dev/null)
+		sum=$((sum + ${v:-0}))
+	done
+	echo "$sum"
 }
 
-# socat for comparison: private memory of its forked children per connection
-mem_socat() {
-	local n=$1 sum=0 k v
-	start_socat tcp "$TMP/engine-echo.sock"
-	if hold_open "tcp://127.0.0.1:$SOCAT_PORT" "$n" && wait_kids_count "$SOCAT_PID" "$n"; then
-		for k in $(kids_of "$SOCAT_PID"); do
-			v=$(awk '/^Private_(Clean|Dirty):/ { s += $2 } END { print s + 0 }' "/proc/$k/smaps_rollup" 2>/dev/null)
-			sum=$((sum + ${v:-0}))
-		done
-		add mem_ws socat "$(awk -v s="$sum" -v n="$n" 'BEGIN { printf "%.0f", s * 1024 / n }')"
+# mem_run tgt tcp|tls N -> adds bytes per connection to row mem_<tcp|tls>
+mem_run() {
+	local tgt=$1 n=$3 before after ca=""
+	[ "$2" = tls ] && ca=$TMP/pki/ca.pem
+	start_target "$tgt" "$2" "$TMP/engine-echo.sock"
+	# warm up: a few connections, so one-time allocations land in the baseline
+	lg "mem_$2" warmup --url "$TURL" --mode connect --count 5 --secs 5 ${ca:+--ca "$ca"} >/dev/null
+	settle "$tgt" "$TPID"
+	sleep 0.2
+	before=$(relay_mem_kb "$tgt" "$TPID")
+	if hold_open "$TURL" "$n" "$ca" && { [ "$tgt" != socat ] || wait_kids_count "$TPID" "$n"; }; then
+		after=$(relay_mem_kb "$tgt" "$TPID")
+		add "mem_$2" "$tgt" "$(awk -v a="$after" -v b="$before" -v n="$n" 'BEGIN { printf "%.0f", (a - b) * 1024 / n }')"
 	else
-		fail mem_ws socat
+		fail "mem_$2" "$tgt"
 	fi
 	hold_close
-	wait_kids "$SOCAT_PID"
-	stop_pid "$SOCAT_PID"
+	settle "$tgt" "$TPID"
+	stop_pid "$TPID"
 }
 
 for run in $(seq 1 "$RUNS"); do
-	mem_run ws "$IDLE_MEM_N"
-	mem_socat "$IDLE_MEM_N"
+	for tgt in $TARGETS; do mem_run "$tgt" tcp "$IDLE_MEM_N"; done
 done
 
-# ---- 3. the loop's cost with many idle connections ----
+# ---- 3. one active connection with many idle WebSockets held elsewhere ----
 
 echo "bench: $IDLE_LOOP_N idle connections" >&2
 HAVE_PERF=0
@@ -494,112 +533,72 @@ if command -v perf >/dev/null 2>&1 &&
 	perf stat -e syscalls:sys_enter_poll -- true >/dev/null 2>&1; then
 	HAVE_PERF=1
 fi
-LOOP_CPU0="" LOOP_CPU8="" LOOP_TURNS8="" LOOP_TURNS0="" MEM8=""
 
-# latency runs against URL, appended to row ROW; LAT_TOTAL = messages in all
-lat_runs() { # row tgt url
+# lat_runs row tgt url -> rows ROW (rate), ROWp50, ROWp99; LAT_TOTAL = messages
+lat_runs() {
 	local run
 	LAT_TOTAL=0
 	for run in $(seq 1 "$RUNS"); do
 		if lg "$1" "$2" --url "$3" --mode latency --size 64 --secs "$SECS"; then
-			record "$2" 1 "$1:p50_us" "${1}p99:p99_us"
+			record "$2" 1 "$1:msgs_per_s" "${1}p50:p50_us" "${1}p99:p99_us"
 			LAT_TOTAL=$((LAT_TOTAL + $(field "$LAST" msgs)))
 		else
-			record "$2" 0 "$1:p50_us" "${1}p99:p99_us"
+			record "$2" 0 "$1:msgs_per_s" "${1}p50:p50_us" "${1}p99:p99_us"
 		fi
 	done
 }
 
-# proxy_measure row url pid -> MEAS_CPU (ms per 1000 msgs = us per msg), MEAS_TURNS
-proxy_measure() {
-	local t0 t1 msgs perfpid="" polls=""
-	t0=$(cpu_ticks "$3")
-	if [ "$HAVE_PERF" = 1 ]; then
+# relay_measure row tgt url pid -> MEAS_CPU (us of relay CPU per round trip),
+# MEAS_TURNS (wsproxy: poll() calls per round trip, with perf)
+relay_measure() {
+	local t0 t1 perfpid="" polls=""
+	t0=$(cpu_ticks "$4")
+	if [ "$HAVE_PERF" = 1 ] && [ "$2" = ws ]; then
 		perf stat -x, -o "$TMP/perf.out" -e syscalls:sys_enter_poll,syscalls:sys_enter_ppoll \
-			-p "$3" >/dev/null 2>&1 &
+			-p "$4" >/dev/null 2>&1 &
 		perfpid=$!
 		sleep 0.2
 	fi
-	lat_runs "$1" ws "$2"
-	msgs=$LAT_TOTAL
-	t1=$(cpu_ticks "$3")
+	lat_runs "$1" "$2" "$3"
+	t1=$(cpu_ticks "$4")
 	if [ -n "$perfpid" ]; then
 		kill -INT "$perfpid" 2>/dev/null
 		wait "$perfpid" 2>/dev/null
 		polls=$(awk -F, '/sys_enter_p?poll/ { s += $1 } END { print s + 0 }' "$TMP/perf.out" 2>/dev/null)
 	fi
 	MEAS_CPU="" MEAS_TURNS=""
-	if [ "${msgs:-0}" -gt 0 ]; then
-		MEAS_CPU=$(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v m="$msgs" \
+	if [ "${LAT_TOTAL:-0}" -gt 0 ]; then
+		MEAS_CPU=$(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v m="$LAT_TOTAL" \
 			'BEGIN { printf "%.1f", d / hz * 1e6 / m }')
-		[ -n "$polls" ] && MEAS_TURNS=$(awk -v p="$polls" -v m="$msgs" 'BEGIN { printf "%.2f", p / m }')
+		[ -n "$polls" ] && MEAS_TURNS=$(awk -v p="$polls" -v m="$LAT_TOTAL" 'BEGIN { printf "%.2f", p / m }')
 	fi
 }
 
-# wsproxy: 0 idle first, then with the idle set held open
-start_proxy ws "$TMP/engine-echo.sock"
-proxy_measure lat0 "ws://127.0.0.1:$PROXY_PORT/" "$PROXY_PID"
-LOOP_CPU0=$MEAS_CPU LOOP_TURNS0=$MEAS_TURNS
-rss0=$(rss_kb "$PROXY_PID")
-# Idle means quiet for a while: wsproxy treats a connection as busy for
-# 1 s after its last event (WS_PROXY_HOT_MS), so each target gets 1.5 s of
-# quiet after its idle set is open before the latency runs.
+# Idle means quiet for a while: wsproxy treats a connection as busy for a
+# while after its last event, so the latency runs start 1.5 s after the idle
+# set is open.
 IDLE_SETTLE=1.5
-if hold_open "ws://127.0.0.1:$PROXY_PORT/" "$IDLE_LOOP_N"; then
-	sleep "$IDLE_SETTLE"
-	MEM8=$(awk -v a="$(rss_kb "$PROXY_PID")" -v b="$rss0" -v n="$IDLE_LOOP_N" \
-		'BEGIN { printf "%.0f", (a - b) * 1024 / n }')
-	proxy_measure lat8k "ws://127.0.0.1:$PROXY_PORT/" "$PROXY_PID"
-	LOOP_CPU8=$MEAS_CPU LOOP_TURNS8=$MEAS_TURNS
-else
-	fail lat8k ws
-fi
-hold_close
-check_proxy "$PROXY_PID" "the idle-connection runs"
-stop_pid "$PROXY_PID"
-
-# The same with every turn a full one (-DWS_PROXY_HOT_MS=0: no connection
-# is ever hot, so every turn takes them all): what one loop
-# turn over the whole idle set costs, which the hot/cold split avoids.
-LOOP_CPUF=""
-if $CC -std=c99 -O2 -pthread -DWS_PROXY_NO_TLS -DWS_PROXY_HOT_MS=0 \
-	-o "$OUT/wsproxy-fullturns" program/main.c wsproxy.c 2>>"$FAILLOG"; then
-	main_bin=$WSPROXY_BIN
-	WSPROXY_BIN=$root/$OUT/wsproxy-fullturns
-	start_proxy ws "$TMP/engine-echo.sock"
-	WSPROXY_BIN=$main_bin
-	if hold_open "ws://127.0.0.1:$PROXY_PORT/" "$IDLE_LOOP_N"; then
+declare -A CPU0 CPU8 TURNS0 TURNS8 MEM8
+for tgt in $TARGETS; do
+	start_target "$tgt" tcp "$TMP/engine-echo.sock"
+	relay_measure lat0 "$tgt" "$TURL" "$TPID"
+	CPU0[$tgt]=$MEAS_CPU TURNS0[$tgt]=$MEAS_TURNS
+	settle "$tgt" "$TPID"
+	rss0=$(rss_kb "$TPID")
+	if hold_open "$TURL" "$IDLE_LOOP_N" && { [ "$tgt" != socat ] || wait_kids_count "$TPID" "$IDLE_LOOP_N"; }; then
 		sleep "$IDLE_SETTLE"
-		proxy_measure lat8kfull "ws://127.0.0.1:$PROXY_PORT/" "$PROXY_PID"
-		LOOP_CPUF=$MEAS_CPU
+		[ "$tgt" = ws ] && MEM8[ws]=$(awk -v a="$(rss_kb "$TPID")" -v b="$rss0" -v n="$IDLE_LOOP_N" \
+			'BEGIN { printf "%.0f", (a - b) * 1024 / n }')
+		relay_measure lat8k "$tgt" "$TURL" "$TPID"
+		CPU8[$tgt]=$MEAS_CPU TURNS8[$tgt]=$MEAS_TURNS
 	else
-		fail lat8kfull ws
+		fail lat8k "$tgt"
 	fi
 	hold_close
-	check_proxy "$PROXY_PID" "the idle-connection runs (full turns)"
-	stop_pid "$PROXY_PID"
-else
-	fail lat8kfull ws
-fi
-
-start_socat tcp "$TMP/engine-echo.sock"
-if hold_open "tcp://127.0.0.1:$SOCAT_PORT" "$IDLE_LOOP_N" && wait_kids_count "$SOCAT_PID" "$IDLE_LOOP_N"; then
-	sleep "$IDLE_SETTLE"
-	lat_runs lat8k socat "tcp://127.0.0.1:$SOCAT_PORT"
-else
-	fail lat8k socat
-fi
-hold_close
-wait_kids "$SOCAT_PID"
-stop_pid "$SOCAT_PID"
-
-if hold_open "unix:$TMP/engine-echo.sock" "$IDLE_LOOP_N"; then
-	sleep "$IDLE_SETTLE"
-	lat_runs lat8k direct "unix:$TMP/engine-echo.sock"
-else
-	fail lat8k direct
-fi
-hold_close
+	[ "$tgt" = ws ] && check_proxy "$TPID" "the idle-connection runs"
+	settle "$tgt" "$TPID"
+	stop_pid "$TPID"
+done
 
 # ---- 4. TLS ----
 
@@ -622,154 +621,179 @@ if [ "$HAVE_TLS" = 1 ]; then
 fi
 if [ "$HAVE_TLS" = 1 ]; then
 	CA=$TMP/pki/ca.pem
-	start_proxy wss "$TMP/engine-echo.sock"
-	WSS_PID=$PROXY_PID WSS_PORT=$PROXY_PORT
-	start_socat tls "$TMP/engine-echo.sock"
-	if ! lg tlsprobe ws --url "wss://127.0.0.1:$WSS_PORT/" --ca "$CA" --mode connect --count 1 --secs 5; then
+	for tgt in $TARGETS; do
+		start_target "$tgt" tls "$TMP/engine-echo.sock"
+		URL[$tgt|tls]=$TURL TPIDS[$tgt|tls]=$TPID
+		start_target "$tgt" tls "$TMP/engine-sink.sock"
+		URL[$tgt|tlssink]=$TURL TPIDS[$tgt|tlssink]=$TPID
+	done
+	if ! lg tlsprobe ws --url "${URL[ws|tls]}" --ca "$CA" --mode connect --count 1 --secs 5; then
 		TLS_NOTE="wsproxy wss:// failed a single connection (see $FAILLOG)"
 	fi
 	for run in $(seq 1 "$RUNS"); do
-		for tgt in ws socat; do
-			if [ "$tgt" = ws ]; then u="wss://127.0.0.1:$WSS_PORT/"; else u="tls://127.0.0.1:$SOCAT_PORT"; fi
-			if [ -n "$TLS_NOTE" ] && [ "$tgt" = ws ]; then
-				fail tlsecho ws
-				fail tlsconn ws
-				continue
-			fi
+		for tgt in $TARGETS; do
+			u=${URL[$tgt|tls]}
 			lg tlsecho "$tgt" --url "$u" --ca "$CA" --mode echo --size 65536 --window 262144 --secs "$SECS"
 			record "$tgt" $(($? == 0)) tlsecho:mb_per_s
-			lg tlsconn "$tgt" --url "$u" --ca "$CA" --mode connect --size 1 --count 2000 --secs "$SECS"
+			lg tlsup "$tgt" --url "${URL[$tgt|tlssink]}" --ca "$CA" --mode upload --size 1048576 \
+				--window 4194304 --secs "$SECS"
+			record "$tgt" $(($? == 0)) tlsup:mb_per_s
+			settle "$tgt" "${TPIDS[$tgt|tlssink]}"
+			lg tlsconn "$tgt" --url "$u" --ca "$CA" --mode connect --size 1 --count 300 --secs "$SECS"
 			record "$tgt" $(($? == 0)) tlsconn:p50_us
-			[ "$tgt" = socat ] && wait_kids "$SOCAT_PID"
+			settle "$tgt" "${TPIDS[$tgt|tls]}"
+			if lg tlsres "$tgt" --url "$u" --ca "$CA" --mode connect --size 1 --count 1000 --secs "$SECS" --resume; then
+				record "$tgt" 1 tlsres:p50_us
+				add tlsresn "$tgt" "$(awk -v r="$(field "$LAST" resumed)" -v m="$(field "$LAST" msgs)" \
+					'BEGIN { printf "%.0f", (m > 1) ? 100 * r / (m - 1) : 0 }')"
+			else
+				record "$tgt" 0 tlsres:p50_us
+			fi
+			settle "$tgt" "${TPIDS[$tgt|tls]}"
 		done
 	done
-	check_proxy "$WSS_PID" "the TLS runs"
-	stop_pid "$WSS_PID"
-	wait_kids "$SOCAT_PID"
-	stop_pid "$SOCAT_PID"
+	check_proxy "${TPIDS[ws|tls]}" "the TLS runs"
+	for tgt in $TARGETS; do
+		stop_pid "${TPIDS[$tgt|tls]}"
+		stop_pid "${TPIDS[$tgt|tlssink]}"
+	done
 	if [ -z "$TLS_NOTE" ]; then
-		for run in $(seq 1 "$RUNS"); do mem_run wss "$TLS_IDLE_MEM_N"; done
+		for run in $(seq 1 "$RUNS"); do mem_run ws tls "$TLS_IDLE_MEM_N"; done
 	else
-		fail mem_wss ws
+		fail mem_tls ws
 	fi
 fi
 
 # ---- the table ----
 
-cell() { # row tgt fmt-scale
+cell() { # row tgt scale
 	local s
-	s=$(stats ${VALS[$1|$2]:-})
 	if [ -n "${FAILS[$1|$2]:-}" ]; then
 		echo "FAIL(${FAILS[$1|$2]}/$RUNS)"
 		return
 	fi
+	s=$(stats ${VALS[$1|$2]:-})
 	[ -z "$s" ] && { echo "-"; return; }
 	echo "$s" | awk -v sc="$3" '{
-		f = (sc == "k") ? 1e-3 : 1
+		f = (sc == "k") ? 1e-3 : (sc == "ms") ? 1e3 : 1
 		fmt = ($1 * f >= 100) ? "%.0f" : "%.1f"
 		printf fmt " (" fmt "-" fmt ")", $1 * f, $2 * f, $3 * f
 	}'
 }
 
-median_of() { stats ${VALS[$1|$2]:-} | awk '{ print $1 }'; }
+median_of() { [ -z "${FAILS[$1|$2]:-}" ] && stats ${VALS[$1|$2]:-} | awk '{ print $1 }'; }
 
-# row label scale target-op target-value [ratio-against]
-LINES=()
-row() {
-	local id=$1 label=$2 sc=$3 op=$4 tv=$5 base=${6:-socat} w s d ratio="-" verdict=""
-	w=$(cell "$id" ws "$sc")
-	s=$(cell "$id" socat "$sc")
-	d=$(cell "$id" direct "$sc")
-	local mw ms
-	mw=$(median_of "$id" ws)
-	ms=$(median_of "$id" "$base")
-	if [ -z "${FAILS[$id|ws]:-}" ] && [ -n "$mw" ] && [ -n "$ms" ] && [ -z "${FAILS[$id|$base]:-}" ]; then
-		ratio=$(awk -v a="$mw" -v b="$ms" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }')
-		if [ "$op" != "-" ]; then
-			verdict=$(awk -v a="$mw" -v b="$ms" -v op="$op" -v t="$tv" 'BEGIN {
-				r = a / b; ok = (op == ">=") ? (r >= t) : (r <= t); print ok ? "ok" : "MISS" }')
-		fi
-	elif [ -n "${FAILS[$id|ws]:-}" ]; then
-		verdict="FAIL"
-	fi
-	local tgt="-"
-	[ "$op" != "-" ] && tgt="$op ${tv}x"
-	LINES+=("$(printf '%-46s | %-22s | %-22s | %-22s | %-7s | %-8s %s' "$label" "$w" "$s" "$d" "$ratio" "$tgt" "$verdict")")
+# ratio A B [OP TARGET]: "0.93x" and, with a target, " ok" or " MISS"
+ratio() {
+	[ -n "$1" ] && [ -n "$2" ] || { echo "-"; return; }
+	awk -v a="$1" -v b="$2" -v op="${3:-}" -v t="${4:-}" 'BEGIN {
+		if (b <= 0) { print "-"; exit }
+		r = a / b; v = ""
+		if (op == ">=") v = (r >= t) ? " ok" : " MISS"
+		if (op == "<=") v = (r <= t) ? " ok" : " MISS"
+		printf "%.2fx%s\n", r, v }'
 }
 
-row up "upload, 64 KiB messages (MB/s)" 1 ">=" 1.0
-row down "download (MB/s)" 1 ">=" 0.9
-row echo64k "echo, 64 KiB messages (MB/s)" 1 ">=" 1.0
-row echo64 "echo, 64 B pipelined (k msgs/s)" k ">=" 0.5
-row many "$MANY_N conns, 4 KiB ping-pong (msgs/s)" 1 ">=" 2.0
-row lat1 "64 B ping-pong p50, all on one core (us)" 1 "<=" 1.0
-row lat "64 B ping-pong p50, 2 cores (us)" 1 - -
-row lat99 "64 B ping-pong p99, 2 cores (us)" 1 - -
-row lat999 "64 B ping-pong p99.9, 2 cores (us)" 1 - -
-row conn "connect+handshake+1 B echo p50 (us) [1]" 1 "<=" 5.0
-row connrate "sequential connects per second" 1 - -
-row lat8k "64 B p50 with $IDLE_LOOP_N idle conns (us)" 1 - -
-row lat8kp99 "64 B p99 with $IDLE_LOOP_N idle conns (us)" 1 - -
-row lat8kfull "  p50, every turn a full one (us) [3]" 1 - -
-row lat8kfullp99 "  p99, every turn a full one (us) [3]" 1 - -
+# row ID LABEL SCALE [SOCAT-OP SOCAT-TARGET [NODE-OP NODE-TARGET]]
+LINES=()
+row() {
+	local id=$1 label=$2 sc=$3 mw tgt="" rs rn
+	mw=$(median_of "$id" ws)
+	rs=$(ratio "$mw" "$(median_of "$id" socat)" "${4:-}" "${5:-}")
+	rn=$(ratio "$mw" "$(median_of "$id" node)" "${6:-}" "${7:-}")
+	[ -n "${4:-}" ] && tgt="$4 $5x socat"
+	[ -n "${6:-}" ] && tgt="$tgt, $6 $7x node"
+	LINES+=("$(printf '%-42s | %-20s | %-20s | %-20s | %-10s | %-10s | %s' "$label" \
+		"$(cell "$id" ws "$sc")" "$(cell "$id" socat "$sc")" "$(cell "$id" node "$sc")" "$rs" "$rn" "$tgt")")
+}
+
+row echo64 "echo 64 B messages (MB/s)" 1 ">=" 1.2
+row echo4k "echo 4 KiB messages (MB/s)" 1 ">=" 1.2
+row echo64k "echo 64 KiB messages (MB/s)" 1 ">=" 1.2
+row echo1m "echo 1 MiB messages (MB/s)" 1 ">=" 1.2
+row up64 "upload 64 B messages (MB/s)" 1 ">=" 1.2
+row up4k "upload 4 KiB messages (MB/s)" 1 ">=" 1.2
+row up64k "upload 64 KiB messages (MB/s)" 1 ">=" 1.2
+row up1m "upload 1 MiB messages (MB/s)" 1 ">=" 1.2
+row down "download, engine streams (MB/s)" 1 ">=" 1.2 ">=" 1.2
+row many100 "100 conns, 4 KiB ping-pong (msgs/s)" 1 ">=" 4
+row many1000 "1000 conns, 4 KiB ping-pong (msgs/s)" 1 ">=" 4
+row lat1 "64 B round trip p50, one core (us)" 1 "<=" 0.9
+row lat "64 B round trip p50, 2 cores (us)" 1
+row lat99 "64 B round trip p99, 2 cores (us)" 1
+row conn "connect+upgrade+1 B echo p50 (us) [1]" 1
+row bare "  bare TCP connect p50 (us) [1]" 1
+row burst "$BURST_N connects at once, all open (ms) [2]" ms "<=" 1.0
+row burst99 "  p99 of one connect (ms) [2]" k
+row lat0 "64 B round-trip rate, 0 idle (msgs/s)" 1
+row lat8k "  same, $IDLE_LOOP_N idle held elsewhere [3]" 1
+row lat8kp99 "  p99 with $IDLE_LOOP_N idle (us) [3]" 1
 if [ "$HAVE_TLS" = 1 ] || [ -n "$TLS_NOTE" ]; then
-	row tlsecho "wss: echo, 64 KiB messages (MB/s) [2]" 1 ">=" 1.0
-	row tlsconn "wss: TLS connect+handshake+echo p50 (us)" 1 "<=" 0.5
+	row tlsecho "wss: echo 64 KiB messages (MB/s) [4]" 1 ">=" 1.3
+	row tlsup "wss: upload 1 MiB messages (MB/s) [4]" 1 ">=" 1.2
+	row tlsconn "wss: full TLS handshake+echo p50 (us) [4]" 1 "<=" 0.6
+	row tlsres "wss: resumed handshake+echo p50 (us) [4]" 1
+	row tlsresn "  connections resumed (%) [4]" 1
 fi
 
 echo
-printf '%-46s | %-22s | %-22s | %-22s | %-7s | %s\n' "workload (median of $RUNS, min-max)" \
-	"wsproxy" "socat" "direct" "ws/socat" "target"
+echo "load average before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-42s | %-20s | %-20s | %-20s | %-10s | %-10s | %s\n' "median of $RUNS (min-max)" \
+	"wsproxy" "socat" "node ws" "ws/socat" "ws/node" "target"
 printf '%s\n' "$(printf '%.0s-' $(seq 1 150))"
 printf '%s\n' "${LINES[@]}"
 echo
 
-memline() { # row label target-bytes
-	local m s
-	m=$(stats ${VALS[$1|ws]:-})
-	if [ -n "${FAILS[$1|ws]:-}" ] || [ -z "$m" ]; then
-		printf '%-46s   FAIL\n' "$2"
-		return
+# derived rows: one line each, "name: wsproxy | socat | node"
+derived() { # label fn-per-target [target-op target-value]
+	local label=$1 fn=$2 t out="" v
+	for t in $TARGETS; do
+		v=$($fn "$t")
+		out="$out$(printf '%s %-16s' "$t" "${v:--}")"
+	done
+	v=$($fn ws)
+	if [ -n "${3:-}" ] && [ -n "$v" ]; then
+		out="$out target $3 $4: $(awk -v r="${v%x}" -v op="$3" -v t="${4%x}" \
+			'BEGIN { print ((op == ">=") ? (r >= t) : (r <= t)) ? "ok" : "MISS" }')"
 	fi
-	echo "$m" | awk -v l="$2" -v t="$3" '{
-		printf "%-46s   %.2f KiB (%.2f-%.2f), target <= %d KiB: %s\n", l, $1 / 1024, $2 / 1024, $3 / 1024,
-			t / 1024, ($1 <= t) ? "ok" : "MISS" }'
+	printf '%-42s   %s\n' "$label" "$out"
 }
-memline mem_ws "memory per idle ws:// conn (N=$IDLE_MEM_N)" 4096
-s=$(stats ${VALS[mem_ws|socat]:-})
-[ -n "$s" ] && echo "$s" | awk -v l="  socat, private memory per connection" \
-	'{ printf "%-46s   %.0f KiB (%.0f-%.0f) (one forked process each)\n", l, $1 / 1024, $2 / 1024, $3 / 1024 }'
-[ -n "$MEM8" ] && printf '%-46s   %.2f KiB\n' "  wsproxy, same with N=$IDLE_LOOP_N" "$(awk -v b="$MEM8" 'BEGIN { print b / 1024 }')"
-if [ "$HAVE_TLS" = 1 ] || [ -n "$TLS_NOTE" ]; then
-	memline mem_wss "memory per idle wss:// conn (N=$TLS_IDLE_MEM_N)" 40960
+conn_over_bare() { ratio "$(median_of conn "$1")" "$(median_of bare ws)" | sed 's/ .*//'; }
+idle_rate() { ratio "$(median_of lat8k "$1")" "$(median_of lat0 "$1")"; }
+res_over_full() { ratio "$(median_of tlsres "$1")" "$(median_of tlsconn "$1")"; }
+mem_kib() { median_of mem_tcp "$1" | awk '{ printf "%.2f KiB", $1 / 1024 }'; }
+cpu_rt() { [ -n "${CPU0[$1]:-}" ] && echo "${CPU0[$1]} -> ${CPU8[$1]:-?}"; }
+derived "connect+upgrade / bare TCP connect [1]" conn_over_bare "<=" 4x
+derived "round-trip rate, $IDLE_LOOP_N idle / none [3]" idle_rate ">=" 0.9x
+derived "relay CPU per round trip, 0 -> $IDLE_LOOP_N idle (us)" cpu_rt
+if [ -n "${TURNS0[ws]:-}" ]; then
+	printf '%-42s   %s -> %s\n' "  wsproxy poll() calls per round trip" "${TURNS0[ws]}" "${TURNS8[ws]:-?}"
 fi
-
+derived "memory per idle conn (N=$IDLE_MEM_N)" mem_kib
+[ -n "${MEM8[ws]:-}" ] && printf '%-42s   %.2f KiB\n' "  wsproxy, same with N=$IDLE_LOOP_N" \
+	"$(awk -v b="${MEM8[ws]}" 'BEGIN { print b / 1024 }')"
+if [ "$HAVE_TLS" = 1 ] || [ -n "$TLS_NOTE" ]; then
+	derived "resumed / full TLS handshake [4]" res_over_full "<=" 0.3x
+	m=$(stats ${VALS[mem_tls|ws]:-})
+	[ -n "$m" ] && printf '%-42s   %s\n' "memory per idle wss:// conn (N=$TLS_IDLE_MEM_N)" \
+		"$(echo "$m" | awk '{ printf "%.2f KiB (%.2f-%.2f)", $1 / 1024, $2 / 1024, $3 / 1024 }')"
+fi
 cp "$WSPROXY_BIN" "$TMP/wsproxy.stripped" && strip "$TMP/wsproxy.stripped" &&
-	printf '%-46s   %s bytes (%s)\n' "stripped wsproxy binary" "$(stat -c %s "$TMP/wsproxy.stripped")" \
-		"$(if ldd "$WSPROXY_BIN" 2>/dev/null | grep -q bearssl; then echo "BearSSL dynamic"; else echo "BearSSL static or none; libc dynamic"; fi)"
-
-if [ -n "$LOOP_CPU0" ] && [ -n "$LOOP_CPU8" ]; then
-	printf '%-46s   %s us with 0 idle, %s us with %s idle\n' "wsproxy CPU per 64 B round trip" \
-		"$LOOP_CPU0" "$LOOP_CPU8" "$IDLE_LOOP_N"
-	[ -n "$LOOP_TURNS8" ] && printf '%-46s   %s (0 idle: %s)\n' "  poll() calls per round trip" \
-		"$LOOP_TURNS8" "$LOOP_TURNS0"
-fi
-if [ -n "$LOOP_CPUF" ]; then
-	# A ping-pong round trip is two turns: client to engine, engine back.
-	printf '%-46s   %s us per round trip: one full turn over %s idle conns ~%s us [3]\n' \
-		"  every turn a full one" "$LOOP_CPUF" "$IDLE_LOOP_N" \
-		"$(awk -v c="$LOOP_CPUF" 'BEGIN { printf "%.0f", c / 2 }')"
-fi
+	printf '%-42s   %s bytes\n' "stripped wsproxy binary" "$(stat -c %s "$TMP/wsproxy.stripped")"
 echo
-echo "[1] wsproxy: TCP connect + WebSocket handshake + a 1-byte message echoed by the engine;"
-echo "    socat/direct: connect + the same byte echoed (socat forks per connection)."
-echo "    Each connection is closed with RST (no TIME_WAIT); connects are sequential."
+echo "[1] connect + WebSocket upgrade (socat: none) + a 1-byte message echoed, one connection at a"
+echo "    time, closed with RST; socat forks per connection. The bare TCP connect goes to wsproxy's"
+echo "    listener and is closed at once."
+echo "[2] $BURST_N connections started at once, each connect + upgrade + a 1-byte echo: the time until"
+echo "    the last one has its echo, and the p99 of each connection's own time."
+echo "[3] one connection's 64 B ping-pong while another loadgen process holds $IDLE_LOOP_N idle"
+echo "    connections through the same relay (socat: $IDLE_LOOP_N forked processes)."
 if [ "$HAVE_TLS" = 1 ] || [ -n "$TLS_NOTE" ]; then
-	echo "[2] wss:// vs socat OPENSSL-LISTEN (nodelay); EC P-256 certificate; client offers AES-GCM first."
+	echo "[4] EC P-256 certificate; the client (BearSSL) offers AES-GCM first and, resumed, the first"
+	echo "    connection's session id. socat: OPENSSL-LISTEN,nodelay, one process per connection, so no"
+	echo "    session cache; node: https + ws with a session cache (newSession/resumeSession)."
 	[ -n "$TLS_NOTE" ] && echo "    TLS: $TLS_NOTE"
 fi
-echo "[3] wsproxy built with -DWS_PROXY_HOT_MS=0, so every loop turn polls and steps every"
-echo "    connection; the default polls busy connections alone between full turns every 10 ms."
 if [ -s "$FAILLOG" ]; then
 	echo "Some runs failed: see $FAILLOG"
 fi
