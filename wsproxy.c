@@ -3819,12 +3819,11 @@ static void conn_client_revents(ws_proxy *p, struct conn *c, short ev, int64_t n
     if (ev & POLLOUT)
         c->c_wr = 1;
     if ((ev & POLL_FIN) && !c->c_fin) {
-        c->c_fin = c->c_rd = 1; /* the grace is derived (rule 4) */
+        /* The grace is derived (rule 4), also for a FIN that arrives while
+         * the engine connect is in progress: the request and the bytes
+         * behind it are still relayed once the connection opens. */
+        c->c_fin = c->c_rd = 1;
         c->t_fin = now;
-        if (c->phase == PH_CONNECT) {
-            conn_why(c, "client disconnected");
-            conn_end(p, c, now);
-        }
     }
 }
 

@@ -367,3 +367,56 @@ def test_client_that_stops_reading_is_closed_and_logged(proxy, engine):
     assert "reset" not in p.log()
     c.sock.close()
 
+
+
+def test_fin_during_engine_connect_still_relays(proxy, tmp_path):
+    """A FIN seen while the engine connect is still in progress (here: the
+    engine's accept queue is full, so the proxy waits and retries) used to
+    end the connection at once, losing the request and the bytes behind
+    it.  The FIN is a fact like any other: once the engine takes the
+    connection the 101 goes out, the data is relayed, then the FIN grace
+    ends it."""
+    path = str(tmp_path / "full.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(0)
+    fillers = []
+    try:
+        for _ in range(64):           # fill the accept queue: connects fail EAGAIN
+            f = socket.socket(socket.AF_UNIX)
+            f.setblocking(False)
+            try:
+                f.connect(path)
+            except BlockingIOError:
+                f.close()
+                break
+            fillers.append(f)
+        p = proxy("--handshake-timeout", "20000", engine=None, socket_path=path)
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=p.t(10))
+        s.sendall(ws_request() + frame(OP_BIN, b"behind the request"))
+        time.sleep(0.5)               # the proxy is in its connect retries
+        s.shutdown(socket.SHUT_WR)    # the FIN, while the proxy still waits
+        time.sleep(0.5)
+        for f in fillers:             # now let the engine take connections
+            f.close()
+        srv.settimeout(p.t(10))
+        got = b""
+        deadline = time.monotonic() + p.t(10)
+        while b"behind the request" not in got and time.monotonic() < deadline:
+            conn, _ = srv.accept()
+            conn.settimeout(p.t(5))
+            try:
+                while b"behind the request" not in got:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    got += chunk
+            finally:
+                conn.close()
+        assert b"behind the request" in got, "the engine got %r; log:\n%s" % (got, p.log())
+        resp = s.recv(4096)
+        assert resp.startswith(b"HTTP/1.1 101"), resp
+    finally:
+        for f in fillers:
+            f.close()
+        srv.close()
