@@ -4260,8 +4260,6 @@ static void bell_set(ws_proxy *p, int fd, int ev, int *reg)
 static void loop_bell(ws_proxy *p, struct conn *c, int hot)
 {
 #ifdef HAVE_BELL
-    if (p->bell_fd == -1 && !hot && (p->bell_fd = epoll_create1(EPOLL_CLOEXEC)) < 0)
-        p->bell_fd = -2;
     bell_set(p, c->cfd, hot ? -1 : conn_client_events(c), &c->bell_c);
     bell_set(p, c->efd, hot ? -1 : conn_engine_events(c), &c->bell_e);
 #else
@@ -4737,6 +4735,12 @@ ws_proxy *ws_proxy_start(const struct ws_proxy_config *config, char *err,
         proxy_free(p);
         return NULL;
     }
+#ifdef HAVE_BELL
+    /* Made with the proxy, not at the first cold connection, so that the
+     * proxy's descriptors are the same whenever it is idle. */
+    if ((p->bell_fd = epoll_create1(EPOLL_CLOEXEC)) < 0)
+        p->bell_fd = -2;
+#endif
     p->wake_rd = fds[0];
     p->wake_wr = fds[1];
     p->lport = p->lfd >= 0 ? addr_port(&p->laddr) : 0;
