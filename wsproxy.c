@@ -1058,17 +1058,23 @@ static int frame_fail(struct frame_dec *d, uint16_t code, const char *why)
 
 /* Unmasks n bytes from src to dst (dst <= src, overlap allowed), a machine
  * word at a time: each block is loaded before the store that may overlap
- * it, and stores never pass the next load. */
+ * it, and stores never pass the next load.  The mask word is made with
+ * shifts, not assembled in memory a byte at a time: a word loaded right
+ * after byte stores to it waits for them (no store forwarding), which cost
+ * more than the unmasking of a small frame. */
 static void frame_unmask(uint8_t *dst, const uint8_t *src, size_t n,
                          const uint8_t mask[4], unsigned moff)
 {
-    uint8_t m8[8];
+    static const union { uint16_t u; uint8_t b[2]; } order = {1};
+    uint32_t m32;
     uint64_t m, w;
     size_t i = 0;
-    unsigned k;
-    for (k = 0; k < 8; k++)
-        m8[k] = mask[(moff + k) & 3];
-    memcpy(&m, m8, 8);
+    memcpy(&m32, mask, 4);
+    m = (uint64_t)m32 << 32 | m32; /* the mask twice: any byte order */
+    if (moff & 3) { /* start at mask byte moff: rotate towards byte 0 */
+        unsigned s = 8 * (moff & 3);
+        m = order.b[0] ? m >> s | m << (64 - s) : m << s | m >> (64 - s);
+    }
     for (; i + 32 <= n; i += 32) { /* four words per step: vector code */
         uint64_t v[4];
         memcpy(v, src + i, 32);
@@ -1080,8 +1086,10 @@ static void frame_unmask(uint8_t *dst, const uint8_t *src, size_t n,
         w ^= m;
         memcpy(dst + i, &w, 8);
     }
-    for (; i < n; i++)
-        dst[i] = src[i] ^ m8[i & 7];
+    for (; i < n; i++) { /* the tail: byte j of m, in memory order */
+        unsigned j = (unsigned)(i & 7);
+        dst[i] = src[i] ^ (uint8_t)(order.b[0] ? m >> 8 * j : m >> (56 - 8 * j));
+    }
 }
 
 /* Bytes the header needs once its first two bytes are known. */
@@ -1146,7 +1154,6 @@ static int frame_begin(struct frame_dec *d)
     d->fin = h[0] >> 7;
     d->left = len;
     d->hlen = 0;
-    d->in_payload = 1;
     if (d->op >= 8) {
         d->ctl_len = 0;
         return FRAME_MORE;
@@ -1193,8 +1200,11 @@ static int frame_decode(struct frame_dec *d, uint8_t *buf, size_t len,
 {
     size_t p = *pos, o = *out;
     int rc = FRAME_MORE;
+    /* in_payload lives in a register here: the byte stored back each
+     * frame, then loaded with hlen as one word, stalled every frame. */
+    unsigned in_payload = d->in_payload;
     for (;;) {
-        if (!d->in_payload && d->hlen == 0 && len - p >= sizeof d->hdr) {
+        if (!in_payload && d->hlen == 0 && len - p >= sizeof d->hdr) {
             /* A whole header is here: check its bytes without the per-byte
              * path (small pipelined messages live on this). */
             memcpy(d->hdr, buf + p, sizeof d->hdr);
@@ -1203,9 +1213,10 @@ static int frame_decode(struct frame_dec *d, uint8_t *buf, size_t len,
                 (rc = frame_check_byte(d, 2)) != FRAME_MORE)
                 break;
             p += frame_hdr_size(d->hdr);
+            in_payload = 1;
             if ((rc = frame_begin(d)) != FRAME_MORE)
                 break;
-        } else if (!d->in_payload) {
+        } else if (!in_payload) {
             if (p == len)
                 break;
             d->hdr[d->hlen] = buf[p++];
@@ -1213,6 +1224,7 @@ static int frame_decode(struct frame_dec *d, uint8_t *buf, size_t len,
                 break;
             if (d->hlen < 2 || d->hlen < frame_hdr_size(d->hdr))
                 continue;
+            in_payload = 1;
             if ((rc = frame_begin(d)) != FRAME_MORE)
                 break;
         }
@@ -1249,7 +1261,7 @@ static int frame_decode(struct frame_dec *d, uint8_t *buf, size_t len,
                 break;
         }
         /* The frame's payload is complete (possibly empty). */
-        d->in_payload = 0;
+        in_payload = 0;
         if (d->op >= 8) {
             rc = d->op == OP_CLOSE ? frame_check_close(d) : FRAME_CONTROL;
             break;
@@ -1262,6 +1274,7 @@ static int frame_decode(struct frame_dec *d, uint8_t *buf, size_t len,
             d->msg_op = 0;
         }
     }
+    d->in_payload = (uint8_t)in_payload;
     *pos = p;
     *out = o;
     return rc;

@@ -71,6 +71,7 @@ fi
 mkdir -p "$OUT"
 BFLAGS="-std=c99 -O2 -Wall -Wextra -Werror"
 $CC $BFLAGS -o "$OUT/engine" test/bench/engine.c || die "building engine failed"
+$CC $BFLAGS -DWS_PROXY_NO_TLS -o "$OUT/decode" test/bench/decode.c || die "building decode failed"
 HAVE_TLS=0
 BEARSSL_LIB=$(ls /usr/lib/*/libbearssl.a /usr/lib/libbearssl.a /usr/local/lib/libbearssl.a 2>/dev/null | head -n 1)
 if [ -n "$BEARSSL_LIB" ] && command -v openssl >/dev/null 2>&1 &&
@@ -778,6 +779,17 @@ if [ "$HAVE_TLS" = 1 ] || [ -n "$TLS_NOTE" ]; then
 	[ -n "$m" ] && printf '%-42s   %s\n' "memory per idle wss:// conn (N=$TLS_IDLE_MEM_N)" \
 		"$(echo "$m" | awk '{ printf "%.2f KiB (%.2f-%.2f)", $1 / 1024, $2 / 1024, $3 / 1024 }')"
 fi
+# The decoder alone, from this tree's wsproxy.c (not WSPROXY_BIN), against
+# memcpy of the same bytes: ns per frame for 64 B, 4 KiB and 64 KiB frames.
+dec="" cpy=""
+for sz in 64 4096 65536; do
+	l=$(taskset -c "$PROXY_CPU" "$OUT/decode" "$sz") || { echo "$l" >>"$FAILLOG"; l=""; }
+	echo "$l" >>"$RESULTS"
+	dec="$dec${dec:+ / }$(echo "$l" | sed -n 's/.* ns_per_frame=\([0-9.]*\).*/\1/p')"
+	cpy="$cpy${cpy:+ / }$(echo "$l" | sed -n 's/.*memcpy_ns_per_frame=\([0-9.]*\).*/\1/p')"
+done
+printf '%-42s   %s ns   (memcpy of the same bytes: %s ns)\n' \
+	"frame decoder, 64 B / 4 KiB / 64 KiB [5]" "$dec" "$cpy"
 cp "$WSPROXY_BIN" "$TMP/wsproxy.stripped" && strip "$TMP/wsproxy.stripped" &&
 	printf '%-42s   %s bytes\n' "stripped wsproxy binary" "$(stat -c %s "$TMP/wsproxy.stripped")"
 echo
@@ -794,6 +806,8 @@ if [ "$HAVE_TLS" = 1 ] || [ -n "$TLS_NOTE" ]; then
 	echo "    session cache; node: https + ws with a session cache (newSession/resumeSession)."
 	[ -n "$TLS_NOTE" ] && echo "    TLS: $TLS_NOTE"
 fi
+echo "[5] test/bench/decode.c: frame_decode() of this tree's wsproxy.c over 256 KiB of masked"
+echo "    client frames, per frame (unmasking the payload and moving it over the headers)."
 if [ -s "$FAILLOG" ]; then
 	echo "Some runs failed: see $FAILLOG"
 fi
