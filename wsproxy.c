@@ -1238,7 +1238,7 @@ static int frame_decode(struct frame_dec *d, uint8_t *buf, size_t len,
             frame_run(d, buf, len, &p, &o);
         if (!in_payload && d->hlen == 0 && len - p >= sizeof d->hdr) {
             /* A whole header is here: check its bytes without the per-byte
-             * path (small pipelined messages live on this). */
+             * path (small text messages, and each frame frame_run left). */
             memcpy(d->hdr, buf + p, sizeof d->hdr);
             if ((rc = frame_check_byte(d, 0)) != FRAME_MORE ||
                 (rc = frame_check_byte(d, 1)) != FRAME_MORE ||
